@@ -1,0 +1,178 @@
+"""The adapter base class and provider description: the contract every plugin implements.
+
+An adapter speaks one API dialect. It is three pure functions of their inputs
+(build the request, parse the response, classify an error) plus one shared I/O
+step here in the base class. Where to reach a provider and how to authenticate
+is data (:class:`ProviderSpec`), so an OpenAI-compatible host is a row, not code.
+
+Plugins import only this module, :mod:`ai_gateway.types`, :mod:`ai_gateway.errors`
+and :mod:`ai_gateway.secrets`. Cross-cutting concerns (deadline, retries,
+breakers, cache, cost) belong to the core and never appear in an adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from ai_gateway.errors import (
+    ConnectFailed,
+    GatewayError,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    UpstreamError,
+    error_for_status,
+    parse_retry_after,
+)
+from ai_gateway.secrets import Secret, redact
+from ai_gateway.types import ChatRequest, Completion
+
+__all__ = [
+    "Adapter",
+    "HttpRequest",
+    "ProviderConfig",
+    "ProviderSpec",
+    "Secret",
+    "error_message_from_body",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """Where and how to reach one provider; the dialect is ``adapter``.
+
+    ``api_key_env`` and ``base_url_env`` list environment variables in order of
+    preference (``GEMINI_API_KEY`` before ``GOOGLE_API_KEY``). ``options`` are
+    dialect knobs the adapter reads from its config (never secrets).
+    """
+
+    name: str
+    adapter: type[Adapter]
+    base_url: str | None
+    api_key_env: tuple[str, ...] = ()
+    base_url_env: tuple[str, ...] = ()
+    key_required: bool = True
+    description: str = ""
+    example_models: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One provider resolved against the environment: a name, an endpoint and a key."""
+
+    name: str
+    base_url: str
+    api_key: Secret | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    json: Mapping[str, Any]
+
+
+class Adapter(ABC):
+    """Base class of every dialect. Subclasses implement the three pure methods."""
+
+    dialect: ClassVar[str]
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    # -- the three pure functions -------------------------------------------------
+
+    @abstractmethod
+    def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
+        """The vendor's HTTP request for ``request`` sent to ``model``."""
+
+    @abstractmethod
+    def parse_response(self, body: Any, model: str) -> Completion:
+        """A normalised completion from the vendor's decoded JSON body.
+
+        May raise a :class:`ProviderError` (for example ``ContentFiltered`` when the
+        vendor answered 200 but refused). Any ``KeyError``/``TypeError``/... is
+        reported as a malformed response by the base class.
+        """
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: Any) -> ProviderError:
+        """The error for a non-2xx answer; ``body`` is decoded JSON, or text if it was not JSON.
+
+        The default maps the status code; dialects refine it from their error body.
+        """
+        return error_for_status(status, error_message_from_body(body, status))
+
+    def validate_model(self, model: str) -> str | None:
+        """An explanation if ``model`` can never work with this provider, else None."""
+        return None
+
+    # -- the one shared I/O step ---------------------------------------------------
+
+    async def complete(self, client: httpx.AsyncClient, request: ChatRequest, model: str) -> Completion:
+        spec = self.build_request(request, model)
+        try:
+            response = await client.request(spec.method, spec.url, headers=dict(spec.headers), json=spec.json)
+        except httpx.TimeoutException as exc:
+            raise self._own(ProviderTimeout(f"{type(exc).__name__} from {self.config.name}")) from exc
+        except httpx.ConnectError as exc:
+            raise self._own(ConnectFailed(f"cannot connect to {self.config.name}: {exc}")) from exc
+        except httpx.HTTPError as exc:
+            raise self._own(UpstreamError(f"transport error from {self.config.name}: {type(exc).__name__}")) from exc
+        content = response.content
+        if not 200 <= response.status_code < 300:
+            error = self.classify_error(response.status_code, response.headers, _decode(content))
+            if error.status is None:
+                error.status = response.status_code
+            if error.retry_after_s is None:
+                error.retry_after_s = parse_retry_after(response.headers)
+            raise self._own(error)
+        try:
+            body = json.loads(content)
+        except ValueError as exc:
+            ctype = response.headers.get("content-type", "none")
+            raise self._own(MalformedResponse(f"response is not JSON (content-type {ctype})")) from exc
+        try:
+            return self.parse_response(body, model)
+        except GatewayError as exc:
+            raise self._own(exc) from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise self._own(MalformedResponse(f"unexpected response shape ({type(exc).__name__}: {exc})")) from exc
+
+    def _own(self, error: GatewayError) -> GatewayError:
+        """Stamp the provider name on an error and scrub this provider's key from it."""
+        error.provider = self.config.name
+        key = self.config.api_key.reveal() if self.config.api_key else ""
+        error.message = redact(error.message, (key,))
+        error.args = (error.message,)
+        return error
+
+
+def _decode(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace")
+
+
+def error_message_from_body(body: Any, status: int) -> str:
+    """The vendor's own message if the body has one in a usual place, else the status."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("msg")
+            if isinstance(msg, str) and msg:
+                return msg[:500]
+        if isinstance(err, str) and err:
+            return err[:500]
+    if isinstance(body, str) and body.strip():
+        return f"HTTP {status}: {body.strip()[:200]}"
+    return f"HTTP {status}"

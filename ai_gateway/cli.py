@@ -1,0 +1,209 @@
+"""The ``ai-gateway`` command: serve, query, models.
+
+``query`` calls the ``query_models`` tool through fastmcp's in-memory client,
+so the shell takes exactly the path an MCP client takes. Heavy imports happen
+inside the commands, after the environment for fastmcp is set, so that
+``--help`` is instant and fastmcp never configures its own logging or banner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ai_gateway import __version__
+
+_STRATEGIES = ("first_available", "fastest", "consensus")
+
+
+def _prepare_environment() -> None:
+    # Before fastmcp is imported: no update check (no network), no banner, our logging.
+    os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
+    os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
+    os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """Settings, environment and logging; a bad setting exits with a message naming it."""
+    from pydantic import ValidationError
+
+    from ai_gateway import logs
+    from ai_gateway.environment import load_environ
+    from ai_gateway.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"AI_GATEWAY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"ai-gateway: invalid setting: {problems}")
+    environ = load_environ()
+    level = getattr(args, "log_level", None) or settings.log_level
+    secrets = [v for k, v in environ.items() if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) and v]
+    if settings.auth_token:
+        secrets.append(settings.auth_token.get_secret_value())
+    logs.configure(level, secrets)
+    return settings, environ
+
+
+def _build(settings: Any, environ: dict[str, str]) -> Any:
+    from ai_gateway.registry import RegistryError
+    from ai_gateway.server import build_server
+
+    try:
+        return build_server(settings, environ)
+    except RegistryError as exc:
+        sys.exit(f"ai-gateway: {exc}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings, environ = _setup(args)
+    if args.host:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    if args.path:
+        settings.path = args.path if args.path.startswith("/") else "/" + args.path
+    server = _build(settings, environ)
+    if args.transport == "stdio":
+        server.run(transport="stdio", show_banner=False)
+    else:
+        server.run(
+            transport="http",
+            host=settings.host,
+            port=settings.port,
+            path=settings.path,
+            show_banner=False,
+            stateless_http=True,
+            log_level=settings.log_level,
+        )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    settings, environ = _setup(args)
+    arguments: dict[str, Any] = {"prompt": args.prompt, "strategy": args.strategy}
+    if args.models:
+        arguments["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    for key in ("system", "temperature", "max_tokens", "timeout_s"):
+        value = getattr(args, key)
+        if value is not None:
+            arguments[key] = value
+    server = _build(settings, environ)
+    result = asyncio.run(_call_tool(server, "query_models", arguments))
+    if result.is_error and not result.structured_content:
+        print(f"ai-gateway: {_text(result)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.structured_content, indent=2, ensure_ascii=False))
+    else:
+        print(render_query(result.structured_content))
+    return 1 if result.is_error else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings, environ = _setup(args)
+    server = _build(settings, environ)
+    result = asyncio.run(_call_tool(server, "list_models", {}))
+    catalogue = result.structured_content
+    if args.json:
+        print(json.dumps(catalogue, indent=2))
+        return 0
+    width = max(len(p["provider"]) for p in catalogue["providers"])
+    reason_width = max(len(p["reason"]) for p in catalogue["providers"])
+    for p in catalogue["providers"]:
+        mark = "configured    " if p["configured"] else "not configured"
+        examples = ", ".join(p["example_models"][:2])
+        print(f"{p['provider']:<{width}}  {mark}  {p['reason']:<{reason_width}}  {examples}")
+    if catalogue["default_models"]:
+        print(f"\ndefault models: {', '.join(catalogue['default_models'])}")
+    return 0
+
+
+async def _call_tool(server: Any, name: str, arguments: dict[str, Any]) -> Any:
+    from fastmcp import Client
+
+    async with Client(server) as client:
+        return await client.call_tool(name, arguments, raise_on_error=False)
+
+
+def _text(result: Any) -> str:
+    return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+def render_query(result: dict[str, Any]) -> str:
+    """A readable summary of a query_models result for a terminal."""
+    lines = []
+    answer = result.get("answer")
+    if answer is not None:
+        lines.append(f"{answer}\n")
+        lines.append(f"answered by {result['model']} ({result['strategy']}, {result['latency_ms']:.0f} ms)")
+    else:
+        lines.append(f"no answer ({result['strategy']}, {result['latency_ms']:.0f} ms)")
+    consensus = result.get("consensus")
+    if consensus:
+        verdict = "consensus" if consensus["reached"] else "no consensus"
+        lines.append(
+            f"{verdict}: {consensus['votes']} of {consensus['requested']} models agree "
+            f"(agreement {consensus['agreement']:.2f}, {consensus['answered']} answered)"
+        )
+    width = max(len(r["model"]) for r in result["results"])
+    for r in result["results"]:
+        latency = f"{r['latency_ms']:.0f} ms" if r["latency_ms"] is not None else "-"
+        if r["status"] == "ok":
+            detail = " ".join(r["text"].split())
+            detail = detail if len(detail) <= 60 else detail[:57] + "..."
+        elif r["error"]:
+            detail = f"{r['error']['code']}: {r['error']['message']}"
+        else:
+            detail = ""
+        lines.append(f"  {r['status']:<9} {r['model']:<{width}}  {latency:>8}  {detail}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ai-gateway", description="One MCP server that puts many LLMs behind one tool."
+    )
+    parser.add_argument("--version", action="version", version=f"ai-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    serve.add_argument("--host", help="bind address for http (default AI_GATEWAY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port for http (default AI_GATEWAY_PORT or 8000)")
+    serve.add_argument("--path", help="MCP endpoint path for http (default /mcp)")
+    serve.set_defaults(func=cmd_serve)
+
+    query = sub.add_parser("query", help="ask models from the shell through the query_models tool")
+    query.add_argument("prompt")
+    query.add_argument("--models", "-m", help="comma-separated provider/model ids (default AI_GATEWAY_DEFAULT_MODELS)")
+    query.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
+    query.add_argument("--system")
+    query.add_argument("--temperature", type=float)
+    query.add_argument("--max-tokens", dest="max_tokens", type=int)
+    query.add_argument("--timeout", dest="timeout_s", type=float, help="deadline for the whole call, in seconds")
+    query.add_argument("--json", action="store_true", help="print the tool's structured result")
+    query.set_defaults(func=cmd_query)
+
+    models = sub.add_parser("models", help="list providers and whether each is configured")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    for command in (serve, query, models):
+        command.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _prepare_environment()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The request path behind every entry point: validate → resolve models → run the strategy.
+
+The MCP tool, the CLI and the benchmarks all reach providers through
+:meth:`Gateway.query`. Nothing here is vendor-specific: adapters come from the
+registry by provider name and are called through the dispatcher.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from ai_gateway.adapter import Adapter
+from ai_gateway.dispatch import Deadline, Dispatcher, ModelTarget, Outcome
+from ai_gateway.errors import InvalidArgument
+from ai_gateway.registry import Registry, RegistryError
+from ai_gateway.schemas import (
+    Catalogue,
+    ChatMessage,
+    ConsensusInfo,
+    ErrorInfo,
+    ModelInfo,
+    ModelResult,
+    QueryResult,
+    StrategyName,
+    UsageInfo,
+    VoteGroup,
+)
+from ai_gateway.secrets import redact
+from ai_gateway.settings import Settings
+from ai_gateway.strategies import STRATEGIES, StrategyResult
+from ai_gateway.types import ChatRequest, Message
+
+
+class Gateway:
+    def __init__(self, settings: Settings, registry: Registry, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.dispatcher = Dispatcher(client)
+        self._adapters: dict[str, Adapter] = {}
+
+    # -- the request path ----------------------------------------------------------
+
+    async def query(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] | None = None,
+        models: Sequence[str] | None = None,
+        strategy: StrategyName = "first_available",
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout_s: float | None = None,
+    ) -> QueryResult:
+        """Answer one query. Raises InvalidArgument (naming the field) before any provider is called."""
+        started = time.perf_counter()
+        request = build_chat_request(prompt, messages, system, temperature, max_tokens)
+        targets = self.resolve(models)
+        run = STRATEGIES.get(strategy)
+        if run is None:
+            raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        deadline = Deadline(self.settings.clamp_timeout(timeout_s))
+
+        async def call(target: ModelTarget) -> Outcome:
+            return await self.dispatcher.call(target, request, deadline)
+
+        result = await run(targets, call)
+        return build_result(strategy, result, self._secrets(targets), time.perf_counter() - started)
+
+    def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
+        """Turn model ids into targets, or say exactly which id is wrong and why."""
+        ids = list(models) if models else list(self.settings.default_models)
+        if not ids:
+            raise InvalidArgument(
+                "models", "name at least one model as provider/model (or set AI_GATEWAY_DEFAULT_MODELS)"
+            )
+        if len(ids) > self.settings.max_models:
+            raise InvalidArgument(
+                "models", f"at most {self.settings.max_models} models per call (AI_GATEWAY_MAX_MODELS); got {len(ids)}"
+            )
+        targets: list[ModelTarget] = []
+        seen: set[str] = set()
+        for i, model_id in enumerate(ids):
+            field = f"models[{i}]"
+            if model_id in seen:
+                raise InvalidArgument(field, f"{model_id!r} is listed twice; each model may appear once")
+            seen.add(model_id)
+            provider, sep, model = model_id.partition("/")
+            if not sep or not provider or not model.strip():
+                raise InvalidArgument(field, f"{model_id!r} is not provider/model (e.g. openai/gpt-4o-mini)")
+            try:
+                adapter = self._adapter(provider)
+            except RegistryError as exc:
+                raise InvalidArgument(field, f"{model_id!r}: {exc}") from None
+            problem = adapter.validate_model(model)
+            if problem:
+                raise InvalidArgument(field, f"{model_id!r}: {problem}")
+            targets.append(ModelTarget(model_id, provider, model, adapter))
+        return targets
+
+    def _adapter(self, provider: str) -> Adapter:
+        adapter = self._adapters.get(provider)
+        if adapter is None:
+            spec = self.registry.spec(provider)
+            adapter = self._adapters[provider] = spec.adapter(self.registry.config(provider))
+        return adapter
+
+    def _secrets(self, targets: Sequence[ModelTarget]) -> tuple[str, ...]:
+        return tuple(t.adapter.config.api_key.reveal() for t in targets if t.adapter.config.api_key)
+
+    # -- the catalogue ----------------------------------------------------------------
+
+    def catalogue(self) -> Catalogue:
+        providers = [
+            ModelInfo(
+                provider=s.name,
+                configured=s.configured,
+                reason=s.reason,
+                source=s.source,
+                base_url=s.base_url,
+                description=s.description,
+                example_models=[f"{s.name}/{m}" for m in s.example_models],
+            )
+            for s in self.registry.statuses()
+        ]
+        return Catalogue(
+            providers=providers, default_models=self.settings.default_models, max_models=self.settings.max_models
+        )
+
+
+def build_chat_request(
+    prompt: str | None,
+    messages: Sequence[ChatMessage] | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> ChatRequest:
+    if prompt is not None and messages is not None:
+        raise InvalidArgument("prompt", "give either prompt or messages, not both")
+    if prompt is None and not messages:
+        raise InvalidArgument("prompt", "give a prompt (text) or messages (a list of {role, content})")
+    if prompt is not None:
+        if not prompt.strip():
+            raise InvalidArgument("prompt", "must not be empty")
+        turns: tuple[Message, ...] = (Message("user", prompt),)
+    else:
+        assert messages is not None
+        for i, message in enumerate(messages):
+            if not message.content.strip():
+                raise InvalidArgument(f"messages[{i}].content", "must not be empty")
+        if not any(m.role == "user" for m in messages):
+            raise InvalidArgument("messages", "must contain at least one message with role 'user'")
+        turns = tuple(Message(m.role, m.content) for m in messages)
+    if system is not None and not system.strip():
+        raise InvalidArgument("system", "must not be empty when given (omit it instead)")
+    return ChatRequest(messages=turns, system=system, temperature=temperature, max_tokens=max_tokens)
+
+
+def build_result(
+    strategy: StrategyName, result: StrategyResult, secrets: Sequence[str], elapsed_s: float
+) -> QueryResult:
+    results = [_model_result(outcome, secrets) for outcome in result.outcomes]
+    winner = result.winner
+    consensus = None
+    if result.tally is not None:
+        ranked = result.tally.ranked()
+        leader_votes = ranked[0].votes if ranked else 0
+        consensus = ConsensusInfo(
+            reached=result.tally.reached(),
+            agreement=round(leader_votes / result.tally.requested, 4),
+            votes=leader_votes,
+            answered=result.tally.answered,
+            requested=result.tally.requested,
+            decided_early=result.tally.decided_early,
+            groups=[
+                VoteGroup(
+                    answer=results[g.members[0]].text or "",
+                    normalized=g.normalized,
+                    models=[results[i].model for i in g.members],
+                    votes=g.votes,
+                )
+                for g in ranked
+            ],
+        )
+    usages = [r.usage for r in results if r.usage is not None]
+    total = (
+        UsageInfo(input_tokens=sum(u.input_tokens for u in usages), output_tokens=sum(u.output_tokens for u in usages))
+        if usages
+        else None
+    )
+    return QueryResult(
+        strategy=strategy,
+        answer=results[winner].text if winner is not None else None,
+        model=results[winner].model if winner is not None else None,
+        results=results,
+        consensus=consensus,
+        latency_ms=round(elapsed_s * 1000, 3),
+        usage=total,
+    )
+
+
+def _model_result(outcome: Outcome, secrets: Sequence[str]) -> ModelResult:
+    completion, error = outcome.completion, outcome.error
+    usage = completion.usage if completion else None
+    provider_model = completion.model if completion and completion.model != outcome.target.model else None
+    return ModelResult(
+        model=outcome.target.id,
+        status=outcome.status,
+        text=completion.text if completion else None,
+        latency_ms=round(outcome.latency_s * 1000, 3) if outcome.latency_s is not None else None,
+        usage=UsageInfo(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+        )
+        if usage
+        else None,
+        error=ErrorInfo(**{**error.to_dict(), "message": redact(error.message, secrets)}) if error else None,
+        finish_reason=str(completion.finish_reason) if completion else None,
+        provider_model=provider_model,
+    )

@@ -1,0 +1,183 @@
+"""Finding providers by name.
+
+Built-in adapters and third-party plugins are both entry points in the
+``ai_gateway.providers`` group, each naming a :class:`ProviderSpec`
+(``groq = "providers.openai:GROQ"``). Specs load lazily: resolving ``groq/...``
+imports only the module that holds it. Hosts declared in settings become specs
+that reuse a registered dialect. Credentials come from the environment the
+registry is given, so tests pass their own and never see the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from ai_gateway.adapter import ProviderConfig, ProviderSpec
+from ai_gateway.secrets import Secret
+from ai_gateway.settings import CustomProvider, Settings
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "ai_gateway.providers"
+DIST_NAME = "ai-gateway"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+class RegistryError(LookupError):
+    """A provider cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    name: str
+    configured: bool
+    reason: str
+    source: str
+    base_url: str | None = None
+    description: str = ""
+    example_models: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Entry:
+    load: Callable[[], ProviderSpec]
+    source: str
+    spec: ProviderSpec | None = None
+    error: str | None = None
+
+
+def _is_builtin(ep: EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name.replace("_", "-").lower() == DIST_NAME
+
+
+class Registry:
+    def __init__(
+        self,
+        eps: Iterable[EntryPoint],
+        *,
+        environ: Mapping[str, str],
+        custom: Mapping[str, CustomProvider] | None = None,
+        load_plugins: bool = True,
+        disabled: Iterable[str] = (),
+    ) -> None:
+        self._environ = environ
+        self._entries: dict[str, _Entry] = {}
+        disabled_set = set(disabled)
+        # Built-ins first so a plugin can never shadow one by reusing its name.
+        ordered = sorted(eps, key=lambda ep: not _is_builtin(ep))
+        for ep in ordered:
+            builtin = _is_builtin(ep)
+            if ep.name in disabled_set or (not builtin and not load_plugins):
+                continue
+            if ep.name in self._entries:
+                log.warning("provider %r from %s ignored: the name is taken", ep.name, ep.value)
+                continue
+            source = "built-in" if builtin else f"plugin ({getattr(ep.dist, 'name', ep.value)})"
+            self._entries[ep.name] = _Entry(load=_loader(ep), source=source)
+        for name, custom_provider in (custom or {}).items():
+            if not _NAME.match(name):
+                raise RegistryError(f"custom_providers.{name}: use lowercase letters, digits, '-' or '_'")
+            if name in self._entries:
+                raise RegistryError(f"custom_providers.{name}: the name is taken by a registered provider; rename it")
+            if name in disabled_set:
+                continue
+            self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, environ: Mapping[str, str], eps: Iterable[EntryPoint] | None = None
+    ) -> Registry:
+        return cls(
+            entry_points(group=ENTRY_POINT_GROUP) if eps is None else eps,
+            environ=environ,
+            custom=settings.custom_providers,
+            load_plugins=settings.load_plugins,
+            disabled=settings.disabled_providers,
+        )
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def spec(self, name: str) -> ProviderSpec:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise RegistryError(f"unknown provider {name!r}; known providers: {', '.join(self.names())}")
+        if entry.spec is None and entry.error is None:
+            try:
+                entry.spec = entry.load()
+            except Exception as exc:  # a broken plugin must not take the gateway down
+                entry.error = f"failed to load: {type(exc).__name__}: {exc}"
+                log.warning("provider %r %s", name, entry.error)
+        if entry.spec is None:
+            raise RegistryError(f"provider {name!r} {entry.error}")
+        return entry.spec
+
+    def status(self, name: str) -> ProviderStatus:
+        entry = self._entries[name]
+        try:
+            spec = self.spec(name)
+        except RegistryError as exc:
+            return ProviderStatus(name, False, str(exc), entry.source)
+        base_url = self._first_env(spec.base_url_env) or spec.base_url
+        key_var = next((var for var in spec.api_key_env if self._environ.get(var)), None)
+        if base_url is None:
+            names = " or ".join(spec.base_url_env) or "a base URL"
+            configured, reason = False, f"set {names}"
+        elif key_var:
+            configured, reason = True, f"{key_var} is set"
+        elif spec.key_required:
+            configured, reason = False, f"{' or '.join(spec.api_key_env)} is not set"
+        else:
+            configured, reason = True, "no key needed"
+        return ProviderStatus(name, configured, reason, entry.source, base_url, spec.description, spec.example_models)
+
+    def statuses(self) -> list[ProviderStatus]:
+        return [self.status(name) for name in self.names()]
+
+    def config(self, name: str) -> ProviderConfig:
+        """The resolved endpoint and key for ``name``, or RegistryError saying what is missing."""
+        status = self.status(name)
+        if not status.configured or status.base_url is None:
+            raise RegistryError(f"provider {name!r} is not configured: {status.reason}")
+        spec = self.spec(name)
+        key = self._first_env(spec.api_key_env)
+        return ProviderConfig(
+            name=name,
+            base_url=status.base_url.rstrip("/"),
+            api_key=Secret(key) if key else None,
+            options=spec.options,
+        )
+
+    def _first_env(self, names: Iterable[str]) -> str | None:
+        return next((self._environ[var] for var in names if self._environ.get(var)), None)
+
+    def _custom_loader(self, name: str, custom: CustomProvider) -> Callable[[], ProviderSpec]:
+        def load() -> ProviderSpec:
+            dialect = self.spec(custom.dialect)
+            return ProviderSpec(
+                name=name,
+                adapter=dialect.adapter,
+                base_url=custom.base_url,
+                api_key_env=(custom.api_key_env,) if custom.api_key_env else (),
+                key_required=custom.api_key_env is not None,
+                description=custom.description or f"{custom.dialect}-compatible host from settings",
+            )
+
+        return load
+
+
+def _loader(ep: EntryPoint) -> Callable[[], ProviderSpec]:
+    def load() -> ProviderSpec:
+        spec = ep.load()
+        if not isinstance(spec, ProviderSpec):
+            raise TypeError(f"entry point {ep.value} is a {type(spec).__name__}, not a ProviderSpec")
+        if spec.name != ep.name:
+            raise ValueError(f"entry point {ep.name!r} names a spec called {spec.name!r}")
+        return spec
+
+    return load

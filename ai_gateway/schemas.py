@@ -1,0 +1,92 @@
+"""Pydantic models at the MCP boundary: what ``query_models`` and ``list_models`` return.
+
+Scripts and agents parse these, so field names are stable; new fields may be
+added, existing ones are never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["ok", "error", "cancelled", "skipped"]
+StrategyName = Literal["first_available", "fastest", "consensus"]
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation, as a caller sends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class UsageInfo(BaseModel):
+    input_tokens: int = Field(description="Prompt tokens, including any served from the provider's prompt cache.")
+    output_tokens: int
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable error code, e.g. rate_limited, timeout, auth, cancelled.")
+    message: str
+    provider: str | None = None
+    status: int | None = Field(None, description="HTTP status the provider answered, if any.")
+    retry_after_s: float | None = None
+
+
+class ModelResult(BaseModel):
+    model: str = Field(description="The model id as requested: provider/model.")
+    status: Status
+    text: str | None = None
+    latency_ms: float | None = Field(None, description="Time spent on this model, from its start to its outcome.")
+    usage: UsageInfo | None = None
+    error: ErrorInfo | None = None
+    finish_reason: str | None = None
+    provider_model: str | None = Field(None, description="The model name the provider reported, if it differs.")
+
+
+class VoteGroup(BaseModel):
+    answer: str = Field(description="The answer as the group's first model (in request order) wrote it.")
+    normalized: str = Field(description="The normalised form the group's answers share.")
+    models: list[str]
+    votes: int
+
+
+class ConsensusInfo(BaseModel):
+    reached: bool = Field(description="True when one answer holds a strict majority of the successful answers.")
+    agreement: float = Field(description="Votes for the leading answer / models requested.")
+    votes: int = Field(description="Models that gave the leading answer.")
+    answered: int = Field(description="Models that answered successfully.")
+    requested: int
+    decided_early: bool = Field(False, description="True when a majority of all requested models was reached early.")
+    groups: list[VoteGroup] = Field(description="Every distinct answer, leading first (see docs/strategies.md).")
+
+
+class QueryResult(BaseModel):
+    strategy: StrategyName
+    answer: str | None = Field(description="The chosen answer; null when no model succeeded or there is no consensus.")
+    model: str | None = Field(description="The model whose answer was chosen.")
+    results: list[ModelResult] = Field(description="One entry per requested model, in request order.")
+    consensus: ConsensusInfo | None = None
+    latency_ms: float = Field(description="Wall-clock time of the whole call.")
+    usage: UsageInfo | None = Field(None, description="Tokens summed over every model that reported usage.")
+
+
+class ModelInfo(BaseModel):
+    provider: str
+    configured: bool
+    reason: str = Field(description="Why the provider is or is not usable (which variable is set or missing).")
+    source: str = Field(description="built-in, plugin (distribution) or settings.")
+    base_url: str | None = None
+    description: str = ""
+    example_models: list[str] = Field(default_factory=list, description="Full ids such as openai/gpt-4o-mini.")
+
+
+class Catalogue(BaseModel):
+    providers: list[ModelInfo]
+    default_models: list[str]
+    max_models: int

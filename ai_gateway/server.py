@@ -1,0 +1,193 @@
+"""The MCP server: tools, the model catalogue resource, prompts and ``/health``.
+
+Everything here is MCP plumbing; each tool hands its arguments to
+:class:`~ai_gateway.gateway.Gateway` and shapes the answer. The shared HTTP
+client is opened and closed by the server's lifespan.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from importlib.metadata import EntryPoint
+from typing import Annotated, Any
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.tools import ToolResult
+from mcp.types import TextContent
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ai_gateway import __version__
+from ai_gateway.environment import load_environ
+from ai_gateway.errors import InvalidArgument
+from ai_gateway.gateway import Gateway
+from ai_gateway.http import build_client
+from ai_gateway.registry import Registry
+from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StrategyName
+from ai_gateway.settings import Settings
+
+INSTRUCTIONS = """\
+ai-gateway puts many LLMs behind one tool. Call query_models with a prompt and a list of
+provider/model ids (see list_models or the gateway://models resource) and a strategy:
+first_available (try in order, fall back on failure), fastest (race all, first answer wins)
+or consensus (ask all, report whether a majority agrees). Every model's outcome is reported."""
+
+
+class _GatewayHolder:
+    """The gateway lives as long as the server's lifespan; tools reach it through here."""
+
+    gateway: Gateway | None = None
+
+    def get(self) -> Gateway:
+        if self.gateway is None:
+            raise ToolError("the gateway is not running (lifespan not started)")
+        return self.gateway
+
+
+class BearerTokenVerifier(TokenVerifier):
+    """One static bearer token for the HTTP transport, compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token.encode()
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if hmac.compare_digest(self._token, token.encode()):
+            return AccessToken(token="bearer", client_id="ai-gateway-client", scopes=[])
+        return None
+
+
+def build_server(
+    settings: Settings | None = None,
+    environ: Mapping[str, str] | None = None,
+    entry_points: list[EntryPoint] | None = None,
+) -> FastMCP:
+    settings = settings or Settings()
+    environ = load_environ() if environ is None else environ
+    registry = Registry.from_settings(settings, environ, entry_points)
+    holder = _GatewayHolder()
+
+    @asynccontextmanager
+    async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+        client = build_client(settings)
+        holder.gateway = Gateway(settings, registry, client)
+        try:
+            yield {"gateway": holder.gateway}
+        finally:
+            holder.gateway = None
+            await client.aclose()
+
+    auth = BearerTokenVerifier(settings.auth_token.get_secret_value()) if settings.auth_token else None
+    mcp = FastMCP(
+        "ai-gateway", INSTRUCTIONS, version=__version__, lifespan=lifespan, auth=auth, mask_error_details=True
+    )
+
+    @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": True})
+    async def query_models(
+        prompt: Annotated[str | None, Field(description="The question or task. Give this or messages.")] = None,
+        messages: Annotated[
+            list[ChatMessage] | None,
+            Field(description="A conversation as [{role, content}] (roles: system, user, assistant).", min_length=1),
+        ] = None,
+        models: Annotated[
+            list[str] | None,
+            Field(description="Model ids as provider/model, in preference order. Default from settings.", min_length=1),
+        ] = None,
+        strategy: Annotated[
+            StrategyName,
+            Field(description="first_available (fallback chain), fastest (race) or consensus (majority vote)."),
+        ] = "first_available",
+        system: Annotated[str | None, Field(description="System prompt sent to every model.")] = None,
+        temperature: Annotated[float | None, Field(description="Sampling temperature.", ge=0, le=2)] = None,
+        max_tokens: Annotated[int | None, Field(description="Most tokens each model may generate.", ge=1)] = None,
+        timeout_s: Annotated[
+            float | None, Field(description="Deadline for the whole call in seconds (clamped by settings).", gt=0)
+        ] = None,
+    ) -> QueryResult:
+        """Send one prompt to several LLMs and answer with the chosen strategy.
+
+        Returns the chosen answer and, for every requested model, its status (ok, error,
+        cancelled, skipped), text, latency, token usage and error code.
+        """
+        try:
+            result = await holder.get().query(
+                prompt=prompt,
+                messages=messages,
+                models=models,
+                strategy=strategy,
+                system=system,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+            )
+        except InvalidArgument as exc:
+            # A caller's mistake, not the gateway's: log it quietly.
+            raise ToolError(f"invalid argument {exc.message}", log_level=logging.INFO) from None
+        if not any(r.status == "ok" for r in result.results):
+            return _all_failed(result)
+        return result
+
+    @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
+    async def list_models() -> Catalogue:
+        """List the providers, whether each is configured (and why not), and example model ids."""
+        return holder.get().catalogue()
+
+    @mcp.resource("gateway://models", name="model-catalogue", mime_type="application/json")
+    async def model_catalogue() -> str:
+        """The provider catalogue: configured providers, why others are not, example model ids."""
+        return holder.get().catalogue().model_dump_json(indent=2)
+
+    @mcp.prompt
+    def compare_models(question: str, models: str = "") -> str:
+        """Ask several models the same question and compare their answers."""
+        chosen = f" with models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}" if models else ""
+        return (
+            f"Use the query_models tool with strategy='consensus'{chosen} to ask this question:\n\n{question}\n\n"
+            "Then compare the answers: say where the models agree, where they differ and why, which answer "
+            "is best supported, and report the agreement ratio and any model that failed."
+        )
+
+    @mcp.prompt
+    def second_opinion(question: str, answer: str) -> str:
+        """Check an answer against other models before relying on it."""
+        return (
+            "Use the query_models tool with strategy='consensus' to ask the question below, without showing the "
+            f"proposed answer to the models.\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
+            "Then say whether the models' majority answer supports the proposed answer, and quote any dissent."
+        )
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(request: Request) -> JSONResponse:
+        statuses = registry.statuses()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "providers": {
+                    "configured": [s.name for s in statuses if s.configured],
+                    "unconfigured": [s.name for s in statuses if not s.configured],
+                },
+            }
+        )
+
+    return mcp
+
+
+def _all_failed(result: QueryResult) -> ToolResult:
+    """An error result that still carries every model's outcome, so nothing is lost."""
+    lines = [f"no model answered ({len(result.results)} tried):"]
+    for r in result.results:
+        detail = f"{r.error.code}: {r.error.message}" if r.error else r.status
+        lines.append(f"- {r.model}: {detail}")
+    return ToolResult(
+        content=[TextContent(type="text", text="\n".join(lines))],
+        structured_content=result.model_dump(mode="json"),
+        is_error=True,
+    )

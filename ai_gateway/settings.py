@@ -1,0 +1,122 @@
+"""Gateway settings: one pydantic-settings object, read once and passed down.
+
+Every field is read from ``AI_GATEWAY_<FIELD>`` (or a ``.env`` file in the
+working directory). Provider credentials are *not* here: they use the
+variables users already have (``OPENAI_API_KEY``, ``OLLAMA_HOST``...), read by
+the registry from the same environment. ``.env.example`` documents every field;
+a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "AI_GATEWAY_"
+
+
+class CustomProvider(BaseModel):
+    """A provider declared in settings: any host that speaks a known dialect."""
+
+    model_config = {"extra": "forbid"}
+
+    base_url: str = Field(description="Endpoint base URL, e.g. http://localhost:8080/v1 for an OpenAI-compatible host")
+    dialect: str = Field("openai", description="Registered provider whose API dialect this host speaks")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key; None for keyless hosts")
+    description: str = ""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # -- requests ---------------------------------------------------------------
+    default_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models used when a call names none (comma-separated provider/model ids)."
+    )
+    max_models: int = Field(8, ge=1, le=64, description="Most models one query_models call may name.")
+    default_timeout_s: float = Field(60.0, gt=0, description="Deadline for one tool call when the caller gives none.")
+    min_timeout_s: float = Field(0.5, gt=0, description="Smallest accepted timeout_s; smaller values are raised to it.")
+    max_timeout_s: float = Field(
+        300.0, gt=0, description="Largest accepted timeout_s; larger values are lowered to it."
+    )
+
+    # -- outbound HTTP (one shared client) ---------------------------------------
+    http_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="aiohttp (default; httpx's own pool degrades under concurrency) or httpx."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP/TLS connect timeout per provider request.")
+    read_timeout_s: float = Field(120.0, gt=0, description="Longest silence between two reads of a response.")
+    max_connections: int = Field(200, ge=1, description="Connection pool size across all providers.")
+    max_keepalive_connections: int = Field(50, ge=0, description="Idle connections kept open for reuse.")
+    keepalive_expiry_s: float = Field(30.0, ge=0, description="Seconds an idle connection is kept.")
+
+    # -- providers ---------------------------------------------------------------
+    custom_providers: dict[str, CustomProvider] = Field(
+        default_factory=dict,
+        description='Extra hosts as JSON: {"name": {"base_url": ..., "dialect": "openai", "api_key_env": ...}}.',
+    )
+    load_plugins: bool = Field(
+        True, description="Load third-party adapters from the ai_gateway.providers entry points."
+    )
+    disabled_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Provider names to hide and refuse (comma-separated)."
+    )
+
+    # -- serving -----------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address for the HTTP transport.")
+    port: int = Field(8000, ge=0, le=65535, description="Port for the HTTP transport.")
+    path: str = Field("/mcp", description="URL path of the MCP endpoint for the HTTP transport.")
+    auth_token: SecretStr | None = Field(
+        None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="Log level (stderr).")
+
+    @field_validator("default_models", "disabled_providers", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return value if value.startswith("/") else "/" + value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Settings:
+        if self.min_timeout_s > self.max_timeout_s:
+            raise ValueError("min_timeout_s must not exceed max_timeout_s")
+        if not self.min_timeout_s <= self.default_timeout_s <= self.max_timeout_s:
+            raise ValueError("default_timeout_s must lie between min_timeout_s and max_timeout_s")
+        return self
+
+    def clamp_timeout(self, timeout_s: float | None) -> float:
+        if timeout_s is None:
+            return self.default_timeout_s
+        return min(max(timeout_s, self.min_timeout_s), self.max_timeout_s)

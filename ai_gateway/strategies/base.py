@@ -1,0 +1,56 @@
+"""What every strategy shares: the call signature, the result, and task clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from ai_gateway.dispatch import ModelTarget, Outcome
+from ai_gateway.strategies.voting import Tally
+
+CallModel = Callable[[ModelTarget], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyResult:
+    outcomes: list[Outcome]  # one per target, in request order
+    winner: int | None  # index of the chosen outcome, if any
+    tally: Tally | None = None  # consensus only
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Outcome]]) -> None:
+    """Cancel ``tasks`` and wait until each has really finished (its connection closed).
+
+    Waiting is what guarantees that no request outlives the tool call. If the
+    caller is itself cancelled while waiting, the tasks are already cancelled;
+    they are still awaited so the cancellation does not leave them orphaned.
+    """
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        await asyncio.wait(tasks)
+        raise
+
+
+def start_all(targets: Sequence[ModelTarget], call: CallModel) -> tuple[dict[asyncio.Task[Outcome], int], float]:
+    """One task per target, keyed back to its position in the request."""
+    started = time.perf_counter()
+    tasks = {asyncio.create_task(call(target), name=f"model:{target.id}"): i for i, target in enumerate(targets)}
+    return tasks, started
+
+
+def fill_cancelled(
+    outcomes: list[Outcome | None], targets: Sequence[ModelTarget], started: float, reason: str
+) -> list[Outcome]:
+    """Mark every target that has no outcome as cancelled."""
+    now = time.perf_counter()
+    return [
+        outcome if outcome is not None else Outcome.cancelled(targets[i], started, now, reason)
+        for i, outcome in enumerate(outcomes)
+    ]

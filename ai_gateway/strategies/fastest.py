@@ -1,0 +1,29 @@
+"""fastest: call every model at once; the first success answers and the rest are cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ai_gateway.dispatch import ModelTarget, Outcome
+from ai_gateway.strategies.base import CallModel, StrategyResult, cancel_and_wait, fill_cancelled, start_all
+
+
+async def fastest(targets: Sequence[ModelTarget], call: CallModel) -> StrategyResult:
+    tasks, started = start_all(targets, call)
+    outcomes: list[Outcome | None] = [None] * len(targets)
+    winner: int | None = None
+    pending = set(tasks)
+    try:
+        while pending and winner is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                outcomes[tasks[task]] = task.result()
+            # Several may finish in the same loop tick: the earliest finisher wins,
+            # request order breaks an exact tie.
+            finished_ok = [i for i in (tasks[t] for t in done) if outcomes[i].ok]  # type: ignore[union-attr]
+            if finished_ok:
+                winner = min(finished_ok, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
+    finally:
+        await cancel_and_wait(pending)
+    return StrategyResult(fill_cancelled(outcomes, targets, started, "another model answered first"), winner)
