@@ -121,18 +121,19 @@ class Adapter(ABC):
         spec = self.build_request(request, model)
         try:
             response = await client.request(spec.method, spec.url, headers=dict(spec.headers), json=spec.json)
+        # `from None` below: the transport's exception text is not scrubbed of secrets.
         except httpx.TimeoutException as exc:
-            raise self._own(ProviderTimeout(f"{type(exc).__name__} from {self.config.name}")) from exc
+            raise self._own(ProviderTimeout(f"{type(exc).__name__} from {self.config.name}")) from None
         except httpx.ConnectError as exc:
-            raise self._own(ConnectFailed(f"cannot connect to {self.config.name}: {exc}")) from exc
+            raise self._own(ConnectFailed(f"cannot connect to {self.config.name}: {exc}")) from None
         except httpx.HTTPError as exc:
-            raise self._own(UpstreamError(f"transport error from {self.config.name}: {type(exc).__name__}")) from exc
+            raise self._own(UpstreamError(f"transport error from {self.config.name}: {type(exc).__name__}")) from None
         content = response.content
         if not 200 <= response.status_code < 300:
             error = self.classify_error(response.status_code, response.headers, _decode(content))
             if error.status is None:
                 error.status = response.status_code
-            if error.retry_after_s is None:
+            if error.retry_after_s is None and error.retryable:  # a wait means nothing for a permanent error
                 error.retry_after_s = parse_retry_after(response.headers)
             raise self._own(error)
         try:

@@ -189,6 +189,8 @@ def error_for_status(status: int, message: str, **kwargs: Any) -> ProviderError:
     """The default mapping of an HTTP status onto the tree; adapters refine it from the body."""
     if status == 429:
         return RateLimited(message, status=status, **kwargs)
+    if status == 402:  # "payment required": out of credits on most hosts
+        return QuotaExhausted(message, status=status, **kwargs)
     if status in (401, 403):
         return AuthError(message, status=status, **kwargs)
     if status == 404:

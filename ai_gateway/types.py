@@ -67,7 +67,8 @@ class Usage:
 
     ``input_tokens`` includes cached input tokens (``cached_input_tokens`` is the
     part of it served from the provider's prompt cache); ``None`` means the
-    provider did not say, never zero.
+    provider did not say, never zero. Where a wire format omits a count to mean
+    zero (Gemini, Ollama), adapters report 0.
     """
 
     input_tokens: int

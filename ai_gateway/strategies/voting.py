@@ -26,6 +26,7 @@ _LEADING = re.compile(
 )
 _MARKDOWN = re.compile(r"[*_`#]+")
 _EDGE_PUNCT = string.punctuation + "“”‘’«»¿¡…–—"
+_LEADING_PUNCT = _EDGE_PUNCT.replace("-", "").replace("+", "")
 _INNER_PUNCT = re.compile(r"[^\w]+")
 _NUMBER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[-+]?\.\d+$")
 _WORDS = {
@@ -68,12 +69,12 @@ def normalise(text: str) -> str:
         folded = _LEADING.sub("", folded, count=1).strip()
     tokens = []
     for raw in folded.split():
-        token = raw.strip(_EDGE_PUNCT)
-        number = _canonical_number(token)
+        # A leading sign belongs to a number, so try that before stripping all punctuation.
+        number = _canonical_number(raw.rstrip(_EDGE_PUNCT).lstrip(_LEADING_PUNCT))
         if number is not None:
             tokens.append(number)
             continue
-        cleaned = _INNER_PUNCT.sub("", token)
+        cleaned = _INNER_PUNCT.sub("", raw.strip(_EDGE_PUNCT))
         if cleaned:
             tokens.append(cleaned)
     return " ".join(tokens)

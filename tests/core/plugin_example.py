@@ -1,0 +1,32 @@
+"""A third-party-style plugin used by the registry tests (imported only when loaded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec
+from ai_gateway.types import ChatRequest, Completion, FinishReason
+
+
+class EchoHttpAdapter(Adapter):
+    dialect = "echo-http"
+
+    def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
+        body = {"model": model, "text": request.messages[-1].content}
+        return HttpRequest("POST", f"{self.config.base_url}/echo", {}, body)
+
+    def parse_response(self, body: Any, model: str) -> Completion:
+        return Completion(text=body["text"], finish_reason=FinishReason.STOP)
+
+
+ACME = ProviderSpec(
+    name="acme",
+    adapter=EchoHttpAdapter,
+    base_url="https://acme.example/api",
+    api_key_env=("ACME_API_KEY",),
+    base_url_env=("ACME_BASE_URL",),
+    description="Acme's echo service",
+    example_models=("echo-1",),
+)
+WRONG_NAME = ProviderSpec(name="not-what-the-entry-point-says", adapter=EchoHttpAdapter, base_url="https://x")
+NOT_A_SPEC = object()

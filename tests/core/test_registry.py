@@ -1,0 +1,108 @@
+"""The registry: built-ins and plugins through one entry-point path, lazily, with clear reasons."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import EntryPoint, entry_points
+
+import pytest
+
+from ai_gateway.registry import ENTRY_POINT_GROUP, Registry, RegistryError
+from ai_gateway.settings import CustomProvider, Settings
+
+BUILTINS = {
+    "openai", "together", "groq", "openrouter", "deepseek", "mistral", "fireworks", "vllm", "lmstudio",
+    "anthropic", "gemini", "ollama", "mock",
+}  # fmt: skip
+
+
+def plugin(name: str, attr: str) -> EntryPoint:
+    return EntryPoint(name=name, value=f"tests.core.plugin_example:{attr}", group=ENTRY_POINT_GROUP)
+
+
+def installed() -> list[EntryPoint]:
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def test_builtins_are_registered_as_entry_points_of_this_distribution() -> None:
+    registry = Registry(installed(), environ={})
+    assert set(registry.names()) >= BUILTINS
+    assert {registry.status(n).source for n in BUILTINS} == {"built-in"}
+
+
+def test_plugins_load_lazily_through_the_same_path() -> None:
+    sys.modules.pop("tests.core.plugin_example", None)
+    registry = Registry([*installed(), plugin("acme", "ACME")], environ={"ACME_API_KEY": "k-123"})
+    assert "acme" in registry.names()
+    assert "tests.core.plugin_example" not in sys.modules  # listing does not import
+    status = registry.status("acme")
+    assert status.configured and status.reason == "ACME_API_KEY is set" and status.source.startswith("plugin")
+    config = registry.config("acme")
+    assert config.base_url == "https://acme.example/api"
+    assert config.api_key is not None and config.api_key.reveal() == "k-123"
+    assert "k-123" not in repr(config)
+
+
+def test_plugins_can_be_switched_off_and_never_shadow_a_builtin() -> None:
+    shadow = EntryPoint(name="openai", value="tests.core.plugin_example:ACME", group=ENTRY_POINT_GROUP)
+    registry = Registry([*installed(), shadow], environ={})
+    assert registry.spec("openai").base_url == "https://api.openai.com/v1"
+    off = Registry([*installed(), plugin("acme", "ACME")], environ={}, load_plugins=False)
+    assert "acme" not in off.names()
+
+
+@pytest.mark.parametrize(
+    ("attr", "reason"),
+    [("NOT_A_SPEC", "not a ProviderSpec"), ("WRONG_NAME", "names a spec called"), ("MISSING", "AttributeError")],
+)
+def test_a_broken_plugin_is_reported_not_fatal(attr: str, reason: str) -> None:
+    registry = Registry([*installed(), plugin("broken", attr)], environ={})
+    status = registry.status("broken")
+    assert not status.configured and reason in status.reason
+    with pytest.raises(RegistryError, match="failed to load"):
+        registry.config("broken")
+    assert registry.status("mock").configured
+
+
+def test_missing_keys_say_which_variable_to_set() -> None:
+    registry = Registry(installed(), environ={"GOOGLE_API_KEY": "g"})
+    assert registry.status("openai").reason == "OPENAI_API_KEY is not set"
+    assert registry.status("gemini").reason == "GOOGLE_API_KEY is set"  # the fallback variable counts
+    assert registry.status("ollama").reason == "no key needed"
+    with pytest.raises(RegistryError, match="OPENAI_API_KEY is not set"):
+        registry.config("openai")
+    with pytest.raises(RegistryError, match="unknown provider 'nope'"):
+        registry.spec("nope")
+
+
+def test_base_urls_come_from_the_usual_variables() -> None:
+    environ = {"OPENAI_API_KEY": "sk", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1/", "OLLAMA_HOST": "http://box:11434"}
+    registry = Registry(installed(), environ=environ)
+    assert registry.config("openai").base_url == "http://127.0.0.1:9/v1"
+    assert registry.config("ollama").base_url == "http://box:11434"
+
+
+def test_custom_providers_reuse_a_dialect() -> None:
+    custom = {
+        "local": CustomProvider(base_url="http://127.0.0.1:8080/v1"),
+        "corp": CustomProvider(base_url="https://llm.corp/v1", api_key_env="CORP_KEY", dialect="anthropic"),
+    }
+    registry = Registry(installed(), environ={}, custom=custom)
+    assert registry.status("local").configured and registry.status("local").source == "settings"
+    assert registry.spec("local").adapter is registry.spec("openai").adapter
+    assert registry.spec("corp").adapter is registry.spec("anthropic").adapter
+    assert registry.status("corp").reason == "CORP_KEY is not set"
+
+
+def test_custom_provider_names_are_checked() -> None:
+    with pytest.raises(RegistryError, match=r"custom_providers\.openai: the name is taken"):
+        Registry(installed(), environ={}, custom={"openai": CustomProvider(base_url="http://x")})
+    with pytest.raises(RegistryError, match=r"custom_providers\.Bad Name"):
+        Registry(installed(), environ={}, custom={"Bad Name": CustomProvider(base_url="http://x")})
+
+
+def test_disabled_providers_disappear() -> None:
+    settings = Settings(_env_file=None, disabled_providers="openai, groq")
+    registry = Registry.from_settings(settings, {}, installed())
+    assert "openai" not in registry.names() and "groq" not in registry.names()
+    assert "anthropic" in registry.names()

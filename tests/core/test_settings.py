@@ -1,0 +1,47 @@
+"""Settings: env parsing, clamping, and errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ai_gateway.settings import Settings
+
+
+def test_lists_accept_commas_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_DEFAULT_MODELS", "openai/gpt-4o-mini, anthropic/claude-haiku-4-5")
+    assert Settings(_env_file=None).default_models == ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]
+    monkeypatch.setenv("AI_GATEWAY_DEFAULT_MODELS", '["a/b", "c/d"]')
+    assert Settings(_env_file=None).default_models == ["a/b", "c/d"]
+
+
+def test_custom_providers_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", '{"local": {"base_url": "http://127.0.0.1:8080/v1/"}}')
+    local = Settings(_env_file=None).custom_providers["local"]
+    assert local.base_url == "http://127.0.0.1:8080/v1" and local.dialect == "openai" and local.api_key_env is None
+
+
+def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_MAX_MODELS", "0")
+    with pytest.raises(ValidationError, match="max_models"):
+        Settings(_env_file=None)
+    monkeypatch.delenv("AI_GATEWAY_MAX_MODELS")
+    monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", '{"x": {"base_url": "ftp://nope"}}')
+    with pytest.raises(ValidationError, match="base_url"):
+        Settings(_env_file=None)
+
+
+def test_timeouts_are_clamped_to_the_documented_range() -> None:
+    settings = Settings(_env_file=None, min_timeout_s=1, default_timeout_s=30, max_timeout_s=120)
+    assert settings.clamp_timeout(None) == 30
+    assert settings.clamp_timeout(0.01) == 1
+    assert settings.clamp_timeout(10_000) == 120
+    assert settings.clamp_timeout(5) == 5
+    with pytest.raises(ValidationError, match="default_timeout_s"):
+        Settings(_env_file=None, default_timeout_s=500, max_timeout_s=300)
+
+
+def test_the_auth_token_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_AUTH_TOKEN", "tok-very-secret")
+    settings = Settings(_env_file=None)
+    assert "tok-very-secret" not in repr(settings) and "tok-very-secret" not in settings.model_dump_json()

@@ -1,0 +1,196 @@
+"""Strategy semantics with a hand-released fake adapter: order, cancellation, votes, ties."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from ai_gateway.dispatch import Deadline, Dispatcher, ModelTarget, Outcome
+from ai_gateway.errors import RateLimited, UpstreamError
+from ai_gateway.strategies import StrategyResult
+from ai_gateway.strategies.consensus import consensus
+from ai_gateway.strategies.fastest import fastest
+from ai_gateway.strategies.first_available import first_available
+from tests.core.gated import REQUEST, GatedAdapter
+
+
+@pytest.fixture
+async def dispatcher() -> AsyncIterator[Dispatcher]:
+    async with httpx.AsyncClient() as client:
+        yield Dispatcher(client)
+
+
+@pytest.fixture
+def gated() -> GatedAdapter:
+    return GatedAdapter()
+
+
+def caller(dispatcher: Dispatcher, total_s: float = 30.0):
+    deadline = Deadline(total_s)
+
+    async def call(target: ModelTarget) -> Outcome:
+        return await dispatcher.call(target, REQUEST, deadline)
+
+    return call
+
+
+def statuses(result: StrategyResult) -> list[str]:
+    return [o.status for o in result.outcomes]
+
+
+# -- first_available ------------------------------------------------------------------
+
+
+async def test_first_available_tries_in_order_and_skips_after_success(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    run = asyncio.create_task(first_available(targets, caller(dispatcher)))
+    await gated.wait_started("a")
+    assert gated.started == ["a"]  # b is not called while a is still in flight
+    gated.fail("a", RateLimited("slow down", status=429))
+    await gated.wait_started("b")
+    gated.answer("b", "4")
+    result = await run
+    assert statuses(result) == ["error", "ok", "skipped"]
+    assert result.winner == 1
+    assert result.outcomes[0].error.code == "rate_limited"
+    assert gated.started == ["a", "b"]  # c never called
+
+
+async def test_first_available_reports_every_failure_when_none_succeeds(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.fail("a", UpstreamError("boom", status=500))
+    gated.fail("b", RateLimited("later", status=429))
+    result = await first_available(targets, caller(dispatcher))
+    assert result.winner is None
+    assert [o.error.code for o in result.outcomes] == ["upstream_error", "rate_limited"]
+
+
+async def test_an_expired_deadline_starts_no_model(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b")]
+    result = await first_available(targets, caller(dispatcher, total_s=-1))
+    assert statuses(result) == ["skipped", "skipped"]
+    assert {o.error.code for o in result.outcomes} == {"deadline"}
+    assert gated.started == []
+
+
+async def test_deadline_cuts_a_model_that_never_answers(dispatcher, gated):
+    target = gated.target("hangs")
+    result = await first_available([target], caller(dispatcher, total_s=0.05))
+    assert result.outcomes[0].status == "error"
+    assert result.outcomes[0].error.code == "deadline"
+    assert gated.cancelled == ["hangs"]
+
+
+# -- fastest --------------------------------------------------------------------------
+
+
+async def test_fastest_cancels_every_loser_when_one_answers(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    run = asyncio.create_task(fastest(targets, caller(dispatcher)))
+    await gated.wait_started("a", "b", "c")
+    gated.answer("b", "4")
+    result = await run
+    assert result.winner == 1
+    assert statuses(result) == ["cancelled", "ok", "cancelled"]
+    assert sorted(gated.cancelled) == ["a", "c"]
+    assert {o.error.code for o in result.outcomes if o.status == "cancelled"} == {"cancelled"}
+
+
+async def test_fastest_keeps_waiting_past_a_failure(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b")]
+    run = asyncio.create_task(fastest(targets, caller(dispatcher)))
+    await gated.wait_started("a", "b")
+    gated.fail("a", UpstreamError("boom", status=502))
+    gated.answer("b", "ok")
+    result = await run
+    assert statuses(result) == ["error", "ok"]
+    assert result.winner == 1
+    assert gated.cancelled == []
+
+
+async def test_fastest_with_no_success_has_no_winner(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.fail("a", UpstreamError("x", status=500))
+    gated.fail("b", UpstreamError("y", status=500))
+    result = await fastest(targets, caller(dispatcher))
+    assert result.winner is None
+    assert statuses(result) == ["error", "error"]
+
+
+# -- consensus ------------------------------------------------------------------------
+
+
+async def test_consensus_decides_once_a_majority_of_all_requested_agree(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    run = asyncio.create_task(consensus(targets, caller(dispatcher)))
+    await gated.wait_started("a", "b", "c")
+    gated.answer("a", "4")
+    gated.answer("b", "The answer is four.")
+    result = await run
+    assert statuses(result) == ["ok", "ok", "cancelled"]
+    assert gated.cancelled == ["c"]
+    assert result.tally.decided_early and result.tally.reached()
+    assert result.winner == 0  # the group's first model in request order
+
+
+async def test_consensus_counts_a_majority_of_successful_answers(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c", "d", "e")]
+    gated.answer("a", "Paris")
+    gated.answer("b", "paris.")
+    gated.fail("c", UpstreamError("x", status=500))
+    gated.fail("d", RateLimited("y", status=429))
+    gated.answer("e", "Lyon")
+    result = await consensus(targets, caller(dispatcher))
+    tally = result.tally
+    assert not tally.decided_early  # 2 of 5 requested is no majority of all
+    assert tally.reached() and tally.answered == 3
+    assert [g.votes for g in tally.ranked()] == [2, 1]
+    assert result.winner == 0
+
+
+async def test_consensus_reports_no_majority_and_keeps_every_answer(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    for model, text in (("a", "4"), ("b", "5"), ("c", "6")):
+        gated.answer(model, text)
+    result = await consensus(targets, caller(dispatcher))
+    assert result.winner is None
+    assert not result.tally.reached()
+    assert statuses(result) == ["ok", "ok", "ok"]
+    assert [g.normalized for g in result.tally.ranked()] == ["4", "5", "6"]
+
+
+async def test_a_tie_at_the_top_is_never_a_consensus_and_ranks_by_request_order(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b", "c", "d")]
+    for model, text in (("a", "yes"), ("b", "no"), ("c", "No"), ("d", "Yes!")):
+        gated.answer(model, text)
+    result = await consensus(targets, caller(dispatcher))
+    ranked = result.tally.ranked()
+    assert [(g.normalized, g.members) for g in ranked] == [("yes", [0, 3]), ("no", [1, 2])]
+    assert not result.tally.reached()
+    assert result.winner is None
+
+
+async def test_a_single_model_is_its_own_consensus(dispatcher, gated):
+    targets = [gated.target("a")]
+    gated.answer("a", "42")
+    result = await consensus(targets, caller(dispatcher))
+    assert result.winner == 0 and result.tally.reached()
+
+
+# -- cancellation from outside ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [fastest, consensus])
+async def test_cancelling_the_call_cancels_and_awaits_every_model(dispatcher, gated, strategy):
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    run = asyncio.create_task(strategy(targets, caller(dispatcher)))
+    await gated.wait_started("a", "b", "c")
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert sorted(gated.cancelled) == ["a", "b", "c"]
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("model:")]
+    assert leftovers == []

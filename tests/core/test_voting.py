@@ -1,0 +1,63 @@
+"""Answer normalisation: which answers count as the same vote."""
+
+from __future__ import annotations
+
+import pytest
+
+from ai_gateway.strategies.voting import Tally, normalise
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("4", "four"),
+        ("4", "4.0"),
+        ("4", "**4.**"),
+        ("4", "The answer is 4."),
+        ("4", "Answer: 4"),
+        ("4", "Final answer: the answer is 4"),
+        ("Paris", "  paris  "),
+        ("Paris", "PARIS!"),
+        ("1000", "1,000"),
+        ("3.50", "3.5"),
+        ("New York", "new   york."),
+        ("“Yes”", "yes"),
+        ("Ｐａｒｉｓ", "paris"),  # full-width forms fold under NFKC
+        ("It's 4.", "its 4"),
+    ],
+)
+def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
+    assert normalise(a) == normalise(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("4", "5"),
+        ("4", "40"),
+        ("3.5", "35"),
+        ("Paris", "Lyon"),
+        ("-1", "1"),
+        ("yes", "no"),
+        ("The answer is 4", "The answer is 5"),
+    ],
+)
+def test_different_answers_stay_apart(a: str, b: str) -> None:
+    assert normalise(a) != normalise(b)
+
+
+def test_numbers_are_written_canonically() -> None:
+    assert normalise("The answer is 1,250.00") == "1250"
+    assert normalise("-0.0") == "0"
+
+
+def test_tally_needs_a_strict_majority_of_the_answers() -> None:
+    tally = Tally(requested=4)
+    tally.add(0, "4")
+    tally.add(1, "5")
+    assert not tally.reached()  # 1 of 2 is not a strict majority
+    tally.add(2, "four")
+    assert tally.reached()  # 2 of 3
+    assert not tally.has_majority_of_requested()  # 2 of 4 requested could still be tied
+    tally.add(3, "4.0")
+    assert tally.has_majority_of_requested()
