@@ -72,6 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
     else:
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
         server.run(
             transport="http",
             host=settings.host,

@@ -1,0 +1,71 @@
+"""Structural rules that keep the codebase honest: import direction and documented settings."""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+from ai_gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# The public plugin contract: the only core modules an adapter may import.
+CONTRACT = {"ai_gateway.types", "ai_gateway.errors", "ai_gateway.adapter", "ai_gateway.secrets"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_providers_import_only_the_public_contract() -> None:
+    offenders = {}
+    for path in sorted((ROOT / "providers").rglob("*.py")):
+        core = {m for m in imported_modules(path) if m == "ai_gateway" or m.startswith("ai_gateway.")}
+        if core - CONTRACT:
+            offenders[path.name] = sorted(core - CONTRACT)
+    assert offenders == {}
+
+
+def test_the_contract_does_not_depend_on_the_rest_of_the_core() -> None:
+    for name in CONTRACT:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        core = {m for m in imported_modules(path) if m.startswith("ai_gateway.")}
+        assert core <= CONTRACT, f"{name} imports {sorted(core - CONTRACT)}"
+
+
+def test_the_core_never_imports_providers_directly() -> None:
+    for path in sorted((ROOT / "ai_gateway").rglob("*.py")):
+        assert not any(m == "providers" or m.startswith("providers.") for m in imported_modules(path)), path
+
+
+def test_builtin_entry_points_name_real_specs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    eps = pyproject["project"]["entry-points"]["ai_gateway.providers"]
+    assert {"openai", "anthropic", "gemini", "ollama", "mock", "together", "groq"} <= set(eps)
+    for name, value in eps.items():
+        module, _, attr = value.partition(":")
+        source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+        assert re.search(rf"^{attr}\s*=", source, re.M), f"{name}: {value} is not defined"
+
+
+def test_env_example_lists_every_setting_exactly_once() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    names = [m.group(1) for line in lines if (m := re.match(r"^#?\s*AI_GATEWAY_([A-Z_]+)=", line))]
+    expected = {name.upper() for name in Settings.model_fields}
+    assert sorted(names) == sorted(expected)
+
+
+def test_env_example_holds_no_secret() -> None:
+    text = (ROOT / ".env.example").read_text()
+    for line in text.splitlines():
+        key, sep, value = line.lstrip("# ").partition("=")
+        if sep and key.endswith(("_API_KEY", "_TOKEN")):
+            assert value in ("", "...") or value.endswith("..."), line
