@@ -39,8 +39,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"AI_GATEWAY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        sys.exit(f"ai-gateway: invalid setting: {problems}")
+        sys.exit(f"ai-gateway: invalid setting: {describe_settings_error(exc)}")
     environ = load_environ()
     level = getattr(args, "log_level", None) or settings.log_level
     secrets = [v for k, v in environ.items() if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) and v]
@@ -48,6 +47,18 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
         secrets.append(settings.auth_token.get_secret_value())
     logs.configure(level, secrets)
     return settings, environ
+
+
+def describe_settings_error(exc: Any) -> str:
+    """Name the variable to fix: AI_GATEWAY_<FIELD>, plus the path inside it for JSON settings."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        where = f"AI_GATEWAY_{loc[0].upper()}" if loc else "settings"
+        if len(loc) > 1:
+            where += f" ({'.'.join(loc[1:])})"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def _build(settings: Any, environ: dict[str, str]) -> Any:
@@ -82,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             show_banner=False,
             stateless_http=True,
             log_level=settings.log_level,
+            # Without this uvicorn installs its own handlers (access lines on stdout,
+            # no redaction); its records must flow through ours instead.
+            uvicorn_config={"log_config": None},
         )
     return 0
 
@@ -204,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     _prepare_environment()
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `ai-gateway query ... | head`: the reader left; that is not an error worth a traceback.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

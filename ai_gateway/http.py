@@ -8,7 +8,9 @@ machines (measured here: ~400 req/s and p99 ~310 ms at 32 in flight, against
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from ai_gateway import __version__
 from ai_gateway.settings import Settings
@@ -33,9 +35,7 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     )
     transport: httpx.AsyncBaseTransport
     if settings.http_transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(limits=limits, trust_env=True)
+        transport = ExactAiohttpTransport(limits=limits, trust_env=True)
     else:
         transport = httpx.AsyncHTTPTransport(limits=limits)
     return httpx.AsyncClient(
@@ -44,3 +44,25 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         headers={"user-agent": USER_AGENT},
         follow_redirects=False,
     )
+
+
+class ExactAiohttpTransport(AiohttpTransport):
+    """The aiohttp transport with connection errors mapped by what really happened.
+
+    httpx-aiohttp 0.2 turns every aiohttp connection error (refused, DNS failure,
+    server hung up) into ``httpx.ConnectTimeout``, so a refused connection would
+    be reported, and retried, as a timeout. The aiohttp cause says which it was.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(exc), request=request) from cause
+            if isinstance(cause, aiohttp.ServerDisconnectedError):
+                raise httpx.RemoteProtocolError(str(exc), request=request) from cause
+            if isinstance(cause, aiohttp.ClientOSError):  # reset by peer and friends
+                raise httpx.ReadError(str(exc), request=request) from cause
+            raise

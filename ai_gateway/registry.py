@@ -67,12 +67,13 @@ class Registry:
     ) -> None:
         self._environ = environ
         self._entries: dict[str, _Entry] = {}
-        disabled_set = set(disabled)
+        # Disabled providers stay loadable as dialects for custom hosts, but are hidden and refused.
+        self._disabled = disabled_set = set(disabled)
         # Built-ins first so a plugin can never shadow one by reusing its name.
         ordered = sorted(eps, key=lambda ep: not _is_builtin(ep))
         for ep in ordered:
             builtin = _is_builtin(ep)
-            if ep.name in disabled_set or (not builtin and not load_plugins):
+            if not builtin and not load_plugins:
                 continue
             if ep.name in self._entries:
                 log.warning("provider %r from %s ignored: the name is taken", ep.name, ep.value)
@@ -84,9 +85,8 @@ class Registry:
                 raise RegistryError(f"custom_providers.{name}: use lowercase letters, digits, '-' or '_'")
             if name in self._entries:
                 raise RegistryError(f"custom_providers.{name}: the name is taken by a registered provider; rename it")
-            if name in disabled_set:
-                continue
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
+        self._visible = sorted(name for name in self._entries if name not in disabled_set)
 
     @classmethod
     def from_settings(
@@ -101,9 +101,14 @@ class Registry:
         )
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return list(self._visible)
 
     def spec(self, name: str) -> ProviderSpec:
+        if name in self._disabled:
+            raise RegistryError(f"provider {name!r} is disabled (AI_GATEWAY_DISABLED_PROVIDERS)")
+        return self._load(name)
+
+    def _load(self, name: str) -> ProviderSpec:
         entry = self._entries.get(name)
         if entry is None:
             raise RegistryError(f"unknown provider {name!r}; known providers: {', '.join(self.names())}")
@@ -118,7 +123,9 @@ class Registry:
         return entry.spec
 
     def status(self, name: str) -> ProviderStatus:
-        entry = self._entries[name]
+        entry = self._entries.get(name)
+        if entry is None or name in self._disabled:
+            return ProviderStatus(name, False, "unknown or disabled provider", "none")
         try:
             spec = self.spec(name)
         except RegistryError as exc:
@@ -158,7 +165,7 @@ class Registry:
 
     def _custom_loader(self, name: str, custom: CustomProvider) -> Callable[[], ProviderSpec]:
         def load() -> ProviderSpec:
-            dialect = self.spec(custom.dialect)
+            dialect = self._load(custom.dialect)
             return ProviderSpec(
                 name=name,
                 adapter=dialect.adapter,
@@ -166,6 +173,7 @@ class Registry:
                 api_key_env=(custom.api_key_env,) if custom.api_key_env else (),
                 key_required=custom.api_key_env is not None,
                 description=custom.description or f"{custom.dialect}-compatible host from settings",
+                options=custom.options,
             )
 
         return load

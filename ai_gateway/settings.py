@@ -26,6 +26,10 @@ class CustomProvider(BaseModel):
     dialect: str = Field("openai", description="Registered provider whose API dialect this host speaks")
     api_key_env: str | None = Field(None, description="Environment variable holding the key; None for keyless hosts")
     description: str = ""
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Dialect options, e.g. {"max_tokens_field": "max_completion_tokens", "extra_headers": {...}}',
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -111,9 +115,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _timeouts(self) -> Settings:
         if self.min_timeout_s > self.max_timeout_s:
-            raise ValueError("min_timeout_s must not exceed max_timeout_s")
+            raise ValueError("AI_GATEWAY_MIN_TIMEOUT_S must not exceed AI_GATEWAY_MAX_TIMEOUT_S")
         if not self.min_timeout_s <= self.default_timeout_s <= self.max_timeout_s:
-            raise ValueError("default_timeout_s must lie between min_timeout_s and max_timeout_s")
+            raise ValueError(
+                "AI_GATEWAY_DEFAULT_TIMEOUT_S must lie between AI_GATEWAY_MIN_TIMEOUT_S and AI_GATEWAY_MAX_TIMEOUT_S"
+            )
         return self
 
     def clamp_timeout(self, timeout_s: float | None) -> float:

@@ -113,9 +113,10 @@ OLLAMA = ProviderSpec(
     name="ollama",
     adapter=OllamaAdapter,
     base_url=DEFAULT_HOST,
-    api_key_env=(),
+    # Optional: a local server needs no key; Ollama's cloud API and authenticating proxies do.
+    api_key_env=("OLLAMA_API_KEY",),
     base_url_env=("OLLAMA_HOST",),
     key_required=False,
-    description="A local Ollama server (native /api/chat).",
+    description="An Ollama server (native /api/chat); OLLAMA_API_KEY only for ollama.com or a proxy.",
     example_models=("llama3.2", "qwen2.5", "gemma3"),
 )

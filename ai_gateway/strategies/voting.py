@@ -26,7 +26,10 @@ _LEADING = re.compile(
 )
 _MARKDOWN = re.compile(r"[*_`#]+")
 _EDGE_PUNCT = string.punctuation + "“”‘’«»¿¡…–—"
-_LEADING_PUNCT = _EDGE_PUNCT.replace("-", "").replace("+", "")
+# A leading sign or decimal point belongs to a number ("-4", ".5"), so those survive.
+_LEADING_PUNCT = _EDGE_PUNCT.replace("-", "").replace("+", "").replace(".", "")
+_FRACTION = re.compile(r"^\d+/\d+$")
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
 _INNER_PUNCT = re.compile(r"[^\w]+")
 _NUMBER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[-+]?\.\d+$")
 _WORDS = {
@@ -62,19 +65,23 @@ _WORDS.update({"ninety": "90", "hundred": "100", "thousand": "1000"})
 
 
 def normalise(text: str) -> str:
-    folded = _MARKDOWN.sub("", unicodedata.normalize("NFKC", text).casefold()).strip()
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_MINUS_SIGNS)
+    folded = _MARKDOWN.sub("", folded).strip()
     previous = None
     while previous != folded:  # "Answer: the answer is 4" loses both prefixes
         previous = folded
         folded = _LEADING.sub("", folded, count=1).strip()
     tokens = []
     for raw in folded.split():
-        # A leading sign belongs to a number, so try that before stripping all punctuation.
         number = _canonical_number(raw.rstrip(_EDGE_PUNCT).lstrip(_LEADING_PUNCT))
         if number is not None:
             tokens.append(number)
             continue
-        cleaned = _INNER_PUNCT.sub("", raw.strip(_EDGE_PUNCT))
+        stripped = raw.strip(_EDGE_PUNCT)
+        if _FRACTION.match(stripped):  # "3/4" must not become "34"
+            tokens.append(stripped)
+            continue
+        cleaned = _INNER_PUNCT.sub("", stripped)
         if cleaned:
             tokens.append(cleaned)
     return " ".join(tokens)

@@ -101,8 +101,16 @@ def test_custom_provider_names_are_checked() -> None:
         Registry(installed(), environ={}, custom={"Bad Name": CustomProvider(base_url="http://x")})
 
 
-def test_disabled_providers_disappear() -> None:
-    settings = Settings(_env_file=None, disabled_providers="openai, groq")
-    registry = Registry.from_settings(settings, {}, installed())
+def test_disabled_providers_disappear_but_still_serve_as_a_dialect() -> None:
+    settings = Settings(
+        _env_file=None,
+        disabled_providers="openai, groq",
+        custom_providers={"local": {"base_url": "http://127.0.0.1:8080/v1", "options": {"max_tokens_field": "x"}}},
+    )
+    registry = Registry.from_settings(settings, {"OPENAI_API_KEY": "sk"}, installed())
     assert "openai" not in registry.names() and "groq" not in registry.names()
     assert "anthropic" in registry.names()
+    with pytest.raises(RegistryError, match="disabled"):
+        registry.config("openai")
+    assert registry.config("local").options == {"max_tokens_field": "x"}
+    assert registry.spec("local").adapter.dialect == "openai"

@@ -37,7 +37,7 @@ def test_timeouts_are_clamped_to_the_documented_range() -> None:
     assert settings.clamp_timeout(0.01) == 1
     assert settings.clamp_timeout(10_000) == 120
     assert settings.clamp_timeout(5) == 5
-    with pytest.raises(ValidationError, match="default_timeout_s"):
+    with pytest.raises(ValidationError, match="AI_GATEWAY_DEFAULT_TIMEOUT_S"):
         Settings(_env_file=None, default_timeout_s=500, max_timeout_s=300)
 
 
@@ -45,3 +45,17 @@ def test_the_auth_token_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AI_GATEWAY_AUTH_TOKEN", "tok-very-secret")
     settings = Settings(_env_file=None)
     assert "tok-very-secret" not in repr(settings) and "tok-very-secret" not in settings.model_dump_json()
+
+
+def test_cli_names_the_variable_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ai_gateway.cli import describe_settings_error
+
+    monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", '{"x": {"base_url": "ftp://nope"}}')
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    assert describe_settings_error(info.value).startswith("AI_GATEWAY_CUSTOM_PROVIDERS (x.base_url): ")
+    monkeypatch.delenv("AI_GATEWAY_CUSTOM_PROVIDERS")
+    monkeypatch.setenv("AI_GATEWAY_DEFAULT_TIMEOUT_S", "900")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    assert "AI_GATEWAY_DEFAULT_TIMEOUT_S must lie between" in describe_settings_error(info.value)

@@ -24,6 +24,9 @@ from ai_gateway.strategies.voting import Tally, normalise
         ("“Yes”", "yes"),
         ("Ｐａｒｉｓ", "paris"),  # full-width forms fold under NFKC
         ("It's 4.", "its 4"),
+        (".5", "0.5"),
+        ("\u22124", "-4"),
+        ("3/4.", "3/4"),
     ],
 )
 def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
@@ -40,6 +43,9 @@ def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
         ("-1", "1"),
         ("yes", "no"),
         ("The answer is 4", "The answer is 5"),
+        (".5", "5"),
+        ("\u22124", "4"),  # a Unicode minus sign is still a minus
+        ("3/4", "34"),
     ],
 )
 def test_different_answers_stay_apart(a: str, b: str) -> None:

@@ -173,7 +173,7 @@ def test_row() -> None:
     assert OLLAMA.name == "ollama"
     assert OLLAMA.adapter is OllamaAdapter
     assert OLLAMA.base_url == BASE
-    assert OLLAMA.api_key_env == ()
+    assert OLLAMA.api_key_env == ("OLLAMA_API_KEY",)  # optional: ollama.com or an authenticating proxy
     assert OLLAMA.base_url_env == ("OLLAMA_HOST",)
     assert OLLAMA.key_required is False
 
