@@ -1,0 +1,241 @@
+"""``ai-gateway serve --transport http`` as a real subprocess, reached by three different MCP clients.
+
+The fake provider runs in this module's event loop; the gateway subprocess reaches it over TCP.
+The module's gateways (plain, with a bearer token, logging to files) start together, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import httpx2
+import pytest
+import pytest_asyncio
+from fastmcp import Client as FastMCPClient
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp import Client, ClientSession, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from ai_gateway import __version__
+from tests.fake_provider import Scenario
+from tests.integration.conftest import (
+    KEYS,
+    MODELS,
+    GatedFake,
+    ServerProcess,
+    http_servers,
+    subprocess_env,
+    vendor,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TOKEN = "tok-integration-5f3b2a9c41d8e7"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_fake() -> AsyncIterator[GatedFake]:
+    async with GatedFake() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake(module_fake: GatedFake) -> None:
+    module_fake.reset()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def servers(module_fake: GatedFake, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Servers]:
+    """Three gateways started side by side: plain, with a bearer token, and logging at info into files."""
+    cwd: Path = tmp_path_factory.mktemp("http-gateway")  # no .env to pick up
+    logs = Servers.log_paths(cwd)
+    plain = {"env": subprocess_env(module_fake.url), "cwd": cwd}
+    authed = {"env": subprocess_env(module_fake.url, AI_GATEWAY_AUTH_TOKEN=TOKEN), "cwd": cwd}
+    with logs[0].open("wb") as out, logs[1].open("wb") as err:
+        logged_env = subprocess_env(module_fake.url, AI_GATEWAY_LOG_LEVEL="info")
+        logged = {"env": logged_env, "cwd": cwd, "stdout": out, "stderr": err}
+        async with http_servers(plain, authed, logged) as (p, a, lg):
+            yield Servers(p, a, lg, logs)
+
+
+@dataclass
+class Servers:
+    plain: ServerProcess
+    authed: ServerProcess
+    logged: ServerProcess
+    logs: tuple[Path, Path]  # the logged server's stdout and stderr
+
+    @staticmethod
+    def log_paths(directory: Path) -> tuple[Path, Path]:
+        return directory / "stdout.log", directory / "stderr.log"
+
+
+@pytest.fixture
+def gateway(servers: Servers) -> ServerProcess:
+    return servers.plain
+
+
+def assert_answer(structured: dict, model_id: str, text: str) -> None:
+    assert structured["strategy"] == "first_available"
+    assert structured["answer"] == text and structured["model"] == model_id
+    (r,) = structured["results"]
+    assert r["status"] == "ok" and r["text"] == text and r["usage"]["output_tokens"] == len(text.split())
+
+
+async def test_health_reports_version_and_configured_providers(gateway: ServerProcess) -> None:
+    base_url, first = gateway.base_url, gateway.health
+    assert first is not None
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(f"{base_url}/health")
+    for r in (first, resp):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["status"] == "ok" and body["version"] == __version__
+    assert {"openai", "anthropic", "gemini", "ollama", "groq"} <= set(body["providers"]["configured"])
+    assert "mistral" in body["providers"]["unconfigured"]
+    for key in KEYS.values():
+        assert key not in resp.text
+
+
+async def test_mcp_sdk_client_lists_and_calls(gateway: ServerProcess, module_fake: GatedFake) -> None:
+    base_url = gateway.base_url
+    module_fake.set("gpt-4o-mini", Scenario(text="over http"))
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        Client(streamable_http_client(f"{base_url}/mcp", http_client=http)) as client,
+    ):
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert {"query_models", "list_models"} <= set(tools)
+        assert "results" in tools["query_models"].output_schema["properties"]
+
+        result = await client.call_tool("query_models", {"prompt": "hi there", "models": [MODELS["openai"]]})
+        assert not result.is_error
+        assert_answer(result.structured_content, MODELS["openai"], "over http")
+
+        bad = await client.call_tool("query_models", {"prompt": "hi", "models": ["openai/x"], "temperature": 9})
+        assert bad.is_error
+        assert "temperature" in bad.content[0].text
+        unknown = await client.call_tool("query_models", {"prompt": "hi", "models": ["nope/x"]})
+        assert unknown.is_error
+        assert "models[0]" in unknown.content[0].text
+    (call,) = module_fake.calls  # invalid calls never reached a provider
+    assert call.headers["authorization"] == f"Bearer {KEYS['OPENAI_API_KEY']}"
+
+
+async def test_low_level_client_session(gateway: ServerProcess, module_fake: GatedFake) -> None:
+    base_url = gateway.base_url
+    model_id = MODELS["anthropic"]
+    module_fake.set(vendor(model_id), Scenario(text="from a session"))
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        streamable_http_client(f"{base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        result = await session.call_tool("query_models", {"prompt": "hello", "models": [model_id]})
+    assert not result.is_error
+    assert_answer(result.structured_content, model_id, "from a session")
+    assert [c.path for c in module_fake.calls] == ["/v1/messages"]
+
+
+async def test_fastmcp_client_over_http_runs_a_consensus(gateway: ServerProcess, module_fake: GatedFake) -> None:
+    base_url = gateway.base_url
+    module_fake.set("h-1", Scenario(text="4"))
+    module_fake.set("h-2", Scenario(text="four"))
+    module_fake.set("h-3", Scenario(hang=True))
+    release = module_fake.hold("h-1", "h-2")
+    async with FastMCPClient(f"{base_url}/mcp") as client:
+        call = asyncio.create_task(
+            client.call_tool(
+                "query_models",
+                {"prompt": "2+2?", "models": ["openai/h-1", "gemini/h-2", "ollama/h-3"], "strategy": "consensus"},
+            )
+        )
+        await module_fake.wait_for_calls(3)
+        release.set()
+        result = await call
+        resource = await client.read_resource("gateway://models")
+    sc = result.structured_content
+    assert sc["answer"] == "4" and sc["consensus"]["reached"] and sc["consensus"]["decided_early"]
+    assert [r["status"] for r in sc["results"]] == ["ok", "ok", "cancelled"]
+    await module_fake.wait_for_disconnects(1)  # the subprocess closed the abandoned request
+    assert [c.model for c in module_fake.disconnects] == ["h-3"]
+    catalogue = json.loads(resource[0].text)
+    assert {p["provider"] for p in catalogue["providers"] if p["configured"]} >= {"openai", "gemini", "ollama"}
+
+
+async def test_auth_token_is_required_for_mcp_but_not_for_health(servers: Servers, module_fake: GatedFake) -> None:
+    base_url = servers.authed.base_url
+    module_fake.set("gpt-4o-mini", Scenario(text="authorised"))
+    async with httpx.AsyncClient() as http:
+        health = await http.get(f"{base_url}/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        denied = await http.post(
+            f"{base_url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"accept": "application/json, text/event-stream"},
+        )
+        assert denied.status_code == 401
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+        wrong = await http.post(
+            f"{base_url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"accept": "application/json, text/event-stream", "authorization": "Bearer tok-wrong"},
+        )
+        assert wrong.status_code == 401
+
+    # An MCP client without the token cannot even connect (the SDK wraps the error in task groups).
+    with pytest.RaisesGroup(MCPError, flatten_subgroups=True, allow_unwrapped=True):
+        async with httpx2.AsyncClient() as http2, Client(streamable_http_client(f"{base_url}/mcp", http_client=http2)):
+            pass
+
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http2,
+        Client(streamable_http_client(f"{base_url}/mcp", http_client=http2)) as client,
+    ):
+        result = await client.call_tool("query_models", {"prompt": "hi", "models": [MODELS["openai"]]})
+    assert_answer(result.structured_content, MODELS["openai"], "authorised")
+
+    transport = StreamableHttpTransport(f"{base_url}/mcp", auth=TOKEN)
+    async with FastMCPClient(transport) as client:
+        listed = await client.list_tools()
+    assert "query_models" in {t.name for t in listed}
+    assert module_fake.count() == 1
+
+
+async def test_client_timeout_cancels_the_provider_requests(gateway: ServerProcess, module_fake: GatedFake) -> None:
+    base_url = gateway.base_url
+    module_fake.set("hang-1", Scenario(hang=True))
+    module_fake.set("hang-2", Scenario(hang=True))
+    async with FastMCPClient(f"{base_url}/mcp") as client:
+        call = asyncio.create_task(
+            client.call_tool(
+                "query_models",
+                {"prompt": "hi", "models": ["openai/hang-1", "anthropic/hang-2"], "strategy": "consensus"},
+            )
+        )
+        await module_fake.wait_for_calls(2)
+        call.cancel()  # the client gives up: the server must abandon both provider requests
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await module_fake.wait_for_disconnects(2)
+    assert sorted(c.model for c in module_fake.disconnects) == ["hang-1", "hang-2"]
+
+
+async def test_http_server_logs_are_redacted_and_stay_off_stdout(servers: Servers) -> None:
+    key = KEYS["OPENAI_API_KEY"]
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(f"{servers.logged.base_url}/health", params={"api_key": key})
+    assert resp.status_code == 200
+    await servers.logged.stop()  # once it has exited, its output is complete
+    stdout, stderr = (path.read_text() for path in servers.logs)
+    assert "Uvicorn running" in stdout + stderr  # info logging really was on
+    assert key not in stdout + stderr
+    assert stdout == ""  # logs belong on stderr
+    assert "[REDACTED]" in stderr  # uvicorn's access line went through the gateway's redacting formatter
