@@ -140,13 +140,18 @@ class Adapter(ABC):
             body = json.loads(content)
         except ValueError as exc:
             ctype = response.headers.get("content-type", "none")
-            raise self._own(MalformedResponse(f"response is not JSON (content-type {ctype})")) from exc
+            error = MalformedResponse(f"response is not JSON (content-type {ctype})", status=response.status_code)
+            raise self._own(error) from exc
         try:
             return self.parse_response(body, model)
         except GatewayError as exc:
+            exc.status = exc.status or response.status_code
             raise self._own(exc) from None
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise self._own(MalformedResponse(f"unexpected response shape ({type(exc).__name__}: {exc})")) from exc
+            error = MalformedResponse(
+                f"unexpected response shape ({type(exc).__name__}: {exc})", status=response.status_code
+            )
+            raise self._own(error) from exc
 
     def _own(self, error: GatewayError) -> GatewayError:
         """Stamp the provider name on an error and scrub this provider's key from it."""

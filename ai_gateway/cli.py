@@ -92,7 +92,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             path=settings.path,
             show_banner=False,
             stateless_http=True,
-            log_level=settings.log_level,
             # Without this uvicorn installs its own handlers (access lines on stdout,
             # no redaction); its records must flow through ours instead.
             uvicorn_config={"log_config": None},

@@ -68,7 +68,7 @@ class Gateway:
             return await self.dispatcher.call(target, request, deadline)
 
         result = await run(targets, call)
-        return build_result(strategy, result, self._secrets(targets), time.perf_counter() - started)
+        return build_result(strategy, result, self.registry.secrets(), time.perf_counter() - started)
 
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
         """Turn model ids into targets, or say exactly which id is wrong and why."""
@@ -88,6 +88,8 @@ class Gateway:
             if model_id in seen:
                 raise InvalidArgument(field, f"{model_id!r} is listed twice; each model may appear once")
             seen.add(model_id)
+            if model_id != model_id.strip():
+                raise InvalidArgument(field, f"{model_id!r} has surrounding spaces; write {model_id.strip()!r}")
             provider, sep, model = model_id.partition("/")
             if not sep or not provider or not model.strip():
                 raise InvalidArgument(field, f"{model_id!r} is not provider/model (e.g. openai/gpt-4o-mini)")
@@ -107,9 +109,6 @@ class Gateway:
             spec = self.registry.spec(provider)
             adapter = self._adapters[provider] = spec.adapter(self.registry.config(provider))
         return adapter
-
-    def _secrets(self, targets: Sequence[ModelTarget]) -> tuple[str, ...]:
-        return tuple(t.adapter.config.api_key.reveal() for t in targets if t.adapter.config.api_key)
 
     # -- the catalogue ----------------------------------------------------------------
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "ai_gateway.providers"
 DIST_NAME = "ai-gateway"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+# Variables that hold credentials by convention, whether or not a provider names them.
+_SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_KEY")
 
 
 class RegistryError(LookupError):
@@ -87,6 +89,8 @@ class Registry:
                 raise RegistryError(f"custom_providers.{name}: the name is taken by a registered provider; rename it")
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
         self._visible = sorted(name for name in self._entries if name not in disabled_set)
+        self._key_vars = {c.api_key_env for c in (custom or {}).values() if c.api_key_env}
+        self._secrets: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(
@@ -115,6 +119,7 @@ class Registry:
         if entry.spec is None and entry.error is None:
             try:
                 entry.spec = entry.load()
+                self._secrets = None  # a plugin may name a key variable we did not know
             except Exception as exc:  # a broken plugin must not take the gateway down
                 entry.error = f"failed to load: {type(exc).__name__}: {exc}"
                 log.warning("provider %r %s", name, entry.error)
@@ -159,6 +164,14 @@ class Registry:
             api_key=Secret(key) if key else None,
             options=spec.options,
         )
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential value in this registry's environment, for redaction."""
+        if self._secrets is None:
+            names = self._key_vars | {var for e in self._entries.values() if e.spec for var in e.spec.api_key_env}
+            values = {v for k, v in self._environ.items() if v and (k in names or k.endswith(_SECRET_SUFFIXES))}
+            self._secrets = tuple(sorted(values, key=len, reverse=True))  # longest first: no partial leftovers
+        return self._secrets
 
     def _first_env(self, names: Iterable[str]) -> str | None:
         return next((self._environ[var] for var in names if self._environ.get(var)), None)

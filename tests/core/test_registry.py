@@ -114,3 +114,10 @@ def test_disabled_providers_disappear_but_still_serve_as_a_dialect() -> None:
         registry.config("openai")
     assert registry.config("local").options == {"max_tokens_field": "x"}
     assert registry.spec("local").adapter.dialect == "openai"
+
+
+def test_secrets_cover_every_credential_in_the_environment() -> None:
+    custom = {"corp": CustomProvider(base_url="https://llm.corp/v1", api_key_env="CORP_CREDENTIAL")}
+    environ = {"OPENAI_API_KEY": "sk-one", "CORP_CREDENTIAL": "c0rp", "MY_TOKEN": "t0k", "HOME": "/root"}
+    registry = Registry(installed(), environ=environ, custom=custom)
+    assert set(registry.secrets()) == {"sk-one", "c0rp", "t0k"}

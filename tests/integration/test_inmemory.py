@@ -376,6 +376,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("blank model part", {"prompt": "hi", "models": ["openai/gpt-4o-mini", "openai/  "]}, ["models[1]"]),
     ("empty provider part", {"prompt": "hi", "models": ["/gpt-4o-mini"]}, ["models[0]"]),
     ("duplicate model", {"prompt": "hi", "models": ["openai/a", "openai/a"]}, ["models[1]", "twice"]),
+    ("model id with spaces", {"prompt": "hi", "models": ["openai/gpt-4o-mini "]}, ["models[0]", "spaces"]),
     ("too many models", {"prompt": "hi", "models": ["openai/a", "openai/b", "openai/c"]}, ["models", "at most 2"]),
     ("empty model list", {"prompt": "hi", "models": []}, ["models"]),
     ("no models and no default", {"prompt": "hi"}, ["models", "AI_GATEWAY_DEFAULT_MODELS"]),
