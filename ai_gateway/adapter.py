@@ -16,9 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ai_gateway.errors import (
     ConnectFailed,
@@ -32,6 +30,9 @@ from ai_gateway.errors import (
 )
 from ai_gateway.secrets import Secret, redact
 from ai_gateway.types import ChatRequest, Completion
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Adapter",
@@ -118,6 +119,8 @@ class Adapter(ABC):
     # -- the one shared I/O step ---------------------------------------------------
 
     async def complete(self, client: httpx.AsyncClient, request: ChatRequest, model: str) -> Completion:
+        import httpx  # imported on first use: the server lists its tools without the HTTP stack
+
         spec = self.build_request(request, model)
         try:
             response = await client.request(spec.method, spec.url, headers=dict(spec.headers), json=spec.json)

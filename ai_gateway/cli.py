@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -80,6 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.path:
         settings.path = args.path if args.path.startswith("/") else "/" + args.path
     server = _build(settings, environ)
+    # Everything built so far lives for the whole process: keep it out of the cyclic
+    # collector, whose full passes over ~130k start-up objects took ~90 ms each.
+    gc.freeze()
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
     else:

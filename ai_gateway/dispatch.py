@@ -13,16 +13,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-import httpx
+from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
 from ai_gateway.errors import Cancelled, DeadlineExceeded, EmptyResponse, GatewayError, InternalError
 from ai_gateway.types import ChatRequest, Completion
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 
+# Where the shared HTTP client comes from: built on first use (see ai_gateway.http).
+ClientSource = Callable[[], "httpx.AsyncClient"]
 Clock = Callable[[], float]
 OutcomeStatus = Literal["ok", "error", "cancelled", "skipped"]
 
@@ -74,7 +77,7 @@ class Deadline:
 
 
 class Dispatcher:
-    def __init__(self, client: httpx.AsyncClient, clock: Clock = time.perf_counter) -> None:
+    def __init__(self, client: ClientSource, clock: Clock = time.perf_counter) -> None:
         self.client = client
         self.clock = clock
 
@@ -86,7 +89,7 @@ class Dispatcher:
             return Outcome.skipped(target, error)
         try:
             async with asyncio.timeout(remaining):
-                completion = await target.adapter.complete(self.client, request, target.model)
+                completion = await target.adapter.complete(self.client(), request, target.model)
         except TimeoutError:
             error = DeadlineExceeded(
                 f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider

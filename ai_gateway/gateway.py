@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import httpx
-
 from ai_gateway.adapter import Adapter
-from ai_gateway.dispatch import Deadline, Dispatcher, ModelTarget, Outcome
+from ai_gateway.dispatch import ClientSource, Deadline, Dispatcher, ModelTarget, Outcome
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.registry import Registry, RegistryError
 from ai_gateway.schemas import (
@@ -35,7 +33,7 @@ from ai_gateway.types import ChatRequest, Message
 
 
 class Gateway:
-    def __init__(self, settings: Settings, registry: Registry, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, registry: Registry, client: ClientSource) -> None:
         self.settings = settings
         self.registry = registry
         self.dispatcher = Dispatcher(client)

@@ -4,22 +4,29 @@ httpx's API is kept (adapters and respx speak it), but by default its transport
 is aiohttp's: httpx's own connection pool collapses under concurrency on small
 machines (measured here: ~400 req/s and p99 ~310 ms at 32 in flight, against
 ~1,500 req/s and p99 ~47 ms on the aiohttp transport).
+
+The HTTP stack (httpx, aiohttp) takes ~200 ms to import and is not needed to
+list tools, so it is imported when the first provider call needs the client:
+``ai-gateway serve`` answers ``tools/list`` sooner.
 """
 
 from __future__ import annotations
 
-import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
+from typing import TYPE_CHECKING
 
 from ai_gateway import __version__
 from ai_gateway.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = f"ai-gateway/{__version__}"
 
 
 def build_client(settings: Settings) -> httpx.AsyncClient:
     """A client with explicit timeouts and pool limits; the caller must ``aclose()`` it."""
+    import httpx
+
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_keepalive_connections,
@@ -35,6 +42,8 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     )
     transport: httpx.AsyncBaseTransport
     if settings.http_transport == "aiohttp":
+        from ai_gateway.transport import ExactAiohttpTransport
+
         transport = ExactAiohttpTransport(limits=limits, trust_env=True)
     else:
         transport = httpx.AsyncHTTPTransport(limits=limits)
@@ -46,23 +55,19 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-class ExactAiohttpTransport(AiohttpTransport):
-    """The aiohttp transport with connection errors mapped by what really happened.
+class SharedClient:
+    """The shared client, built on first use and closed by whoever owns this (the server's lifespan)."""
 
-    httpx-aiohttp 0.2 turns every aiohttp connection error (refused, DNS failure,
-    server hung up) into ``httpx.ConnectTimeout``, so a refused connection would
-    be reported, and retried, as a timeout. The aiohttp cause says which it was.
-    """
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except httpx.ConnectTimeout as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ClientConnectorError):
-                raise httpx.ConnectError(str(exc), request=request) from cause
-            if isinstance(cause, aiohttp.ServerDisconnectedError):
-                raise httpx.RemoteProtocolError(str(exc), request=request) from cause
-            if isinstance(cause, aiohttp.ClientOSError):  # reset by peer and friends
-                raise httpx.ReadError(str(exc), request=request) from cause
-            raise
+    def __call__(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = build_client(self._settings)
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()

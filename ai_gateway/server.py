@@ -18,8 +18,8 @@ from typing import Annotated, Any
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
-from fastmcp.tools import ToolResult
-from mcp.types import TextContent
+from fastmcp.tools import Tool, ToolResult
+from mcp.types import TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,9 +28,9 @@ from ai_gateway import __version__
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.gateway import Gateway
-from ai_gateway.http import build_client
+from ai_gateway.http import SharedClient
 from ai_gateway.registry import Registry
-from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StrategyName
+from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StrategyName, compact_nullables
 from ai_gateway.settings import Settings
 
 INSTRUCTIONS = """\
@@ -76,7 +76,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
-        client = build_client(settings)
+        client = SharedClient(settings)
         holder.gateway = Gateway(settings, registry, client)
         try:
             yield {"gateway": holder.gateway}
@@ -89,7 +89,6 @@ def build_server(
         "ai-gateway", INSTRUCTIONS, version=__version__, lifespan=lifespan, auth=auth, mask_error_details=True
     )
 
-    @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": True})
     async def query_models(
         prompt: Annotated[str | None, Field(description="The question or task. Give this or messages.")] = None,
         messages: Annotated[
@@ -133,6 +132,10 @@ def build_server(
         if not any(r.status == "ok" for r in result.results):
             return _all_failed(result)
         return result
+
+    tool = Tool.from_function(query_models, annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
+    tool.output_schema = compact_nullables(tool.output_schema)
+    mcp.add_tool(tool)
 
     @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
     async def list_models() -> Catalogue:

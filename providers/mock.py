@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec
 from ai_gateway.errors import (
@@ -37,6 +35,9 @@ from ai_gateway.errors import (
     UpstreamError,
 )
 from ai_gateway.types import ChatRequest, Completion, FinishReason, Usage
+
+if TYPE_CHECKING:
+    import httpx
 
 _FAILURES: dict[str, type[ProviderError]] = {
     cls.code.value: cls

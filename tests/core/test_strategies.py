@@ -20,7 +20,7 @@ from tests.core.gated import REQUEST, GatedAdapter
 @pytest.fixture
 async def dispatcher() -> AsyncIterator[Dispatcher]:
     async with httpx.AsyncClient() as client:
-        yield Dispatcher(client)
+        yield Dispatcher(lambda: client)
 
 
 @pytest.fixture
