@@ -16,7 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ai_gateway.errors import (
     ConnectFailed,
@@ -62,6 +62,9 @@ class ProviderSpec:
     description: str = ""
     example_models: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    # "model" where a provider's models fail independently (aggregators route each model to
+    # a different backend): then each model gets its own circuit breaker.
+    breaker_scope: Literal["provider", "model"] = "provider"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,14 @@
-"""Calling one model: the deadline, then the adapter; every failure becomes an Outcome.
+"""Calling one model: every resilience layer around every attempt; failures become Outcomes.
 
-This is the one place a provider call is made, so the cross-cutting layers
-(cache, circuit breaker, retries) wrap :meth:`Dispatcher.call` and nothing
-else. A call never raises except ``asyncio.CancelledError``: strategies read
-outcomes, not exceptions.
+For one model the path is::
+
+    deadline check → retries( breaker gate → concurrency slot → attempt timeout → adapter )
+
+Each attempt gets ``min(attempt_timeout_s, time left)``, so a provider that
+trickles bytes is still cut off by the call's one deadline. Every attempt's
+outcome is counted by the breaker and the health board; cancellations count
+for nothing. A call never raises except ``asyncio.CancelledError``: strategies
+read outcomes, not exceptions.
 """
 
 from __future__ import annotations
@@ -12,22 +17,41 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
-from ai_gateway.errors import Cancelled, DeadlineExceeded, EmptyResponse, GatewayError, InternalError
+from ai_gateway.errors import (
+    Cancelled,
+    CircuitOpen,
+    DeadlineExceeded,
+    EmptyResponse,
+    GatewayError,
+    InternalError,
+    ProviderTimeout,
+)
+from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
+from ai_gateway.resilience.budget import RetryBudget
+from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
+from ai_gateway.resilience.health import HealthBoard
+from ai_gateway.resilience.retry import RetryPolicy, call_with_retries
+from ai_gateway.resilience.shedding import ConcurrencyLimiter
 from ai_gateway.types import ChatRequest, Completion
 
 if TYPE_CHECKING:
     import httpx
 
+    from ai_gateway.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # Where the shared HTTP client comes from: built on first use (see ai_gateway.http).
 ClientSource = Callable[[], "httpx.AsyncClient"]
-Clock = Callable[[], float]
 OutcomeStatus = Literal["ok", "error", "cancelled", "skipped"]
+
+
+def never() -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +62,11 @@ class ModelTarget:
     provider: str
     model: str  # the vendor's model name: everything after the first "/"
     adapter: Adapter
+    breaker_key: str = ""  # the provider, or provider/model where models fail independently
+
+    @property
+    def circuit(self) -> str:
+        return self.breaker_key or self.provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +77,8 @@ class Outcome:
     error: GatewayError | None = None
     latency_s: float | None = None
     finished_at: float | None = None
+    attempts: int = 0
+    hedge: bool = False
 
     @property
     def ok(self) -> bool:
@@ -62,54 +93,150 @@ class Outcome:
         return cls(target, "cancelled", error=Cancelled(reason, provider=target.provider), latency_s=now - started)
 
 
-class Deadline:
-    """One wall-clock budget for a whole tool call, spent by every model it tries."""
+@dataclass
+class Resilience:
+    """The long-lived state every call shares: passed in, never global."""
 
-    __slots__ = ("_clock", "expires_at", "total_s")
+    policy: RetryPolicy
+    breakers: BreakerBoard
+    limiter: ConcurrencyLimiter
+    health: HealthBoard
+    attempt_timeout_s: float
+    budget_settings: tuple[float, int, float]  # ratio, floor, window
+    clock: Clock = SYSTEM_CLOCK
+    budgets: dict[str, RetryBudget] = field(default_factory=dict)
 
-    def __init__(self, total_s: float, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self.total_s = total_s
-        self.expires_at = clock() + total_s
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Resilience:
+        return cls(
+            policy=RetryPolicy(
+                max_attempts=settings.max_attempts,
+                backoff_base_s=settings.backoff_base_s,
+                backoff_max_s=settings.backoff_max_s,
+                retry_after_cap_s=settings.retry_after_cap_s,
+                min_attempt_s=settings.min_attempt_s,
+            ),
+            breakers=BreakerBoard(
+                fail_max=settings.breaker_fail_max,
+                reset_s=settings.breaker_reset_s,
+                half_open_calls=settings.breaker_half_open_calls,
+                clock=clock,
+            ),
+            limiter=ConcurrencyLimiter(
+                settings.max_concurrency, settings.max_concurrency_per_provider, settings.queue_wait_s
+            ),
+            health=HealthBoard(),
+            attempt_timeout_s=settings.attempt_timeout_s,
+            budget_settings=(settings.retry_budget_ratio, settings.retry_budget_floor, settings.retry_budget_window_s),
+            clock=clock,
+        )
 
-    def remaining(self) -> float:
-        return self.expires_at - self._clock()
+    def budget(self, provider: str) -> RetryBudget:
+        budget = self.budgets.get(provider)
+        if budget is None:
+            ratio, floor, window = self.budget_settings
+            budget = self.budgets[provider] = RetryBudget(ratio, floor, window, self.clock)
+        return budget
 
 
 class Dispatcher:
-    def __init__(self, client: ClientSource, clock: Clock = time.perf_counter) -> None:
+    def __init__(self, client: ClientSource, resilience: Resilience, clock: Callable[[], float] = time.perf_counter):
         self.client = client
+        self.resilience = resilience
         self.clock = clock
 
-    async def call(self, target: ModelTarget, request: ChatRequest, deadline: Deadline) -> Outcome:
+    async def call(
+        self,
+        target: ModelTarget,
+        request: ChatRequest,
+        deadline: Deadline,
+        can_fail_over: Callable[[], bool] = never,
+        *,
+        hedge: bool = False,
+    ) -> Outcome:
+        r = self.resilience
         started = self.clock()
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            error = DeadlineExceeded(f"not started: the {deadline.total_s:g}s deadline was reached")
-            return Outcome.skipped(target, error)
+        if deadline.remaining() < r.policy.min_attempt_s:
+            error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
+            return Outcome(target, "skipped", error=error, hedge=hedge)
+        breaker = r.breakers.get(target.circuit)
+        attempts = 0
+        last_error: GatewayError | None = None
+
+        async def attempt() -> Completion:
+            nonlocal attempts, last_error
+            try:
+                trial = breaker.acquire()
+            except CircuitOpen:
+                if last_error is None:
+                    raise
+                last_error.not_retried = "circuit opened"
+                raise last_error from None
+            attempts += 1
+            try:
+                return await self._attempt(target, request, deadline, breaker, trial)
+            except GatewayError as exc:
+                last_error = exc
+                raise
+
         try:
-            async with asyncio.timeout(remaining):
-                completion = await target.adapter.complete(self.client(), request, target.model)
-        except TimeoutError:
-            error = DeadlineExceeded(
-                f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
+            completion = await call_with_retries(
+                attempt,
+                policy=r.policy,
+                deadline=deadline,
+                budget=r.budget(target.provider),
+                can_fail_over=can_fail_over,
+                clock=r.clock,
             )
-            return self._failed(target, error, started)
         except GatewayError as exc:
-            return self._failed(target, exc, started)
+            now = self.clock()
+            log.info("model %s failed after %d attempt(s): %s", target.id, attempts, exc.code)
+            return Outcome(target, "error", error=exc, latency_s=now - started, finished_at=now,
+                           attempts=attempts, hedge=hedge)  # fmt: skip
+        now = self.clock()
+        return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now,
+                       attempts=attempts, hedge=hedge)  # fmt: skip
+
+    async def _attempt(
+        self, target: ModelTarget, request: ChatRequest, deadline: Deadline, breaker: Breaker, trial: bool
+    ) -> Completion:
+        r = self.resilience
+        result: Result = "neutral"
+        error: GatewayError | None = None
+        started = self.clock()
+        try:
+            left = deadline.remaining()
+            if left < r.policy.min_attempt_s:
+                raise DeadlineExceeded(f"too little of the {deadline.total_s:g}s deadline left for another attempt")
+            async with r.limiter.slot(target.provider, left):
+                budget_s = min(r.attempt_timeout_s, deadline.remaining())
+                try:
+                    async with asyncio.timeout(budget_s):
+                        completion = await target.adapter.complete(self.client(), request, target.model)
+                except TimeoutError:
+                    if deadline.remaining() <= 0:
+                        raise DeadlineExceeded(
+                            f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
+                        ) from None
+                    raise ProviderTimeout(
+                        f"no answer within the {budget_s:g}s attempt timeout", provider=target.provider
+                    ) from None
+            if not completion.text.strip():
+                reason = completion.raw_finish_reason or str(completion.finish_reason)
+                raise EmptyResponse(f"the model returned no text (finish reason: {reason})", provider=target.provider)
+            result = "success"
+            r.health.record(target.provider, target.id, "ok", self.clock() - started)
+            return completion
+        except GatewayError as exc:
+            error = exc
+            result = "failure" if exc.trips_breaker else "neutral"
+            r.health.record(target.provider, target.id, str(exc.code), None)
+            raise
         except Exception as exc:
             # An adapter bug: report its type, never its traceback or arguments.
             log.error("adapter %s raised %s", target.provider, type(exc).__name__)
             error = InternalError(f"adapter error ({type(exc).__name__})", provider=target.provider)
-            return self._failed(target, error, started)
-        now = self.clock()
-        if not completion.text.strip():
-            reason = completion.raw_finish_reason or str(completion.finish_reason)
-            error = EmptyResponse(f"the model returned no text (finish reason: {reason})", provider=target.provider)
-            return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now)
-        return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now)
-
-    def _failed(self, target: ModelTarget, error: GatewayError, started: float) -> Outcome:
-        now = self.clock()
-        log.info("model %s failed: %s", target.id, error.code)
-        return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now)
+            r.health.record(target.provider, target.id, str(error.code), None)
+            raise error from None
+        finally:
+            breaker.release(trial, result, error)

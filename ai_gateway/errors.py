@@ -21,6 +21,8 @@
     │       └── QuotaExhausted        quota_exhausted              yes
     ├── Cancelled                     cancelled       no         no
     ├── DeadlineExceeded              deadline        no         no
+    ├── CircuitOpen                   circuit_open    no         no
+    ├── LoadShed                      overloaded      no         no   (the gateway's own limit)
     ├── InvalidArgument               invalid_argument
     └── InternalError                 internal        no         no
 
@@ -56,6 +58,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CANCELLED = "cancelled"
     DEADLINE = "deadline"
+    CIRCUIT_OPEN = "circuit_open"
     INVALID_ARGUMENT = "invalid_argument"
     INTERNAL = "internal"
 
@@ -78,6 +81,8 @@ class GatewayError(Exception):
         self.provider = provider
         self.status = status
         self.retry_after_s = retry_after_s
+        # Why the gateway did not retry a retryable error (e.g. "retry budget exhausted").
+        self.not_retried: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The error as a caller sees it: code, message and the facts needed to act."""
@@ -88,6 +93,8 @@ class GatewayError(Exception):
             out["status"] = self.status
         if self.retry_after_s is not None:
             out["retry_after_s"] = round(self.retry_after_s, 3)
+        if self.not_retried is not None:
+            out["not_retried"] = self.not_retried
         return out
 
     def __repr__(self) -> str:
@@ -169,6 +176,18 @@ class Cancelled(GatewayError):
 
 class DeadlineExceeded(GatewayError):
     code = ErrorCode.DEADLINE
+
+
+class CircuitOpen(GatewayError):
+    """The provider's circuit is open: refused without calling it. ``retry_after_s`` is the time to the next probe."""
+
+    code = ErrorCode.CIRCUIT_OPEN
+
+
+class LoadShed(GatewayError):
+    """The gateway's own concurrency limit is full: refused at once rather than queued into the deadline."""
+
+    code = ErrorCode.OVERLOADED
 
 
 class InvalidArgument(GatewayError):

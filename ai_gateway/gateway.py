@@ -8,35 +8,49 @@ registry by provider name and are called through the dispatcher.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Literal
 
 from ai_gateway.adapter import Adapter
-from ai_gateway.dispatch import ClientSource, Deadline, Dispatcher, ModelTarget, Outcome
+from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.registry import Registry, RegistryError
+from ai_gateway.resilience.clock import Deadline
 from ai_gateway.schemas import (
+    BreakerInfo,
     Catalogue,
     ChatMessage,
     ConsensusInfo,
     ErrorInfo,
     ModelInfo,
     ModelResult,
+    ProviderStatusInfo,
     QueryResult,
+    RetryBudgetInfo,
+    StatusReport,
     StrategyName,
     UsageInfo,
     VoteGroup,
 )
 from ai_gateway.secrets import redact
 from ai_gateway.settings import Settings
-from ai_gateway.strategies import STRATEGIES, StrategyResult
+from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
+from ai_gateway.strategies.base import no_hedge
 from ai_gateway.types import ChatRequest, Message
+
+HedgeChoice = float | Literal["auto", "off"] | None
+AUTO_HEDGE_FALLBACK_S = 1.0  # hedge_after_s="auto" before a model has enough latency samples
 
 
 class Gateway:
-    def __init__(self, settings: Settings, registry: Registry, client: ClientSource) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, client: ClientSource, resilience: Resilience | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
-        self.dispatcher = Dispatcher(client)
+        self.resilience = resilience or Resilience.from_settings(settings)
+        self.dispatcher = Dispatcher(client, self.resilience)
         self._adapters: dict[str, Adapter] = {}
 
     # -- the request path ----------------------------------------------------------
@@ -52,6 +66,7 @@ class Gateway:
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout_s: float | None = None,
+        hedge_after_s: HedgeChoice = None,
     ) -> QueryResult:
         """Answer one query. Raises InvalidArgument (naming the field) before any provider is called."""
         started = time.perf_counter()
@@ -60,13 +75,61 @@ class Gateway:
         run = STRATEGIES.get(strategy)
         if run is None:
             raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-        deadline = Deadline(self.settings.clamp_timeout(timeout_s))
+        hedge_delay = self._hedge_delay(strategy, hedge_after_s)
+        deadline = Deadline(self.settings.clamp_timeout(timeout_s), self.resilience.clock)
 
-        async def call(target: ModelTarget) -> Outcome:
-            return await self.dispatcher.call(target, request, deadline)
+        async def call(target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False) -> Outcome:
+            return await self.dispatcher.call(target, request, deadline, can_fail_over, hedge=hedge)
 
-        result = await run(targets, call)
+        result = await run(targets, call, hedge_delay)
         return build_result(strategy, result, self.registry.secrets(), time.perf_counter() - started)
+
+    def _hedge_delay(self, strategy: StrategyName, choice: HedgeChoice) -> HedgeDelay:
+        """How long each model may run before the next one joins it (first_available only)."""
+        if choice is not None and choice != "off" and strategy != "first_available":
+            raise InvalidArgument("hedge_after_s", f"applies to first_available only; {strategy} already races")
+        if isinstance(choice, int | float) and choice <= 0:
+            raise InvalidArgument("hedge_after_s", "must be a positive number of seconds, 'auto' or 'off'")
+        configured = self.settings.hedge_after_s
+        if choice == "off" or (choice is None and configured is None) or strategy != "first_available":
+            return no_hedge
+        if choice == "auto":
+            health, min_samples = self.resilience.health, self.settings.hedge_min_samples
+            fallback = configured or AUTO_HEDGE_FALLBACK_S
+            return lambda target: health.latency_percentile(target.id, 95, min_samples) or fallback
+        fixed = float(choice if choice is not None else configured)  # type: ignore[arg-type]
+        return lambda target: fixed
+
+    def status(self) -> StatusReport:
+        """Breakers, recent errors and latency, retry budgets and load: what gateway_status shows."""
+        r = self.resilience
+        health = r.health.snapshot()
+        providers = sorted(set(health) | set(r.budgets) | set(r.limiter.in_flight))
+        breakers = [
+            BreakerInfo(
+                name=b.name,
+                state=b.state,
+                failures=b.failures,
+                seconds_to_probe=b.seconds_to_probe,
+                trial_calls=b.trial_calls,
+                last_error=ErrorInfo(**b.last_error) if b.last_error else None,
+            )
+            for b in r.breakers.snapshot()
+        ]
+        return StatusReport(
+            providers=[
+                ProviderStatusInfo(
+                    provider=name,
+                    **health.get(name, {}),
+                    in_flight=r.limiter.in_flight.get(name, 0),
+                    retry_budget=RetryBudgetInfo(**asdict(r.budgets[name].snapshot())) if name in r.budgets else None,
+                )
+                for name in providers
+            ],
+            breakers=breakers,
+            open_circuits=[b.name for b in breakers if b.state == "open"],
+            limits={"total": r.limiter.total, "per_provider": r.limiter.per_provider},
+        )
 
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
         """Turn model ids into targets, or say exactly which id is wrong and why."""
@@ -98,7 +161,8 @@ class Gateway:
             problem = adapter.validate_model(model)
             if problem:
                 raise InvalidArgument(field, f"{model_id!r}: {problem}")
-            targets.append(ModelTarget(model_id, provider, model, adapter))
+            scope = self.registry.spec(provider).breaker_scope
+            targets.append(ModelTarget(model_id, provider, model, adapter, model_id if scope == "model" else provider))
         return targets
 
     def _adapter(self, provider: str) -> Adapter:
@@ -219,4 +283,6 @@ def _model_result(outcome: Outcome, secrets: Sequence[str]) -> ModelResult:
         error=ErrorInfo(**{**error.to_dict(), "message": redact(error.message, secrets)}) if error else None,
         finish_reason=str(completion.finish_reason) if completion else None,
         provider_model=provider_model,
+        attempts=outcome.attempts,
+        hedge=outcome.hedge,
     )

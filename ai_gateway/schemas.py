@@ -35,7 +35,8 @@ class ErrorInfo(BaseModel):
     message: str
     provider: str | None = None
     status: int | None = Field(None, description="HTTP status the provider answered, if any.")
-    retry_after_s: float | None = None
+    retry_after_s: float | None = Field(None, description="Seconds the provider (or an open circuit) asks to wait.")
+    not_retried: str | None = Field(None, description="Why a retryable error was not retried.")
 
 
 class ModelResult(BaseModel):
@@ -47,6 +48,8 @@ class ModelResult(BaseModel):
     error: ErrorInfo | None = None
     finish_reason: str | None = None
     provider_model: str | None = Field(None, description="The model name the provider reported, if it differs.")
+    attempts: int = Field(0, description="Provider attempts made for this model (retries included).")
+    hedge: bool = Field(False, description="True when this model was started as a hedge (first_available).")
 
 
 class VoteGroup(BaseModel):
@@ -74,6 +77,38 @@ class QueryResult(BaseModel):
     consensus: ConsensusInfo | None = None
     latency_ms: float = Field(description="Wall-clock time of the whole call.")
     usage: UsageInfo | None = Field(None, description="Tokens summed over every model that reported usage.")
+
+
+class BreakerInfo(BaseModel):
+    name: str = Field(description="The provider, or provider/model for per-model circuits.")
+    state: Literal["closed", "open", "half-open"]
+    failures: int = Field(description="Consecutive failures counted.")
+    seconds_to_probe: float | None = Field(None, description="While open: seconds until trial calls are admitted.")
+    trial_calls: int = Field(0, description="Half-open trial calls in flight.")
+    last_error: ErrorInfo | None = None
+
+
+class RetryBudgetInfo(BaseModel):
+    requests: int = Field(description="First attempts in the budget window.")
+    retries: int = Field(description="Retries spent in the window.")
+    allowed: float = Field(description="Retries the window allows: floor + ratio x requests.")
+
+
+class ProviderStatusInfo(BaseModel):
+    provider: str
+    attempts: int = Field(0, description="Attempts since start.")
+    recent_ok: int = 0
+    recent_errors: dict[str, int] = Field(default_factory=dict, description="Error codes among recent attempts.")
+    latency_ms: dict[str, float] | None = Field(None, description="p50/p95/p99 of recent successful attempts.")
+    in_flight: int = 0
+    retry_budget: RetryBudgetInfo | None = None
+
+
+class StatusReport(BaseModel):
+    providers: list[ProviderStatusInfo]
+    breakers: list[BreakerInfo]
+    open_circuits: list[str] = Field(description="Circuits refusing calls now.")
+    limits: dict[str, int] = Field(description="Concurrency caps: total and per provider.")
 
 
 class ModelInfo(BaseModel):

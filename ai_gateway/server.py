@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import EntryPoint
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
@@ -30,7 +30,7 @@ from ai_gateway.errors import InvalidArgument
 from ai_gateway.gateway import Gateway
 from ai_gateway.http import SharedClient
 from ai_gateway.registry import Registry
-from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StrategyName, compact_nullables
+from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StatusReport, StrategyName, compact_nullables
 from ai_gateway.settings import Settings
 
 INSTRUCTIONS = """\
@@ -109,6 +109,14 @@ def build_server(
         timeout_s: Annotated[
             float | None, Field(description="Deadline for the whole call in seconds (clamped by settings).", gt=0)
         ] = None,
+        hedge_after_s: Annotated[
+            float | Literal["auto", "off"] | None,
+            Field(
+                description="first_available only: if a model has not answered after this many seconds, start the "
+                "next one too and take whichever answers first. 'auto': the model's recent p95 latency. "
+                "'off': never. Default from settings (off unless configured)."
+            ),
+        ] = None,
     ) -> QueryResult:
         """Send one prompt to several LLMs and answer with the chosen strategy.
 
@@ -125,6 +133,7 @@ def build_server(
                 temperature=temperature,
                 max_tokens=max_tokens,
                 timeout_s=timeout_s,
+                hedge_after_s=hedge_after_s,
             )
         except InvalidArgument as exc:
             # A caller's mistake, not the gateway's: log it quietly.
@@ -141,6 +150,16 @@ def build_server(
     async def list_models() -> Catalogue:
         """List the providers, whether each is configured (and why not), and example model ids."""
         return holder.get().catalogue()
+
+    @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
+    async def gateway_status() -> StatusReport:
+        """Each provider's circuit breaker state, recent error codes, latency percentiles, retry-budget use and load."""
+        return holder.get().status()
+
+    @mcp.resource("gateway://status", name="gateway-status", mime_type="application/json")
+    async def status_resource() -> str:
+        """Circuit breakers, recent errors, latency percentiles and retry budgets, as gateway_status returns them."""
+        return holder.get().status().model_dump_json(indent=2)
 
     @mcp.resource("gateway://models", name="model-catalogue", mime_type="application/json")
     async def model_catalogue() -> str:
@@ -169,14 +188,21 @@ def build_server(
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:
         statuses = registry.statuses()
+        circuits = {"open": [], "half_open": []}
+        if holder.gateway is not None:
+            for breaker in holder.gateway.resilience.breakers.snapshot():
+                if breaker.state != "closed":
+                    circuits[breaker.state.replace("-", "_")].append(breaker.name)
         return JSONResponse(
             {
-                "status": "ok",
+                # The gateway itself is up either way; "degraded" says some provider is being refused.
+                "status": "degraded" if circuits["open"] else "ok",
                 "version": __version__,
                 "providers": {
                     "configured": [s.name for s in statuses if s.configured],
                     "unconfigured": [s.name for s in statuses if not s.configured],
                 },
+                "circuits": circuits,
             }
         )
 
@@ -185,7 +211,11 @@ def build_server(
 
 def _all_failed(result: QueryResult) -> ToolResult:
     """An error result that still carries every model's outcome, so nothing is lost."""
-    lines = [f"no model answered ({len(result.results)} tried):"]
+    every_open = all(r.error is not None and r.error.code == "circuit_open" for r in result.results)
+    if every_open:
+        lines = ["every requested model's circuit is open (calls refused without contacting the provider):"]
+    else:
+        lines = [f"no model answered ({len(result.results)} tried):"]
     for r in result.results:
         detail = f"{r.error.code}: {r.error.message}" if r.error else r.status
         lines.append(f"- {r.model}: {detail}")

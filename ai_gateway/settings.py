@@ -71,6 +71,43 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Largest accepted timeout_s; larger values are lowered to it."
     )
 
+    # -- resilience (docs/resilience.md) ---------------------------------------------
+    attempt_timeout_s: float = Field(
+        30.0, gt=0, description="Longest single attempt; each attempt gets min(this, time left in the call)."
+    )
+    min_attempt_s: float = Field(
+        0.05, ge=0, description="Below this much time left, a model fails at once with 'deadline' instead of starting."
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="Attempts per model, the first included (transient errors).")
+    backoff_base_s: float = Field(0.2, gt=0, description="Full-jitter backoff: a retry waits up to base * 2^n seconds.")
+    backoff_max_s: float = Field(5.0, gt=0, description="Cap on one backoff wait.")
+    retry_after_cap_s: float = Field(
+        20.0, ge=0, description="A Retry-After longer than this (or than the time left) fails the model at once."
+    )
+    retry_budget_ratio: float = Field(
+        0.2, ge=0, le=1, description="Retries per provider may add at most this fraction of its recent requests."
+    )
+    retry_budget_floor: int = Field(3, ge=0, description="Retries always allowed per window, however few requests.")
+    retry_budget_window_s: float = Field(10.0, gt=0, description="Window over which the retry budget is counted.")
+    breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open a provider's circuit.")
+    breaker_reset_s: float = Field(
+        30.0, gt=0, description="Seconds an open circuit waits before admitting trial calls."
+    )
+    breaker_half_open_calls: int = Field(
+        1, ge=1, description="Trial calls admitted at once while half-open; they must all succeed to close it."
+    )
+    max_concurrency: int = Field(256, ge=1, description="Provider calls in flight at once, across all providers.")
+    max_concurrency_per_provider: int = Field(64, ge=1, description="Provider calls in flight at once, per provider.")
+    queue_wait_s: float = Field(
+        0.05, ge=0, description="Longest wait for a free call slot before failing fast with 'overloaded'."
+    )
+    hedge_after_s: float | None = Field(
+        None, gt=0, description="first_available hedging: start the next model after this many seconds (off if unset)."
+    )
+    hedge_min_samples: int = Field(
+        20, ge=1, description="Recent latencies needed before hedge_after_s='auto' uses a model's own p95."
+    )
+
     # -- outbound HTTP (one shared client) ---------------------------------------
     http_transport: Literal["aiohttp", "httpx"] = Field(
         "aiohttp", description="aiohttp (default; httpx's own pool degrades under concurrency) or httpx."
@@ -101,6 +138,12 @@ class Settings(BaseSettings):
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="Log level (stderr).")
+
+    @field_validator("hedge_after_s", "auth_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("default_models", "disabled_providers", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
 from ai_gateway.errors import (
@@ -197,6 +197,7 @@ def _row(
     *,
     key_required: bool = True,
     options: Mapping[str, Any] | None = None,
+    breaker_scope: Literal["provider", "model"] = "provider",
 ) -> ProviderSpec:
     env = name.upper()
     return ProviderSpec(
@@ -209,6 +210,7 @@ def _row(
         description=description,
         example_models=example_models,
         options=dict(options or {}),
+        breaker_scope=breaker_scope,
     )
 
 
@@ -224,6 +226,7 @@ TOGETHER = _row(
     "https://api.together.xyz/v1",
     "Together AI: hosted open-weight models.",
     ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "deepseek-ai/DeepSeek-V3", "Qwen/Qwen2.5-72B-Instruct-Turbo"),
+    breaker_scope="model",  # an aggregator: each model is served by a different backend
 )
 GROQ = _row(
     "groq",
@@ -236,6 +239,7 @@ OPENROUTER = _row(
     "https://openrouter.ai/api/v1",
     "OpenRouter: one key for hundreds of models from many vendors.",
     ("meta-llama/llama-3.3-70b-instruct", "anthropic/claude-sonnet-4.5", "google/gemini-2.5-flash"),
+    breaker_scope="model",  # an aggregator: each model is served by a different backend
 )
 DEEPSEEK = _row(
     "deepseek",
@@ -254,6 +258,7 @@ FIREWORKS = _row(
     "https://api.fireworks.ai/inference/v1",
     "Fireworks AI: hosted open-weight models.",
     ("accounts/fireworks/models/llama-v3p3-70b-instruct", "accounts/fireworks/models/deepseek-v3"),
+    breaker_scope="model",  # an aggregator: each model is served by a different backend
 )
 VLLM = _row(
     "vllm",

@@ -69,3 +69,10 @@ def test_env_example_holds_no_secret() -> None:
         key, sep, value = line.lstrip("# ").partition("=")
         if sep and key.endswith(("_API_KEY", "_TOKEN")):
             assert value in ("", "...") or value.endswith("..."), line
+
+
+def test_env_example_as_a_dotenv_gives_exactly_the_defaults(tmp_path, monkeypatch) -> None:
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert Settings() == Settings(_env_file=None)
+    assert Settings().auth_token is None  # an empty token line must not switch auth on

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from ai_gateway.strategies.base import CallModel, StrategyResult
+from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult
 from ai_gateway.strategies.consensus import consensus
 from ai_gateway.strategies.fastest import fastest
 from ai_gateway.strategies.first_available import first_available
 
-Strategy = Callable[[Sequence["ModelTarget"], CallModel], Awaitable[StrategyResult]]  # noqa: F821
+Strategy = Callable[[Sequence["ModelTarget"], CallModel, HedgeDelay], Awaitable[StrategyResult]]  # noqa: F821
 
 STRATEGIES: dict[str, Strategy] = {
     "first_available": first_available,
@@ -24,4 +24,4 @@ STRATEGIES: dict[str, Strategy] = {
     "consensus": consensus,
 }
 
-__all__ = ["STRATEGIES", "CallModel", "Strategy", "StrategyResult"]
+__all__ = ["STRATEGIES", "CallModel", "HedgeDelay", "Strategy", "StrategyResult"]

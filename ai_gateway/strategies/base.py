@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ai_gateway.dispatch import ModelTarget, Outcome
 from ai_gateway.strategies.voting import Tally
 
-CallModel = Callable[[ModelTarget], Awaitable[Outcome]]
+
+class CallModel(Protocol):
+    """Runs one model to an Outcome; ``can_fail_over`` says whether another candidate could still answer."""
+
+    async def __call__(
+        self, target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False
+    ) -> Outcome: ...
+
+
+# Seconds to wait for a model before hedging with the next one; None means never hedge.
+HedgeDelay = Callable[[ModelTarget], float | None]
+
+
+def no_hedge(target: ModelTarget) -> float | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +53,15 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Outcome]]) -> None:
         raise
 
 
-def start_all(targets: Sequence[ModelTarget], call: CallModel) -> tuple[dict[asyncio.Task[Outcome], int], float]:
+def start_all(
+    targets: Sequence[ModelTarget], call: CallModel, can_fail_over: Callable[[], bool]
+) -> tuple[dict[asyncio.Task[Outcome], int], float]:
     """One task per target, keyed back to its position in the request."""
     started = time.perf_counter()
-    tasks = {asyncio.create_task(call(target), name=f"model:{target.id}"): i for i, target in enumerate(targets)}
+    tasks = {
+        asyncio.create_task(call(target, can_fail_over), name=f"model:{target.id}"): i
+        for i, target in enumerate(targets)
+    }
     return tasks, started
 
 

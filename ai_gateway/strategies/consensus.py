@@ -12,13 +12,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ai_gateway.dispatch import ModelTarget, Outcome
-from ai_gateway.strategies.base import CallModel, StrategyResult, cancel_and_wait, fill_cancelled, start_all
+from ai_gateway.dispatch import ModelTarget, Outcome, never
+from ai_gateway.strategies.base import (
+    CallModel,
+    HedgeDelay,
+    StrategyResult,
+    cancel_and_wait,
+    fill_cancelled,
+    no_hedge,
+    start_all,
+)
 from ai_gateway.strategies.voting import Tally
 
 
-async def consensus(targets: Sequence[ModelTarget], call: CallModel) -> StrategyResult:
-    tasks, started = start_all(targets, call)
+async def consensus(
+    targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
+) -> StrategyResult:
+    """``hedge_delay`` is ignored, and no model fails over: every vote counts, so each may retry."""
+    tasks, started = start_all(targets, call, can_fail_over=never)
     outcomes: list[Outcome | None] = [None] * len(targets)
     tally = Tally(requested=len(targets))
     pending = set(tasks)

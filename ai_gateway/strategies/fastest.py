@@ -6,11 +6,23 @@ import asyncio
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome
-from ai_gateway.strategies.base import CallModel, StrategyResult, cancel_and_wait, fill_cancelled, start_all
+from ai_gateway.strategies.base import (
+    CallModel,
+    HedgeDelay,
+    StrategyResult,
+    cancel_and_wait,
+    fill_cancelled,
+    no_hedge,
+    start_all,
+)
 
 
-async def fastest(targets: Sequence[ModelTarget], call: CallModel) -> StrategyResult:
-    tasks, started = start_all(targets, call)
+async def fastest(
+    targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
+) -> StrategyResult:
+    """``hedge_delay`` is ignored: fastest already races every model."""
+    # A racer that fails while others still run gives up at once instead of backing off.
+    tasks, started = start_all(targets, call, can_fail_over=lambda: sum(not t.done() for t in tasks) > 1)
     outcomes: list[Outcome | None] = [None] * len(targets)
     winner: int | None = None
     pending = set(tasks)

@@ -1,20 +1,65 @@
-"""first_available: try the models in order; the first success answers."""
+"""first_available: try the models in order; the first success answers.
+
+A model that fails hands over to the next at once. With hedging (opt-in), a
+model that has not answered within its hedge delay is joined by the next one
+without being cancelled; whichever succeeds first answers and the rest are
+cancelled. Models never started are reported as ``skipped``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome
-from ai_gateway.strategies.base import CallModel, StrategyResult
+from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult, cancel_and_wait, no_hedge
 
 
-async def first_available(targets: Sequence[ModelTarget], call: CallModel) -> StrategyResult:
-    outcomes: list[Outcome] = []
-    for i, target in enumerate(targets):
-        outcome = await call(target)
-        outcomes.append(outcome)
-        if outcome.ok:
-            # Models after the winner were never needed, so never called.
-            outcomes.extend(Outcome.skipped(later) for later in targets[i + 1 :])
-            return StrategyResult(outcomes, winner=i)
-    return StrategyResult(outcomes, winner=None)
+async def first_available(
+    targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
+) -> StrategyResult:
+    outcomes: list[Outcome | None] = [None] * len(targets)
+    running: dict[asyncio.Task[Outcome], int] = {}
+    started_at: dict[int, float] = {}
+    next_up = 0
+    winner: int | None = None
+
+    def can_fail_over() -> bool:
+        # Another candidate can still answer: a model not yet tried, or another one in flight.
+        return next_up < len(targets) or sum(not task.done() for task in running) > 1
+
+    def start_next(hedge: bool) -> float | None:
+        nonlocal next_up
+        position, next_up = next_up, next_up + 1
+        target = targets[position]
+        started_at[position] = time.perf_counter()
+        task = asyncio.create_task(call(target, can_fail_over, hedge=hedge), name=f"model:{target.id}")
+        running[task] = position
+        return hedge_delay(target)
+
+    try:
+        delay = start_next(hedge=False)
+        while running and winner is None:
+            timeout = delay if next_up < len(targets) else None
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # the newest model is slower than its hedge delay: add the next one
+                delay = start_next(hedge=True)
+                continue
+            for task in sorted(done, key=running.__getitem__):
+                position = running.pop(task)
+                outcomes[position] = task.result()
+            succeeded = [i for i, outcome in enumerate(outcomes) if outcome is not None and outcome.ok]
+            if succeeded:
+                winner = min(succeeded, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
+            elif next_up < len(targets):
+                delay = start_next(hedge=False)  # a model failed: fail over at once, no backoff
+    finally:
+        await cancel_and_wait(running)
+    now = time.perf_counter()
+    final: list[Outcome] = []
+    for position, outcome in enumerate(outcomes):
+        if outcome is None and position in started_at:
+            outcome = Outcome.cancelled(targets[position], started_at[position], now, "another model answered first")
+        final.append(outcome if outcome is not None else Outcome.skipped(targets[position]))
+    return StrategyResult(final, winner)

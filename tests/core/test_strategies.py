@@ -8,19 +8,24 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from ai_gateway.dispatch import Deadline, Dispatcher, ModelTarget, Outcome
+from ai_gateway.dispatch import Dispatcher, ModelTarget, Outcome, Resilience
 from ai_gateway.errors import RateLimited, UpstreamError
+from ai_gateway.resilience.clock import Deadline
+from ai_gateway.settings import Settings
 from ai_gateway.strategies import StrategyResult
 from ai_gateway.strategies.consensus import consensus
 from ai_gateway.strategies.fastest import fastest
 from ai_gateway.strategies.first_available import first_available
+from tests.core.fakes import FakeClock
 from tests.core.gated import REQUEST, GatedAdapter
 
 
 @pytest.fixture
 async def dispatcher() -> AsyncIterator[Dispatcher]:
+    # Retries back off on a fake clock, so a last candidate's retries cost no real time.
+    resilience = Resilience.from_settings(Settings(_env_file=None), clock=FakeClock())
     async with httpx.AsyncClient() as client:
-        yield Dispatcher(lambda: client)
+        yield Dispatcher(lambda: client, resilience)
 
 
 @pytest.fixture
@@ -31,8 +36,8 @@ def gated() -> GatedAdapter:
 def caller(dispatcher: Dispatcher, total_s: float = 30.0):
     deadline = Deadline(total_s)
 
-    async def call(target: ModelTarget) -> Outcome:
-        return await dispatcher.call(target, REQUEST, deadline)
+    async def call(target: ModelTarget, can_fail_over, *, hedge: bool = False) -> Outcome:
+        return await dispatcher.call(target, REQUEST, deadline, can_fail_over, hedge=hedge)
 
     return call
 
@@ -78,7 +83,7 @@ async def test_an_expired_deadline_starts_no_model(dispatcher, gated):
 
 async def test_deadline_cuts_a_model_that_never_answers(dispatcher, gated):
     target = gated.target("hangs")
-    result = await first_available([target], caller(dispatcher, total_s=0.05))
+    result = await first_available([target], caller(dispatcher, total_s=0.2))
     assert result.outcomes[0].status == "error"
     assert result.outcomes[0].error.code == "deadline"
     assert gated.cancelled == ["hangs"]

@@ -103,10 +103,12 @@ async def test_each_dialect_answers(
 # ---------------------------------------------------------------------------- listing and catalogue
 async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) -> None:
     tools = {t.name: t for t in await client.list_tools()}
-    assert {"query_models", "list_models"} <= set(tools)
+    assert {"query_models", "list_models", "gateway_status"} <= set(tools)
     qm = tools["query_models"]
     assert "results" in qm.output_schema["properties"]
-    assert {"prompt", "messages", "models", "strategy", "timeout_s"} <= set(qm.input_schema["properties"])
+    assert {"prompt", "messages", "models", "strategy", "timeout_s", "hedge_after_s"} <= set(
+        qm.input_schema["properties"]
+    )
 
     catalogue = (await client.call_tool("list_models", {})).structured_content
     by_name = {p["provider"]: p for p in catalogue["providers"]}
@@ -119,7 +121,7 @@ async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) ->
     (content,) = await client.read_resource("gateway://models")
     assert json.loads(content.text) == catalogue
     resources = await client.list_resources()
-    assert [str(r.uri) for r in resources] == ["gateway://models"]
+    assert sorted(str(r.uri) for r in resources) == ["gateway://models", "gateway://status"]
 
     prompts = {p.name for p in await client.list_prompts()}
     assert {"compare_models", "second_opinion"} <= prompts
@@ -359,7 +361,9 @@ async def test_wire_failures_map_to_stable_codes(fake: GatedFake, environ: dict[
         "ollama",
         "groq",
     ]
-    assert fake.count() == 5
+    # consensus gives every vote its retries: transient failures get all 3 attempts, permanent ones 1.
+    assert [r["attempts"] for r in sc["results"]] == [1, 3, 3, 3, 1, 3]
+    assert fake.count() == 1 + 3 + 3 + 3 + 1
 
 
 # ---------------------------------------------------------------------------- invalid arguments

@@ -63,6 +63,6 @@ async def test_fastmcp_client_over_stdio_with_debug_logs(fake: GatedFake, tmp_pa
     assert any(p["provider"] == "openai" and p["configured"] for p in catalogue.structured_content["providers"])
     logs = stderr_log.read_text()
     assert " DEBUG " in logs  # debug logging really was on, and went to stderr
-    assert "model openai/s-bad failed: auth" in logs
+    assert "model openai/s-bad failed after 1 attempt(s): auth" in logs
     for secret in KEYS.values():
         assert secret not in logs

@@ -1,0 +1,171 @@
+"""Circuit breakers: pybreaker's state machine, made correct for asyncio.
+
+pybreaker cannot wrap an ``async def`` (its decorators only time the creation
+of the coroutine) and counts every ``BaseException``, cancellation included, as
+a failure. So the provider call runs *outside* pybreaker, and its outcome is
+then replayed through pybreaker's public ``calling()`` API:
+
+- a failure whose error ``trips_breaker`` counts as a failure;
+- a success counts as a success;
+- a cancellation, or an error that does not trip (a 400, a 401...), counts as
+  neither: it is simply not replayed.
+
+Half-open admits at most ``half_open_calls`` trial calls at once (pybreaker
+would admit every caller); all of them must succeed to close the circuit, and
+any failure opens it again. Results that arrive while the circuit is open are
+not counted. The clock is injected through the storage, so every transition
+can be tested without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pybreaker
+
+from ai_gateway.errors import CircuitOpen, GatewayError
+from ai_gateway.resilience.clock import Clock
+
+log = logging.getLogger(__name__)
+
+State = Literal["closed", "open", "half-open"]
+Result = Literal["success", "failure", "neutral"]
+
+
+class _ClockStorage(pybreaker.CircuitMemoryStorage):
+    """pybreaker compares ``opened_at`` with ``datetime.now()``; report it relative to our clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(pybreaker.STATE_CLOSED)
+        self._clock = clock
+        self.opened_mono: float | None = None
+
+    @property
+    def opened_at(self) -> datetime | None:
+        if self.opened_mono is None:
+            return None
+        return datetime.now(UTC) - timedelta(seconds=self._clock.now() - self.opened_mono)
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self.opened_mono = self._clock.now()
+
+
+class _Replayed(Exception):
+    """Carries a real failure through pybreaker's state machine."""
+
+
+class _StateLog(pybreaker.CircuitBreakerListener):
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: object, new_state: object) -> None:
+        old = getattr(old_state, "name", old_state)
+        new = getattr(new_state, "name", new_state)
+        log.warning("circuit %s: %s -> %s", cb.name, old, new)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    name: str
+    state: State
+    failures: int
+    seconds_to_probe: float | None
+    trial_calls: int
+    last_error: dict[str, object] | None
+
+
+class Breaker:
+    def __init__(self, name: str, *, fail_max: int, reset_s: float, half_open_calls: int, clock: Clock) -> None:
+        self.name = name
+        self.half_open_calls = half_open_calls
+        self._storage = _ClockStorage(clock)
+        self._clock = clock
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_s,
+            success_threshold=half_open_calls,
+            state_storage=self._storage,
+            name=name,
+            throw_new_error_on_trip=False,
+            listeners=[_StateLog()],
+        )
+        self._trials = 0
+        self.last_error: GatewayError | None = None
+
+    @property
+    def state(self) -> State:
+        raw = self._cb.current_state
+        if raw == pybreaker.STATE_OPEN and self.seconds_to_probe() <= 0:
+            return "half-open"  # pybreaker flips lazily, on the next call; callers see it now
+        return raw  # type: ignore[return-value]
+
+    def seconds_to_probe(self) -> float:
+        opened = self._storage.opened_mono
+        if self._cb.current_state != pybreaker.STATE_OPEN or opened is None:
+            return 0.0
+        return max(0.0, opened + self._cb.reset_timeout - self._clock.now())
+
+    def acquire(self) -> bool:
+        """Admit a call or raise CircuitOpen. Returns True when the call is a half-open trial."""
+        state = self.state
+        if state == "closed":
+            return False
+        if state == "half-open" and self._trials < self.half_open_calls:
+            self._trials += 1
+            return True
+        raise self._refusal(state)
+
+    def release(self, trial: bool, result: Result, error: GatewayError | None = None) -> None:
+        """Record how an admitted call ended."""
+        if trial:
+            self._trials -= 1
+        if result == "neutral":
+            return
+        if error is not None:
+            self.last_error = error
+        try:
+            with self._cb.calling():
+                if result == "failure":
+                    raise _Replayed
+        except (_Replayed, pybreaker.CircuitBreakerError):
+            pass  # the failure was counted; or the circuit opened meanwhile and late results do not count
+
+    def snapshot(self) -> BreakerSnapshot:
+        return BreakerSnapshot(
+            name=self.name,
+            state=self.state,
+            failures=self._cb.fail_counter,
+            seconds_to_probe=round(self.seconds_to_probe(), 3) if self.state == "open" else None,
+            trial_calls=self._trials,
+            last_error=self.last_error.to_dict() if self.last_error else None,
+        )
+
+    def _refusal(self, state: State) -> CircuitOpen:
+        last = f"; last error: {self.last_error.code}: {self.last_error.message}" if self.last_error else ""
+        if state == "open":
+            wait = self.seconds_to_probe()
+            message = f"circuit open for {self.name}, next probe in {wait:.1f}s{last}"
+        else:
+            wait = 0.0
+            message = f"circuit half-open for {self.name}: {self._trials} trial call(s) already in flight{last}"
+        error = CircuitOpen(message, provider=self.name.partition("/")[0], retry_after_s=wait)
+        return error
+
+
+class BreakerBoard:
+    """One breaker per provider, or per provider/model where a provider's models fail independently."""
+
+    def __init__(self, *, fail_max: int, reset_s: float, half_open_calls: int, clock: Clock) -> None:
+        self._settings = {"fail_max": fail_max, "reset_s": reset_s, "half_open_calls": half_open_calls}
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {}
+
+    def get(self, key: str) -> Breaker:
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = Breaker(key, clock=self._clock, **self._settings)  # type: ignore[arg-type]
+        return breaker
+
+    def snapshot(self) -> list[BreakerSnapshot]:
+        return [self._breakers[key].snapshot() for key in sorted(self._breakers)]

@@ -1,0 +1,63 @@
+"""What each provider has done lately: outcomes, error codes, latency percentiles.
+
+Read by ``gateway_status`` and ``/health``, and by hedging, which can derive
+its delay from a model's own recent p95 latency.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+SAMPLES = 256  # recent outcomes kept per model
+
+
+@dataclass(slots=True)
+class _Recent:
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    codes: deque[str] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # "ok" or an error code
+    calls: int = 0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..100)."""
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+class HealthBoard:
+    def __init__(self) -> None:
+        self._models: dict[str, _Recent] = {}
+        self._providers: dict[str, _Recent] = {}
+
+    def record(self, provider: str, model_id: str, code: str, latency_s: float | None) -> None:
+        """One attempt's outcome: ``code`` is "ok" or an error code; latency only for answers."""
+        for key, table in ((model_id, self._models), (provider, self._providers)):
+            recent = table.get(key)
+            if recent is None:
+                recent = table[key] = _Recent()
+            recent.calls += 1
+            recent.codes.append(code)
+            if latency_s is not None:
+                recent.latencies.append(latency_s)
+
+    def latency_percentile(self, model_id: str, q: float, min_samples: int) -> float | None:
+        recent = self._models.get(model_id)
+        if recent is None or len(recent.latencies) < min_samples:
+            return None
+        return percentile(sorted(recent.latencies), q)
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for provider, recent in sorted(self._providers.items()):
+            codes = Counter(recent.codes)
+            ordered = sorted(recent.latencies)
+            out[provider] = {
+                "attempts": recent.calls,
+                "recent_ok": codes.pop("ok", 0),
+                "recent_errors": dict(codes.most_common()),
+                "latency_ms": {f"p{q}": round(percentile(ordered, q) * 1000, 1) for q in (50, 95, 99)}
+                if ordered
+                else None,
+            }
+        return out

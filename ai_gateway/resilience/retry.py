@@ -1,0 +1,108 @@
+"""Retries, at one layer only: transient errors, full-jitter backoff, Retry-After, the deadline.
+
+A failed attempt is retried only when all of these hold (checked in this order;
+the first that fails is recorded on the error as ``not_retried``):
+
+1. the error is retryable (rate limited, overloaded, 5xx, timeout, connect,
+   malformed response); never a cancellation, a 4xx, a context-length or
+   content-filter error, or an exhausted quota;
+2. attempts remain (``max_attempts``);
+3. no other candidate can answer: when the strategy can fail over (a later
+   model in ``first_available``, another racer still running), it does so at
+   once instead of waiting here;
+4. the wait fits: a Retry-After longer than ``retry_after_cap_s`` or than the
+   time left fails the model now, with ``retry_after_s`` in the error, and a
+   backoff must leave at least ``min_attempt_s`` for the next attempt;
+5. the provider's retry budget allows it.
+
+The wait is the provider's Retry-After when it gave one, else full jitter:
+uniform(0, min(backoff_max_s, backoff_base_s × 2^(retry-1))).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, stop_never
+
+from ai_gateway.errors import GatewayError
+from ai_gateway.resilience.budget import RetryBudget
+from ai_gateway.resilience.clock import Clock, Deadline
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 5.0
+    retry_after_cap_s: float = 20.0
+    min_attempt_s: float = 0.05
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def backoff(self, retry_number: int) -> float:
+        """Full jitter (AWS's recommendation): spreads retries of many callers evenly."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (retry_number - 1))
+        return self.rng.uniform(0, ceiling)
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    deadline: Deadline,
+    budget: RetryBudget,
+    can_fail_over: Callable[[], bool],
+    clock: Clock,
+) -> T:
+    """Run ``attempt`` until it succeeds or the policy says stop.
+
+    The last error is re-raised (with ``not_retried`` saying why it was not
+    retried); a cancellation propagates at once and is never retried.
+    """
+    planned_wait: list[float] = [0.0]
+
+    def should_retry(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, GatewayError) or not error.retryable or error.not_retried:
+            return False  # includes asyncio.CancelledError, and an error already given up on
+        reason, wait = _decide(error, state.attempt_number)
+        if reason is not None:
+            error.not_retried = reason
+            return False
+        planned_wait[0] = wait
+        return True
+
+    def _decide(error: GatewayError, attempt_number: int) -> tuple[str | None, float]:
+        if attempt_number >= policy.max_attempts:
+            return f"all {policy.max_attempts} attempts used", 0.0
+        if can_fail_over():
+            return "failed over to another model instead of retrying", 0.0
+        left = deadline.remaining() - policy.min_attempt_s
+        if error.retry_after_s is not None:
+            if error.retry_after_s > policy.retry_after_cap_s:
+                return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0
+            if error.retry_after_s > left:
+                return f"Retry-After {error.retry_after_s:g}s exceeds the time left", 0.0
+            wait = error.retry_after_s
+        else:
+            wait = min(policy.backoff(attempt_number), max(left, 0.0))
+            if left <= 0:
+                return "no time left for another attempt", 0.0
+        if not budget.try_retry():
+            return "retry budget exhausted", 0.0
+        return None, wait
+
+    retrying = AsyncRetrying(
+        retry=should_retry,
+        wait=lambda state: planned_wait[0],
+        stop=stop_never,  # should_retry already decides when to stop
+        sleep=clock.sleep,
+        reraise=True,
+    )
+    budget.record_request()
+    return await retrying(attempt)

@@ -1,0 +1,60 @@
+"""Load shedding: a cap on provider calls in flight, overall and per provider.
+
+Past the cap a call waits at most ``max_wait_s`` for a slot, then fails fast with
+``overloaded`` and a retry hint, instead of queueing into its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ai_gateway.errors import LoadShed
+
+RETRY_HINT_S = 1.0
+
+
+class ConcurrencyLimiter:
+    def __init__(self, total: int, per_provider: int, max_wait_s: float) -> None:
+        self.total = total
+        self.per_provider = per_provider
+        self.max_wait_s = max_wait_s
+        self._all = asyncio.Semaphore(total)
+        self._by_provider: dict[str, asyncio.Semaphore] = {}
+        self.in_flight: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def slot(self, provider: str, time_left_s: float) -> AsyncIterator[None]:
+        own = self._by_provider.get(provider)
+        if own is None:
+            own = self._by_provider[provider] = asyncio.Semaphore(self.per_provider)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + min(self.max_wait_s, max(time_left_s, 0.0))
+        held: list[asyncio.Semaphore] = []
+        try:
+            for semaphore, limit, scope in (
+                (own, self.per_provider, provider),
+                (self._all, self.total, "all providers"),
+            ):
+                if semaphore.locked():
+                    try:
+                        async with asyncio.timeout_at(give_up_at):
+                            await semaphore.acquire()
+                    except TimeoutError:
+                        raise LoadShed(
+                            f"gateway limit of {limit} concurrent calls reached ({scope}); retry shortly",
+                            provider=provider,
+                            retry_after_s=RETRY_HINT_S,
+                        ) from None
+                else:
+                    await semaphore.acquire()  # free: returns without suspending
+                held.append(semaphore)
+            self.in_flight[provider] = self.in_flight.get(provider, 0) + 1
+            try:
+                yield
+            finally:
+                self.in_flight[provider] -= 1
+        finally:
+            for semaphore in held:
+                semaphore.release()
