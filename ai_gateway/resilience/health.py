@@ -6,6 +6,7 @@ its delay from a model's own recent p95 latency.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -20,9 +21,9 @@ class _Recent:
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (q in 0..100)."""
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
+    """Nearest-rank percentile of already sorted values (q in 0..100): the ceil(q% x n)-th value."""
+    rank = math.ceil(q / 100 * len(sorted_values))
+    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
 class HealthBoard:

@@ -1,0 +1,90 @@
+"""first_available hedging: a slow model is joined, not replaced; the first success wins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from ai_gateway.dispatch import Dispatcher, ModelTarget, Outcome, Resilience
+from ai_gateway.errors import UpstreamError
+from ai_gateway.resilience.clock import Deadline
+from ai_gateway.resilience.health import HealthBoard
+from ai_gateway.settings import Settings
+from ai_gateway.strategies.first_available import first_available
+from tests.core.fakes import FakeClock
+from tests.core.gated import REQUEST, GatedAdapter
+
+
+@pytest.fixture
+async def call() -> AsyncIterator:
+    resilience = Resilience.from_settings(Settings(_env_file=None), clock=FakeClock())
+    async with httpx.AsyncClient() as client:
+        dispatcher = Dispatcher(lambda: client, resilience)
+        deadline = Deadline(30)
+
+        async def run(target: ModelTarget, can_fail_over, *, hedge: bool = False) -> Outcome:
+            return await dispatcher.call(target, REQUEST, deadline, can_fail_over, hedge=hedge)
+
+        yield run
+
+
+async def test_a_slow_model_is_joined_by_a_hedge_and_the_first_success_wins(call) -> None:
+    gated = GatedAdapter()
+    targets = [gated.target(m) for m in ("slow", "quick", "spare")]
+    run = asyncio.create_task(first_available(targets, call, hedge_delay=lambda t: 0.01))
+    await gated.wait_started("slow", "quick")
+    assert "slow" not in gated.cancelled  # joined, not replaced
+    gated.answer("quick", "4")
+    result = await run
+    assert [o.status for o in result.outcomes] == ["cancelled", "ok", "skipped"]
+    assert [o.hedge for o in result.outcomes] == [False, True, False]
+    assert result.winner == 1 and gated.cancelled == ["slow"]
+
+
+async def test_the_original_can_still_win_after_a_hedge_starts(call) -> None:
+    gated = GatedAdapter()
+    targets = [gated.target(m) for m in ("first", "second")]
+    run = asyncio.create_task(first_available(targets, call, hedge_delay=lambda t: 0.01))
+    await gated.wait_started("first", "second")
+    gated.answer("first", "4")
+    result = await run
+    assert result.winner == 0 and [o.status for o in result.outcomes] == ["ok", "cancelled"]
+
+
+async def test_a_failure_while_hedging_starts_the_next_model_at_once(call) -> None:
+    gated = GatedAdapter()
+    targets = [gated.target(m) for m in ("slow", "broken", "third")]
+    run = asyncio.create_task(first_available(targets, call, hedge_delay=lambda t: 0.01))
+    await gated.wait_started("slow", "broken")
+    gated.fail("broken", UpstreamError("boom", status=500))
+    await gated.wait_started("third")
+    gated.answer("third", "ok")
+    result = await run
+    assert [o.status for o in result.outcomes] == ["cancelled", "error", "ok"]
+    assert result.outcomes[1].attempts == 1  # other candidates existed: no backoff retries
+
+
+async def test_without_a_hedge_delay_the_next_model_is_never_started_early(call) -> None:
+    gated = GatedAdapter()
+    targets = [gated.target(m) for m in ("first", "second")]
+    run = asyncio.create_task(first_available(targets, call))
+    await gated.wait_started("first")
+    gated.answer("first", "4")
+    result = await run
+    assert gated.started == ["first"]
+    assert [o.status for o in result.outcomes] == ["ok", "skipped"]
+    assert [o.hedge for o in result.outcomes] == [False, False]
+
+
+def test_auto_hedge_delay_uses_the_models_recent_p95() -> None:
+    health = HealthBoard()
+    for ms in range(1, 101):  # 1..100 ms
+        health.record("acme", "acme/m", "ok", ms / 1000)
+    assert health.latency_percentile("acme/m", 95, min_samples=20) == pytest.approx(0.095)
+    assert health.latency_percentile("acme/m", 50, min_samples=20) == pytest.approx(0.050)
+    assert health.latency_percentile("acme/m", 100, min_samples=20) == pytest.approx(0.100)
+    assert health.latency_percentile("acme/m", 95, min_samples=200) is None  # too few samples yet
+    assert health.latency_percentile("acme/other", 95, min_samples=1) is None
