@@ -108,6 +108,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     arguments: dict[str, Any] = {"prompt": args.prompt, "strategy": args.strategy}
     if args.models:
         arguments["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.hedge_after is not None:
+        hedge = args.hedge_after
+        arguments["hedge_after_s"] = hedge if hedge in ("auto", "off") else float(hedge)
     for key in ("system", "temperature", "max_tokens", "timeout_s"):
         value = getattr(args, key)
         if value is not None:
@@ -184,6 +187,16 @@ def render_query(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _hedge_value(text: str) -> str:
+    if text in ("auto", "off"):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of seconds, 'auto' or 'off'") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ai-gateway", description="One MCP server that puts many LLMs behind one tool."
@@ -206,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--temperature", type=float)
     query.add_argument("--max-tokens", dest="max_tokens", type=int)
     query.add_argument("--timeout", dest="timeout_s", type=float, help="deadline for the whole call, in seconds")
+    query.add_argument(
+        "--hedge-after",
+        type=_hedge_value,
+        help="first_available: also start the next model after this many seconds ('auto': its p95; 'off')",
+    )
     query.add_argument("--json", action="store_true", help="print the tool's structured result")
     query.set_defaults(func=cmd_query)
 

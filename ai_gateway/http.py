@@ -55,6 +55,26 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+WARM_UP_DELAY_S = 0.5
+
+
+async def warm_up(delay_s: float = WARM_UP_DELAY_S) -> None:
+    """Import the HTTP stack (and the breaker library) in a worker thread, so the first provider
+    call does not stall the loop.
+
+    Building the client imports ~200 ms of modules; done inline, that would block
+    every other request on the event loop during the first call. The short delay
+    lets the server answer its client's first handshake and tool listing before
+    the import thread competes with it for the interpreter.
+    """
+    import asyncio
+    import importlib
+
+    await asyncio.sleep(delay_s)
+    for module in ("ai_gateway.transport", "pybreaker"):  # the breaker's library pulls in redis
+        await asyncio.to_thread(importlib.import_module, module)
+
+
 class SharedClient:
     """The shared client, built on first use and closed by whoever owns this (the server's lifespan)."""
 

@@ -7,6 +7,8 @@ client is opened and closed by the server's lifespan.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -28,7 +30,7 @@ from ai_gateway import __version__
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.gateway import Gateway
-from ai_gateway.http import SharedClient
+from ai_gateway.http import SharedClient, warm_up
 from ai_gateway.registry import Registry
 from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StatusReport, StrategyName, compact_nullables
 from ai_gateway.settings import Settings
@@ -78,10 +80,12 @@ def build_server(
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         client = SharedClient(settings)
         holder.gateway = Gateway(settings, registry, client)
+        warming = asyncio.create_task(warm_up(), name="warm-up-http")
         try:
             yield {"gateway": holder.gateway}
         finally:
             holder.gateway = None
+            await cancel_quietly(warming)
             await client.aclose()
 
     auth = BearerTokenVerifier(settings.auth_token.get_secret_value()) if settings.auth_token else None
@@ -207,6 +211,12 @@ def build_server(
         )
 
     return mcp
+
+
+async def cancel_quietly(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ImportError):
+        await task
 
 
 def _all_failed(result: QueryResult) -> ToolResult:

@@ -19,12 +19,12 @@ can be tested without waiting.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
-
-import pybreaker
+from types import ModuleType
+from typing import Any, Literal
 
 from ai_gateway.errors import CircuitOpen, GatewayError
 from ai_gateway.resilience.clock import Clock
@@ -35,34 +35,44 @@ State = Literal["closed", "open", "half-open"]
 Result = Literal["success", "failure", "neutral"]
 
 
-class _ClockStorage(pybreaker.CircuitMemoryStorage):
-    """pybreaker compares ``opened_at`` with ``datetime.now()``; report it relative to our clock."""
+@functools.cache
+def _pybreaker() -> tuple[ModuleType, type, type]:
+    """pybreaker and our two subclasses, loaded when the first circuit is needed.
 
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(pybreaker.STATE_CLOSED)
-        self._clock = clock
-        self.opened_mono: float | None = None
+    pybreaker imports redis whenever it is installed (~100 ms), which would
+    otherwise sit on the server's start-up path.
+    """
+    import pybreaker
 
-    @property
-    def opened_at(self) -> datetime | None:
-        if self.opened_mono is None:
-            return None
-        return datetime.now(UTC) - timedelta(seconds=self._clock.now() - self.opened_mono)
+    class ClockStorage(pybreaker.CircuitMemoryStorage):
+        """pybreaker compares ``opened_at`` with ``datetime.now()``; report it relative to our clock."""
 
-    @opened_at.setter
-    def opened_at(self, value: datetime) -> None:
-        self.opened_mono = self._clock.now()
+        def __init__(self, clock: Clock) -> None:
+            super().__init__(pybreaker.STATE_CLOSED)
+            self._clock = clock
+            self.opened_mono: float | None = None
+
+        @property
+        def opened_at(self) -> datetime | None:
+            if self.opened_mono is None:
+                return None
+            return datetime.now(UTC) - timedelta(seconds=self._clock.now() - self.opened_mono)
+
+        @opened_at.setter
+        def opened_at(self, value: datetime) -> None:
+            self.opened_mono = self._clock.now()
+
+    class StateLog(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: object, new_state: object) -> None:
+            old = getattr(old_state, "name", old_state)
+            new = getattr(new_state, "name", new_state)
+            log.warning("circuit %s: %s -> %s", cb.name, old, new)
+
+    return pybreaker, ClockStorage, StateLog
 
 
 class _Replayed(Exception):
     """Carries a real failure through pybreaker's state machine."""
-
-
-class _StateLog(pybreaker.CircuitBreakerListener):
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: object, new_state: object) -> None:
-        old = getattr(old_state, "name", old_state)
-        new = getattr(new_state, "name", new_state)
-        log.warning("circuit %s: %s -> %s", cb.name, old, new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +87,13 @@ class BreakerSnapshot:
 
 class Breaker:
     def __init__(self, name: str, *, fail_max: int, reset_s: float, half_open_calls: int, clock: Clock) -> None:
+        pybreaker, clock_storage, state_log = _pybreaker()
         self.name = name
         self.half_open_calls = half_open_calls
-        self._storage = _ClockStorage(clock)
+        self._storage = clock_storage(clock)
         self._clock = clock
+        self._open: str = pybreaker.STATE_OPEN
+        self._refused: type[Exception] = pybreaker.CircuitBreakerError
         self._cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_s,
@@ -88,7 +101,7 @@ class Breaker:
             state_storage=self._storage,
             name=name,
             throw_new_error_on_trip=False,
-            listeners=[_StateLog()],
+            listeners=[state_log()],
         )
         self._trials = 0
         self.last_error: GatewayError | None = None
@@ -96,13 +109,13 @@ class Breaker:
     @property
     def state(self) -> State:
         raw = self._cb.current_state
-        if raw == pybreaker.STATE_OPEN and self.seconds_to_probe() <= 0:
+        if raw == self._open and self.seconds_to_probe() <= 0:
             return "half-open"  # pybreaker flips lazily, on the next call; callers see it now
         return raw  # type: ignore[return-value]
 
     def seconds_to_probe(self) -> float:
         opened = self._storage.opened_mono
-        if self._cb.current_state != pybreaker.STATE_OPEN or opened is None:
+        if self._cb.current_state != self._open or opened is None:
             return 0.0
         return max(0.0, opened + self._cb.reset_timeout - self._clock.now())
 
@@ -128,7 +141,7 @@ class Breaker:
             with self._cb.calling():
                 if result == "failure":
                     raise _Replayed
-        except (_Replayed, pybreaker.CircuitBreakerError):
+        except (_Replayed, self._refused):
             pass  # the failure was counted; or the circuit opened meanwhile and late results do not count
 
     def snapshot(self) -> BreakerSnapshot:
