@@ -76,3 +76,8 @@ def test_env_example_as_a_dotenv_gives_exactly_the_defaults(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert Settings() == Settings(_env_file=None)
     assert Settings().auth_token is None  # an empty token line must not switch auth on
+
+
+def test_configuration_docs_list_every_setting() -> None:
+    documented = set(re.findall(r"`AI_GATEWAY_([A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text()))
+    assert {name.upper() for name in Settings.model_fields} <= documented
