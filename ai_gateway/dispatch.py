@@ -28,6 +28,7 @@ from ai_gateway.errors import (
     EmptyResponse,
     GatewayError,
     InternalError,
+    LoadShed,
     ProviderTimeout,
 )
 from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
@@ -154,44 +155,62 @@ class Dispatcher:
         *,
         hedge: bool = False,
     ) -> Outcome:
+        """One model, to an Outcome. Runs as a task of its own: when a strategy cancels it, it
+        answers with a ``cancelled`` Outcome that still says how many attempts were sent."""
         r = self.resilience
         started = self.clock()
         if deadline.remaining() < r.policy.min_attempt_s:
             error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
             return Outcome(target, "skipped", error=error, hedge=hedge)
         breaker = r.breakers.get(target.circuit)
+        budget = r.budget(target.provider)
         attempts = 0
         last_error: GatewayError | None = None
 
+        def give_up(reason: str, error: GatewayError) -> GatewayError:
+            # A refusal before anything was sent must not hide the real failure that came before it.
+            if last_error is None:
+                return error
+            last_error.not_retried = reason
+            return last_error
+
         async def attempt() -> Completion:
             nonlocal attempts, last_error
+            left = deadline.remaining()
+            if left < r.policy.min_attempt_s:
+                late = DeadlineExceeded(f"too little of the {deadline.total_s:g}s deadline left for another attempt")
+                raise give_up("no time left for another attempt", late)
             try:
                 trial = breaker.acquire()
-            except CircuitOpen:
-                if last_error is None:
-                    raise
-                last_error.not_retried = "circuit opened"
-                raise last_error from None
-            attempts += 1
+            except CircuitOpen as refused:
+                raise give_up("circuit opened", refused) from None
             try:
-                return await self._attempt(target, request, deadline, breaker, trial)
+                async with r.limiter.slot(target.provider, left):
+                    attempts += 1  # from here on a request really goes to the provider
+                    if attempts == 1:
+                        budget.record_request()
+                    return await self._attempt(target, request, deadline, breaker, trial)
+            except LoadShed as shed:
+                breaker.release(trial, "neutral")
+                raise give_up("the gateway's concurrency limit was reached", shed) from None
             except GatewayError as exc:
                 last_error = exc
                 raise
 
         try:
             completion = await call_with_retries(
-                attempt,
-                policy=r.policy,
-                deadline=deadline,
-                budget=r.budget(target.provider),
-                can_fail_over=can_fail_over,
-                clock=r.clock,
+                attempt, policy=r.policy, deadline=deadline, budget=budget, can_fail_over=can_fail_over, clock=r.clock
             )
         except GatewayError as exc:
             now = self.clock()
             log.info("model %s failed after %d attempt(s): %s", target.id, attempts, exc.code)
             return Outcome(target, "error", error=exc, latency_s=now - started, finished_at=now,
+                           attempts=attempts, hedge=hedge)  # fmt: skip
+        except asyncio.CancelledError:
+            # This is a leaf task its strategy cancelled and awaits: report, don't propagate.
+            now = self.clock()
+            cancelled = Cancelled("cancelled", provider=target.provider)
+            return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now,
                            attempts=attempts, hedge=hedge)  # fmt: skip
         now = self.clock()
         return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now,
@@ -200,27 +219,24 @@ class Dispatcher:
     async def _attempt(
         self, target: ModelTarget, request: ChatRequest, deadline: Deadline, breaker: Breaker, trial: bool
     ) -> Completion:
+        """One request, inside a concurrency slot; its outcome is counted by the breaker and the health board."""
         r = self.resilience
         result: Result = "neutral"
         error: GatewayError | None = None
         started = self.clock()
         try:
-            left = deadline.remaining()
-            if left < r.policy.min_attempt_s:
-                raise DeadlineExceeded(f"too little of the {deadline.total_s:g}s deadline left for another attempt")
-            async with r.limiter.slot(target.provider, left):
-                budget_s = min(r.attempt_timeout_s, deadline.remaining())
-                try:
-                    async with asyncio.timeout(budget_s):
-                        completion = await target.adapter.complete(self.client(), request, target.model)
-                except TimeoutError:
-                    if deadline.remaining() <= 0:
-                        raise DeadlineExceeded(
-                            f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
-                        ) from None
-                    raise ProviderTimeout(
-                        f"no answer within the {budget_s:g}s attempt timeout", provider=target.provider
+            budget_s = min(r.attempt_timeout_s, deadline.remaining())
+            try:
+                async with asyncio.timeout(budget_s):
+                    completion = await target.adapter.complete(self.client(), request, target.model)
+            except TimeoutError:
+                if deadline.remaining() <= 0:
+                    raise DeadlineExceeded(
+                        f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
                     ) from None
+                raise ProviderTimeout(
+                    f"no answer within the {budget_s:g}s attempt timeout", provider=target.provider
+                ) from None
             if not completion.text.strip():
                 reason = completion.raw_finish_reason or str(completion.finish_reason)
                 raise EmptyResponse(f"the model returned no text (finish reason: {reason})", provider=target.provider)

@@ -11,8 +11,9 @@ the first that fails is recorded on the error as ``not_retried``):
    model in ``first_available``, another racer still running), it does so at
    once instead of waiting here;
 4. the wait fits: a Retry-After longer than ``retry_after_cap_s`` or than the
-   time left fails the model now, with ``retry_after_s`` in the error, and a
-   backoff must leave at least ``min_attempt_s`` for the next attempt;
+   time left fails the model now, with ``retry_after_s`` in the error; a
+   backoff waits at most half the time that would remain after one minimal
+   attempt (``min_attempt_s``), and gives up when less than that is left;
 5. the provider's retry budget allows it.
 
 The wait is the provider's Retry-After when it gave one, else full jitter:
@@ -61,6 +62,8 @@ async def call_with_retries(
 ) -> T:
     """Run ``attempt`` until it succeeds or the policy says stop.
 
+    The caller records first attempts in ``budget`` (only requests really sent earn retries).
+
     The last error is re-raised (with ``not_retried`` saying why it was not
     retried); a cancellation propagates at once and is never retried.
     """
@@ -82,7 +85,7 @@ async def call_with_retries(
             return f"all {policy.max_attempts} attempts used", 0.0
         if can_fail_over():
             return "failed over to another model instead of retrying", 0.0
-        left = deadline.remaining() - policy.min_attempt_s
+        left = deadline.remaining() - policy.min_attempt_s  # time that can go to waiting
         if error.retry_after_s is not None:
             if error.retry_after_s > policy.retry_after_cap_s:
                 return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0
@@ -90,9 +93,10 @@ async def call_with_retries(
                 return f"Retry-After {error.retry_after_s:g}s exceeds the time left", 0.0
             wait = error.retry_after_s
         else:
-            wait = min(policy.backoff(attempt_number), max(left, 0.0))
-            if left <= 0:
+            if left < policy.min_attempt_s:  # (halving below would approach the deadline forever)
                 return "no time left for another attempt", 0.0
+            # Near the deadline, wait at most half the spare time so the next attempt keeps some of it.
+            wait = min(policy.backoff(attempt_number), left / 2)
         if not budget.try_retry():
             return "retry budget exhausted", 0.0
         return None, wait
@@ -104,5 +108,4 @@ async def call_with_retries(
         sleep=clock.sleep,
         reraise=True,
     )
-    budget.record_request()
     return await retrying(attempt)

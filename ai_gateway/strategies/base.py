@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ai_gateway.dispatch import ModelTarget, Outcome
+from ai_gateway.errors import Cancelled
 from ai_gateway.strategies.voting import Tally
 
 
@@ -65,12 +66,27 @@ def start_all(
     return tasks, started
 
 
-def fill_cancelled(
-    outcomes: list[Outcome | None], targets: Sequence[ModelTarget], started: float, reason: str
+def collect(
+    tasks: dict[asyncio.Task[Outcome], int],
+    outcomes: list[Outcome | None],
+    targets: Sequence[ModelTarget],
+    started: float,
+    reason: str,
 ) -> list[Outcome]:
-    """Mark every target that has no outcome as cancelled."""
+    """Every target's outcome once its tasks are done; cancelled ones say why they were cancelled.
+
+    A cancelled call reports itself (with the attempts it had sent); a task
+    cancelled before it ever ran sent nothing. Targets never started are skipped.
+    """
     now = time.perf_counter()
-    return [
-        outcome if outcome is not None else Outcome.cancelled(targets[i], started, now, reason)
-        for i, outcome in enumerate(outcomes)
-    ]
+    for task, position in tasks.items():
+        if outcomes[position] is not None:
+            continue
+        if task.cancelled():
+            outcomes[position] = Outcome.cancelled(targets[position], started, now, reason)
+        else:
+            outcome = task.result()
+            if outcome.status == "cancelled":
+                outcome = replace(outcome, error=Cancelled(reason, provider=outcome.target.provider))
+            outcomes[position] = outcome
+    return [o if o is not None else Outcome.skipped(targets[i]) for i, o in enumerate(outcomes)]

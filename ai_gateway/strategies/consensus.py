@@ -18,7 +18,7 @@ from ai_gateway.strategies.base import (
     HedgeDelay,
     StrategyResult,
     cancel_and_wait,
-    fill_cancelled,
+    collect,
     no_hedge,
     start_all,
 )
@@ -49,4 +49,4 @@ async def consensus(
     leader = tally.leader()
     winner = leader.members[0] if leader is not None and tally.reached() else None
     reason = "a majority of the requested models had already agreed"
-    return StrategyResult(fill_cancelled(outcomes, targets, started, reason), winner, tally)
+    return StrategyResult(collect(tasks, outcomes, targets, started, reason), winner, tally)

@@ -11,7 +11,7 @@ from ai_gateway.strategies.base import (
     HedgeDelay,
     StrategyResult,
     cancel_and_wait,
-    fill_cancelled,
+    collect,
     no_hedge,
     start_all,
 )
@@ -38,4 +38,4 @@ async def fastest(
                 winner = min(finished_ok, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
     finally:
         await cancel_and_wait(pending)
-    return StrategyResult(fill_cancelled(outcomes, targets, started, "another model answered first"), winner)
+    return StrategyResult(collect(tasks, outcomes, targets, started, "another model answered first"), winner)

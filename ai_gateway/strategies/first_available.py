@@ -13,15 +13,16 @@ import time
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome
-from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult, cancel_and_wait, no_hedge
+from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult, cancel_and_wait, collect, no_hedge
 
 
 async def first_available(
     targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
 ) -> StrategyResult:
     outcomes: list[Outcome | None] = [None] * len(targets)
+    started: dict[asyncio.Task[Outcome], int] = {}  # every task ever started
     running: dict[asyncio.Task[Outcome], int] = {}
-    started_at: dict[int, float] = {}
+    began = time.perf_counter()
     next_up = 0
     winner: int | None = None
 
@@ -33,9 +34,8 @@ async def first_available(
         nonlocal next_up
         position, next_up = next_up, next_up + 1
         target = targets[position]
-        started_at[position] = time.perf_counter()
         task = asyncio.create_task(call(target, can_fail_over, hedge=hedge), name=f"model:{target.id}")
-        running[task] = position
+        running[task] = started[task] = position
         return hedge_delay(target)
 
     try:
@@ -56,10 +56,4 @@ async def first_available(
                 delay = start_next(hedge=False)  # a model failed: fail over at once, no backoff
     finally:
         await cancel_and_wait(running)
-    now = time.perf_counter()
-    final: list[Outcome] = []
-    for position, outcome in enumerate(outcomes):
-        if outcome is None and position in started_at:
-            outcome = Outcome.cancelled(targets[position], started_at[position], now, "another model answered first")
-        final.append(outcome if outcome is not None else Outcome.skipped(targets[position]))
-    return StrategyResult(final, winner)
+    return StrategyResult(collect(started, outcomes, targets, began, "another model answered first"), winner)

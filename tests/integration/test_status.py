@@ -1,0 +1,138 @@
+"""What the gateway reports about itself: the gateway_status tool, the gateway://status resource and /health.
+
+Traffic goes through the in-memory MCP client to the fake provider over HTTP; ``/health`` is
+the server's own Starlette route, reached in process through ``httpx.ASGITransport``. The
+route reads the gateway that the in-memory client's session started (the lifespan is shared
+and ref-counted), so both see the same breakers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from fastmcp import Client, FastMCP
+
+from tests.fake_provider import Scenario
+from tests.integration.conftest import GatedFake
+
+PROMPT = "What is the capital of France?"
+FAST: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
+
+
+async def query(client: Client, **arguments: Any) -> Any:
+    return await client.call_tool("query_models", {"prompt": PROMPT, **arguments}, raise_on_error=False)
+
+
+async def tool_status(client: Client) -> dict[str, Any]:
+    result = await client.call_tool("gateway_status", {})
+    assert not result.is_error
+    return result.structured_content
+
+
+async def resource_status(client: Client) -> dict[str, Any]:
+    (content,) = await client.read_resource("gateway://status")
+    assert content.mime_type == "application/json"
+    return json.loads(content.text)
+
+
+async def health(server: FastMCP) -> dict[str, Any]:
+    transport = httpx.ASGITransport(app=server.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        resp = await http.get("/health")
+    assert resp.status_code == 200
+    return resp.json()
+
+
+def by(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    return {row[key]: row for row in rows}
+
+
+async def test_status_reports_outcomes_latency_budgets_and_breakers(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    fake.set("fine", Scenario(text="Paris"))
+    fake.set("broken", Scenario.error("server_error"))
+    fake.set("missing", Scenario.error("not_found"))
+    server = make_server(**FAST, max_attempts=2)
+    async with Client(server) as client:
+        before = await tool_status(client)
+        for _ in range(3):
+            assert not (await query(client, models=["openai/fine"])).is_error
+        assert (await query(client, models=["anthropic/broken"])).is_error
+        assert (await query(client, models=["gemini/missing"])).is_error
+        report = await tool_status(client)
+        resource = await resource_status(client)
+        healthy = await health(server)
+
+    assert before["providers"] == [] and before["breakers"] == [] and before["open_circuits"] == []
+    assert report["limits"] == {"total": 256, "per_provider": 64}
+
+    providers = by(report["providers"], "provider")
+    assert sorted(providers) == ["anthropic", "gemini", "openai"]
+    openai, anthropic, gemini = providers["openai"], providers["anthropic"], providers["gemini"]
+    assert (openai["attempts"], openai["recent_ok"], openai["recent_errors"]) == (3, 3, {})
+    latency = openai["latency_ms"]
+    assert set(latency) == {"p50", "p95", "p99"}
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert openai["retry_budget"] == {"requests": 3, "retries": 0, "allowed": 3 + 0.2 * 3}
+    assert openai["in_flight"] == 0
+    # Every attempt counts: the 500 was tried twice (max_attempts=2), the 404 once.
+    assert (anthropic["attempts"], anthropic["recent_ok"], anthropic["recent_errors"]) == (
+        2,
+        0,
+        {"upstream_error": 2},
+    )
+    assert anthropic["latency_ms"] is None  # latency is measured on answers only
+    assert anthropic["retry_budget"]["requests"] == 1 and anthropic["retry_budget"]["retries"] == 1
+    assert gemini["recent_errors"] == {"not_found": 1}
+
+    breakers = by(report["breakers"], "name")
+    assert sorted(breakers) == ["anthropic", "gemini", "openai"]
+    assert all(b["state"] == "closed" and b["seconds_to_probe"] is None for b in breakers.values())
+    assert breakers["openai"]["failures"] == 0 and breakers["openai"]["last_error"] is None
+    assert breakers["anthropic"]["failures"] == 2
+    assert breakers["anthropic"]["last_error"]["code"] == "upstream_error"
+    assert breakers["gemini"]["failures"] == 0  # a 404 is the caller's problem, not the provider's
+    assert report["open_circuits"] == []
+
+    assert resource == report  # the resource is the tool's report, as JSON
+    assert healthy["status"] == "ok"
+    assert healthy["circuits"] == {"open": [], "half_open": []}
+
+
+async def test_an_open_circuit_shows_in_status_resource_and_health(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    fake.set("down", Scenario.error("overloaded"))
+    fake.set("fine", Scenario(text="ok"))
+    server = make_server(**FAST, max_attempts=1, breaker_fail_max=3, breaker_reset_s=60)
+    async with Client(server) as client:
+        assert (await health(server))["status"] == "ok"
+        for _ in range(3):
+            assert (await query(client, models=["openai/down"])).is_error
+        assert not (await query(client, models=["anthropic/fine"])).is_error
+        report = await tool_status(client)
+        resource = await resource_status(client)
+        degraded = await health(server)
+
+    assert report["open_circuits"] == ["openai"]
+    breakers = by(report["breakers"], "name")
+    opened = breakers["openai"]
+    assert opened["state"] == "open" and opened["failures"] == 3
+    assert 0 < opened["seconds_to_probe"] <= 60
+    assert opened["last_error"]["code"] == "overloaded" and opened["last_error"]["status"] == 503
+    assert breakers["anthropic"]["state"] == "closed"
+    assert by(report["providers"], "provider")["openai"]["recent_errors"] == {"overloaded": 3}
+
+    # Same shape and facts from the resource (seconds_to_probe may have ticked down meanwhile).
+    assert resource.keys() == report.keys()
+    assert resource["open_circuits"] == ["openai"]
+    assert by(resource["breakers"], "name")["openai"]["state"] == "open"
+    assert resource["providers"] == report["providers"]
+
+    assert degraded["status"] == "degraded"
+    assert degraded["circuits"] == {"open": ["openai"], "half_open": []}
+    assert "openai" in degraded["providers"]["configured"]
