@@ -7,8 +7,8 @@ For one model the path is::
 Each attempt gets ``min(attempt_timeout_s, time left)``, so a provider that
 trickles bytes is still cut off by the call's one deadline. Every attempt's
 outcome is counted by the breaker and the health board; cancellations count
-for nothing. A call never raises except ``asyncio.CancelledError``: strategies
-read outcomes, not exceptions.
+for nothing. A call never raises: it runs as a leaf task of its strategy, and
+even its cancellation comes back as an Outcome.
 """
 
 from __future__ import annotations
@@ -146,6 +146,14 @@ class Dispatcher:
         self.resilience = resilience
         self.clock = clock
 
+    def available(self, target: ModelTarget) -> bool:
+        """False while the target's circuit refuses calls: not a candidate to fail over to."""
+        return self.resilience.breakers.get(target.circuit).state != "open"
+
+    def bind(self, request: ChatRequest, deadline: Deadline) -> BoundCall:
+        """What a strategy calls: one request and one deadline, any model."""
+        return BoundCall(self, request, deadline)
+
     async def call(
         self,
         target: ModelTarget,
@@ -163,6 +171,10 @@ class Dispatcher:
             error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
             return Outcome(target, "skipped", error=error, hedge=hedge)
         breaker = r.breakers.get(target.circuit)
+        if breaker.state == "open":  # refuse in microseconds, before any retry machinery
+            now = self.clock()
+            return Outcome(target, "error", error=breaker.refusal(), latency_s=now - started, finished_at=now,
+                           hedge=hedge)  # fmt: skip
         budget = r.budget(target.provider)
         attempts = 0
         last_error: GatewayError | None = None
@@ -185,17 +197,20 @@ class Dispatcher:
             except CircuitOpen as refused:
                 raise give_up("circuit opened", refused) from None
             try:
-                async with r.limiter.slot(target.provider, left):
-                    attempts += 1  # from here on a request really goes to the provider
-                    if attempts == 1:
-                        budget.record_request()
-                    return await self._attempt(target, request, deadline, breaker, trial)
+                await r.limiter.acquire(target.provider, left)
             except LoadShed as shed:
                 breaker.release(trial, "neutral")
                 raise give_up("the gateway's concurrency limit was reached", shed) from None
+            attempts += 1  # from here on a request really goes to the provider
+            if attempts == 1:
+                budget.record_request()
+            try:
+                return await self._attempt(target, request, deadline, breaker, trial)
             except GatewayError as exc:
                 last_error = exc
                 raise
+            finally:
+                r.limiter.release(target.provider)
 
         try:
             completion = await call_with_retries(
@@ -254,5 +269,23 @@ class Dispatcher:
             error = InternalError(f"adapter error ({type(exc).__name__})", provider=target.provider)
             r.health.record(target.provider, target.id, str(error.code), None)
             raise error from None
+        except asyncio.CancelledError:
+            r.health.record_cancelled(target.id, self.clock() - started)
+            raise
         finally:
             breaker.release(trial, result, error)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundCall:
+    dispatcher: Dispatcher
+    request: ChatRequest
+    deadline: Deadline
+
+    async def __call__(
+        self, target: ModelTarget, can_fail_over: Callable[[], bool] = never, *, hedge: bool = False
+    ) -> Outcome:
+        return await self.dispatcher.call(target, self.request, self.deadline, can_fail_over, hedge=hedge)
+
+    def available(self, target: ModelTarget) -> bool:
+        return self.dispatcher.available(target)

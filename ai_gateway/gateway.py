@@ -8,7 +8,7 @@ registry by provider name and are called through the dispatcher.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Literal
 
@@ -78,10 +78,7 @@ class Gateway:
         hedge_delay = self._hedge_delay(strategy, hedge_after_s)
         deadline = Deadline(self.settings.clamp_timeout(timeout_s), self.resilience.clock)
 
-        async def call(target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False) -> Outcome:
-            return await self.dispatcher.call(target, request, deadline, can_fail_over, hedge=hedge)
-
-        result = await run(targets, call, hedge_delay)
+        result = await run(targets, self.dispatcher.bind(request, deadline), hedge_delay)
         return build_result(strategy, result, self.registry.secrets(), time.perf_counter() - started)
 
     def _hedge_delay(self, strategy: StrategyName, choice: HedgeChoice) -> HedgeDelay:

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 # Before fastmcp is imported: no update check (no network), no banner, no rich logging.
 FASTMCP_ENV = {
@@ -34,47 +33,24 @@ os.environ.update({k: os.environ.get(k, v) for k, v in FASTMCP_ENV.items()})
 
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
+from benchlib import Figures, pct, rotated, start_child, summary_ms  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import StdioTransport  # noqa: E402
 
 from ai_gateway.server import build_server  # noqa: E402
 from ai_gateway.settings import Settings  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
 PROMPT = "What is 2+2? Answer with one number."
 RACE = {"race-20": 20, "race-80": 80, "race-150": 150}  # fake scenarios: model name -> delay_ms
 INFLIGHT = 32
 Call = Callable[[], Awaitable[object]]
-Figures = dict[str, Any]
-
-
-def pct(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest rank on the sorted list."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
-def summary_ms(samples: list[float]) -> Figures:
-    return {"median_ms": statistics.median(samples) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3, "n": len(samples)}
-
-
-def rotated(names: list[str], round_no: int) -> list[str]:
-    """A different order each round (rotation, reversed on odd rounds) so noise hits every kind."""
-    order = names[round_no % len(names) :] + names[: round_no % len(names)]
-    return order[::-1] if round_no % 2 else order
 
 
 async def start_fake() -> tuple[asyncio.subprocess.Process, str]:
     args = ["-m", "tests.fake_provider", "--port", "0", "--scenario", '*={"text": "4"}']
     args += [a for model, ms in RACE.items() for a in ("--scenario", f'{model}={{"delay_ms": {ms}, "text": "4"}}')]
-    proc = await asyncio.create_subprocess_exec(sys.executable, *args, cwd=REPO, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
-    if not line.startswith("READY "):
-        proc.terminate()
-        raise RuntimeError(f"fake provider did not start: {line!r}")
-    return proc, line.split()[1]
+    return await start_child(*args)
 
 
 def make_calls(client: Client, session: aiohttp.ClientSession, bare: httpx.AsyncClient, url: str) -> dict[str, Call]:

@@ -127,14 +127,16 @@ class Breaker:
         if state == "half-open" and self._trials < self.half_open_calls:
             self._trials += 1
             return True
-        raise self._refusal(state)
+        raise self.refusal()
 
     def release(self, trial: bool, result: Result, error: GatewayError | None = None) -> None:
         """Record how an admitted call ended."""
         if trial:
             self._trials -= 1
-        if result == "neutral":
-            return
+        if result == "neutral" or (not trial and self.state != "closed"):
+            return  # a call admitted before the circuit opened says nothing about it now
+        if result == "success" and not trial and self._cb.fail_counter == 0:
+            return  # closed with no failures to reset: replaying it would change nothing
         if error is not None:
             self.last_error = error
         try:
@@ -154,7 +156,9 @@ class Breaker:
             last_error=self.last_error.to_dict() if self.last_error else None,
         )
 
-    def _refusal(self, state: State) -> CircuitOpen:
+    def refusal(self) -> CircuitOpen:
+        """The error a refused call gets: the circuit's state, the time to the next probe, the last error."""
+        state = self.state
         last = f"; last error: {self.last_error.code}: {self.last_error.message}" if self.last_error else ""
         if state == "open":
             wait = self.seconds_to_probe()

@@ -32,6 +32,7 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """A first attempt: it earns ``ratio`` of a retry."""
+        self._prune()  # amortised O(1); keeps memory bounded by the window, not by uptime
         self._requests.append(self._clock.now())
 
     def try_retry(self) -> bool:

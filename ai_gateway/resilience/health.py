@@ -16,6 +16,9 @@ SAMPLES = 256  # recent outcomes kept per model
 @dataclass(slots=True)
 class _Recent:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # Successes plus attempts cancelled while running (their true latency was at least that long):
+    # hedging must not learn only from the fast attempts that survived.
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     codes: deque[str] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # "ok" or an error code
     calls: int = 0
 
@@ -41,12 +44,21 @@ class HealthBoard:
             recent.codes.append(code)
             if latency_s is not None:
                 recent.latencies.append(latency_s)
+                recent.durations.append(latency_s)
+
+    def record_cancelled(self, model_id: str, elapsed_s: float) -> None:
+        """An attempt cancelled after ``elapsed_s``: a lower bound on its latency, for hedging only."""
+        recent = self._models.get(model_id)
+        if recent is None:
+            recent = self._models[model_id] = _Recent()
+        recent.durations.append(elapsed_s)
 
     def latency_percentile(self, model_id: str, q: float, min_samples: int) -> float | None:
+        """The model's recent attempt latency, cancelled attempts counted at their elapsed time."""
         recent = self._models.get(model_id)
-        if recent is None or len(recent.latencies) < min_samples:
+        if recent is None or len(recent.durations) < min_samples:
             return None
-        return percentile(sorted(recent.latencies), q)
+        return percentile(sorted(recent.durations), q)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}

@@ -24,37 +24,44 @@ class ConcurrencyLimiter:
         self._by_provider: dict[str, asyncio.Semaphore] = {}
         self.in_flight: dict[str, int] = {}
 
-    @asynccontextmanager
-    async def slot(self, provider: str, time_left_s: float) -> AsyncIterator[None]:
+    async def acquire(self, provider: str, time_left_s: float) -> None:
+        """Take a slot (overall and for ``provider``) or raise LoadShed; pair with :meth:`release`."""
         own = self._by_provider.get(provider)
         if own is None:
             own = self._by_provider[provider] = asyncio.Semaphore(self.per_provider)
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + min(self.max_wait_s, max(time_left_s, 0.0))
-        held: list[asyncio.Semaphore] = []
+        give_up_at = asyncio.get_running_loop().time() + min(self.max_wait_s, max(time_left_s, 0.0))
+        await self._take(own, give_up_at, provider, self.per_provider, provider)
         try:
-            for semaphore, limit, scope in (
-                (own, self.per_provider, provider),
-                (self._all, self.total, "all providers"),
-            ):
-                if semaphore.locked():
-                    try:
-                        async with asyncio.timeout_at(give_up_at):
-                            await semaphore.acquire()
-                    except TimeoutError:
-                        raise LoadShed(
-                            f"gateway limit of {limit} concurrent calls reached ({scope}); retry shortly",
-                            provider=provider,
-                            retry_after_s=RETRY_HINT_S,
-                        ) from None
-                else:
-                    await semaphore.acquire()  # free: returns without suspending
-                held.append(semaphore)
-            self.in_flight[provider] = self.in_flight.get(provider, 0) + 1
-            try:
-                yield
-            finally:
-                self.in_flight[provider] -= 1
+            await self._take(self._all, give_up_at, provider, self.total, "all providers")
+        except BaseException:
+            own.release()
+            raise
+        self.in_flight[provider] = self.in_flight.get(provider, 0) + 1
+
+    def release(self, provider: str) -> None:
+        self.in_flight[provider] -= 1
+        self._by_provider[provider].release()
+        self._all.release()
+
+    @asynccontextmanager
+    async def slot(self, provider: str, time_left_s: float) -> AsyncIterator[None]:
+        await self.acquire(provider, time_left_s)
+        try:
+            yield
         finally:
-            for semaphore in held:
-                semaphore.release()
+            self.release(provider)
+
+    @staticmethod
+    async def _take(semaphore: asyncio.Semaphore, give_up_at: float, provider: str, limit: int, scope: str) -> None:
+        if not semaphore.locked():
+            await semaphore.acquire()  # free: returns without suspending
+            return
+        try:
+            async with asyncio.timeout_at(give_up_at):
+                await semaphore.acquire()
+        except TimeoutError:
+            raise LoadShed(
+                f"gateway limit of {limit} concurrent calls reached ({scope}); retry shortly",
+                provider=provider,
+                retry_after_s=RETRY_HINT_S,
+            ) from None

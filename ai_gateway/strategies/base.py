@@ -20,6 +20,10 @@ class CallModel(Protocol):
         self, target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False
     ) -> Outcome: ...
 
+    def available(self, target: ModelTarget) -> bool:
+        """False when the target would be refused at once (its circuit is open)."""
+        ...
+
 
 # Seconds to wait for a model before hedging with the next one; None means never hedge.
 HedgeDelay = Callable[[ModelTarget], float | None]

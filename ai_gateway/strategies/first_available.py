@@ -27,8 +27,9 @@ async def first_available(
     winner: int | None = None
 
     def can_fail_over() -> bool:
-        # Another candidate can still answer: a model not yet tried, or another one in flight.
-        return next_up < len(targets) or sum(not task.done() for task in running) > 1
+        # Another candidate can still answer: another model in flight, or a later one whose circuit admits calls.
+        others_running = sum(not task.done() for task in running) > 1
+        return others_running or any(call.available(target) for target in targets[next_up:])
 
     def start_next(hedge: bool) -> float | None:
         nonlocal next_up

@@ -143,3 +143,16 @@ def test_results_arriving_while_open_do_not_count() -> None:
         fail(b)
     b.release(in_flight, "success")  # a late success must not close an open circuit
     assert b.state == "open"
+
+
+def test_a_late_result_after_the_reset_time_does_not_close_it_without_a_trial() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    in_flight = b.acquire()  # admitted while closed
+    for _ in range(3):
+        fail(b)
+    clock.advance(31)  # half-open by now
+    b.release(in_flight, "success")
+    assert b.state == "half-open"  # only a trial call may close it
+    succeed(b)
+    assert b.state == "closed"

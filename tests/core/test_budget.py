@@ -41,3 +41,12 @@ def test_an_outage_cannot_multiply_traffic() -> None:
             if budget.try_retry():
                 sent += 1
     assert sent <= 1000 * 1.2 + 3
+
+
+def test_memory_stays_bounded_by_the_window() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, floor=3, window_s=1, clock=clock)
+    for _ in range(3000):  # a long healthy run: requests, never a retry
+        budget.record_request()
+        clock.advance(0.01)
+    assert len(budget._requests) <= 101

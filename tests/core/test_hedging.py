@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from ai_gateway.dispatch import Dispatcher, ModelTarget, Outcome, Resilience
+from ai_gateway.dispatch import Dispatcher, Resilience
 from ai_gateway.errors import UpstreamError
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.resilience.health import HealthBoard
@@ -25,10 +25,7 @@ async def call() -> AsyncIterator:
         dispatcher = Dispatcher(lambda: client, resilience)
         deadline = Deadline(30)
 
-        async def run(target: ModelTarget, can_fail_over, *, hedge: bool = False) -> Outcome:
-            return await dispatcher.call(target, REQUEST, deadline, can_fail_over, hedge=hedge)
-
-        yield run
+        yield dispatcher.bind(REQUEST, deadline)
 
 
 async def test_a_slow_model_is_joined_by_a_hedge_and_the_first_success_wins(call) -> None:
@@ -88,3 +85,13 @@ def test_auto_hedge_delay_uses_the_models_recent_p95() -> None:
     assert health.latency_percentile("acme/m", 100, min_samples=20) == pytest.approx(0.100)
     assert health.latency_percentile("acme/m", 95, min_samples=200) is None  # too few samples yet
     assert health.latency_percentile("acme/other", 95, min_samples=1) is None
+
+
+def test_cancelled_attempts_raise_the_hedge_estimate_but_not_the_reported_latency() -> None:
+    health = HealthBoard()
+    for _ in range(90):
+        health.record("acme", "acme/m", "ok", 0.040)
+    for _ in range(10):  # slow attempts that hedging cancelled after 2 s
+        health.record_cancelled("acme/m", 2.0)
+    assert health.latency_percentile("acme/m", 95, min_samples=20) == 2.0
+    assert health.snapshot()["acme"]["latency_ms"]["p99"] == 40.0  # status shows answers only

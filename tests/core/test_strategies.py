@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from ai_gateway.dispatch import Dispatcher, ModelTarget, Outcome, Resilience
+from ai_gateway.dispatch import Dispatcher, Resilience
 from ai_gateway.errors import RateLimited, UpstreamError
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.settings import Settings
@@ -36,10 +36,7 @@ def gated() -> GatedAdapter:
 def caller(dispatcher: Dispatcher, total_s: float = 30.0):
     deadline = Deadline(total_s)
 
-    async def call(target: ModelTarget, can_fail_over, *, hedge: bool = False) -> Outcome:
-        return await dispatcher.call(target, REQUEST, deadline, can_fail_over, hedge=hedge)
-
-    return call
+    return dispatcher.bind(REQUEST, deadline)
 
 
 def statuses(result: StrategyResult) -> list[str]:

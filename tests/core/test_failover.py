@@ -1,0 +1,71 @@
+"""Failing over only to models that can answer: an open circuit is not a fallback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderConfig
+from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
+from ai_gateway.errors import GatewayError, UpstreamError
+from ai_gateway.resilience.clock import Deadline
+from ai_gateway.settings import Settings
+from ai_gateway.strategies.first_available import first_available
+from ai_gateway.types import ChatRequest, Completion, FinishReason
+from tests.core.fakes import FakeClock
+from tests.core.gated import REQUEST
+
+
+class ScriptedAdapter(Adapter):
+    """Each model answers from its own script: errors in order, then "ok"."""
+
+    dialect = "scripted"
+
+    def __init__(self, name: str, scripts: dict[str, list[GatewayError]]) -> None:
+        super().__init__(ProviderConfig(name=name, base_url="scripted://"))
+        self.scripts = scripts
+        self.calls: list[str] = []
+
+    def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
+        raise TypeError("no HTTP")
+
+    def parse_response(self, body: Any, model: str) -> Completion:
+        raise TypeError("no HTTP")
+
+    async def complete(self, client: httpx.AsyncClient, request: ChatRequest, model: str) -> Completion:
+        self.calls.append(model)
+        if self.scripts[model]:
+            raise self.scripts[model].pop(0)
+        return Completion(text="ok", finish_reason=FinishReason.STOP)
+
+
+async def test_a_flaky_model_is_retried_when_the_only_fallback_is_refusing_calls() -> None:
+    resilience = Resilience.from_settings(Settings(_env_file=None, breaker_fail_max=3), clock=FakeClock())
+    flaky = ScriptedAdapter("live", {"flaky": [UpstreamError("blip", status=500)]})
+    dead = ScriptedAdapter("dead", {"gone": []})
+    dead_breaker = resilience.breakers.get("dead")
+    for _ in range(3):
+        dead_breaker.release(dead_breaker.acquire(), "failure", UpstreamError("down", status=500))
+    assert dead_breaker.state == "open"
+    targets = [ModelTarget("live/flaky", "live", "flaky", flaky), ModelTarget("dead/gone", "dead", "gone", dead)]
+    async with httpx.AsyncClient() as client:
+        call = Dispatcher(lambda: client, resilience).bind(REQUEST, Deadline(30))
+        result = await first_available(targets, call)
+    assert result.winner == 0
+    assert result.outcomes[0].attempts == 2  # retried: failing over to an open circuit would have lost the call
+    assert [o.status for o in result.outcomes] == ["ok", "skipped"]
+    assert dead.calls == []
+
+
+async def test_an_open_circuit_refuses_before_any_attempt() -> None:
+    resilience = Resilience.from_settings(Settings(_env_file=None, breaker_fail_max=1), clock=FakeClock())
+    dead = ScriptedAdapter("dead", {"gone": []})
+    b = resilience.breakers.get("dead")
+    b.release(b.acquire(), "failure", UpstreamError("down", status=500))
+    async with httpx.AsyncClient() as client:
+        call = Dispatcher(lambda: client, resilience).bind(REQUEST, Deadline(30))
+        outcome = await call(ModelTarget("dead/gone", "dead", "gone", dead))
+    assert outcome.error is not None and outcome.error.code == "circuit_open"
+    assert outcome.attempts == 0 and dead.calls == []
+    assert "upstream_error: down" in outcome.error.message
