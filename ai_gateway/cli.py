@@ -111,7 +111,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.hedge_after is not None:
         hedge = args.hedge_after
         arguments["hedge_after_s"] = hedge if hedge in ("auto", "off") else float(hedge)
-    for key in ("system", "temperature", "max_tokens", "timeout_s"):
+    for key in ("system", "temperature", "max_tokens", "timeout_s", "cache", "sample"):
         value = getattr(args, key)
         if value is not None:
             arguments[key] = value
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_hedge_value,
         help="first_available: also start the next model after this many seconds ('auto': its p95; 'off')",
     )
+    query.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), help="cache use (default: use)")
+    query.add_argument("--sample", type=int, help="sample index: with --temperature > 0, cache each sample apart")
     query.add_argument("--json", action="store_true", help="print the tool's structured result")
     query.set_defaults(func=cmd_query)
 

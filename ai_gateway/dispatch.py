@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
+from ai_gateway.cache.store import CachePolicy, ResponseCache
 from ai_gateway.errors import (
+    CacheMiss,
     Cancelled,
     CircuitOpen,
     DeadlineExceeded,
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 # Where the shared HTTP client comes from: built on first use (see ai_gateway.http).
 ClientSource = Callable[[], "httpx.AsyncClient"]
 OutcomeStatus = Literal["ok", "error", "cancelled", "skipped"]
+
+
+DEFAULT_POLICY = CachePolicy()
 
 
 def never() -> bool:
@@ -80,6 +85,7 @@ class Outcome:
     finished_at: float | None = None
     attempts: int = 0
     hedge: bool = False
+    cached: bool = False
 
     @property
     def ok(self) -> bool:
@@ -141,18 +147,25 @@ class Resilience:
 
 
 class Dispatcher:
-    def __init__(self, client: ClientSource, resilience: Resilience, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        client: ClientSource,
+        resilience: Resilience,
+        clock: Callable[[], float] = time.perf_counter,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.client = client
         self.resilience = resilience
         self.clock = clock
+        self.cache = cache
 
     def available(self, target: ModelTarget) -> bool:
         """False while the target's circuit refuses calls: not a candidate to fail over to."""
         return self.resilience.breakers.get(target.circuit).state != "open"
 
-    def bind(self, request: ChatRequest, deadline: Deadline) -> BoundCall:
-        """What a strategy calls: one request and one deadline, any model."""
-        return BoundCall(self, request, deadline)
+    def bind(self, request: ChatRequest, deadline: Deadline, policy: CachePolicy = DEFAULT_POLICY) -> BoundCall:
+        """What a strategy calls: one request, one deadline and one cache policy, any model."""
+        return BoundCall(self, request, deadline, policy)
 
     async def call(
         self,
@@ -162,9 +175,62 @@ class Dispatcher:
         can_fail_over: Callable[[], bool] = never,
         *,
         hedge: bool = False,
+        policy: CachePolicy = DEFAULT_POLICY,
     ) -> Outcome:
-        """One model, to an Outcome. Runs as a task of its own: when a strategy cancels it, it
-        answers with a ``cancelled`` Outcome that still says how many attempts were sent."""
+        """One model, to an Outcome: from the cache when it may, else from the provider.
+
+        Runs as a task of its own: when a strategy cancels it, it answers with a
+        ``cancelled`` Outcome that still says how many attempts were sent.
+        """
+        store = self.cache
+        key = None
+        if store is not None:
+            key = store.key_for(target.provider, target.adapter.config.base_url, target.model, request, policy)
+        started = self.clock()
+        if key is not None and policy.reads:
+            hit = await store.read(key)  # type: ignore[union-attr]
+            if hit is not None:
+                now = self.clock()
+                return Outcome(target, "ok", completion=hit, latency_s=now - started, finished_at=now,
+                               hedge=hedge, cached=True)  # fmt: skip
+        if policy.mode == "only":
+            why = "not in the cache" if key is not None else "a sampled request is cached only with a sample index"
+            error = CacheMiss(f"cache only: {why}; no provider was called", provider=target.provider)
+            return Outcome(target, "error", error=error, hedge=hedge)
+        if key is None or not policy.writes:
+            return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+
+        async def call_and_store() -> Outcome:
+            outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+            if outcome.ok and outcome.completion is not None:
+                store.store_later(key, outcome.completion)  # type: ignore[union-attr, arg-type]
+            return outcome
+
+        try:
+            # A caller sharing another's provider call still keeps its own deadline.
+            async with asyncio.timeout(max(deadline.remaining(), 0.0) + 0.05):
+                return await store.shared(key, call_and_store, gone=lambda o: o.status == "cancelled")  # type: ignore[union-attr]
+        except TimeoutError:
+            now = self.clock()
+            error = DeadlineExceeded(
+                f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
+            )
+            return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
+        except asyncio.CancelledError:
+            now = self.clock()
+            cancelled = Cancelled("cancelled", provider=target.provider)
+            return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
+
+    async def _call_provider(
+        self,
+        target: ModelTarget,
+        request: ChatRequest,
+        deadline: Deadline,
+        can_fail_over: Callable[[], bool] = never,
+        *,
+        hedge: bool = False,
+    ) -> Outcome:
+        """One model from its provider, through every resilience layer."""
         r = self.resilience
         started = self.clock()
         if deadline.remaining() < r.policy.min_attempt_s:
@@ -281,11 +347,14 @@ class BoundCall:
     dispatcher: Dispatcher
     request: ChatRequest
     deadline: Deadline
+    policy: CachePolicy = DEFAULT_POLICY
 
     async def __call__(
         self, target: ModelTarget, can_fail_over: Callable[[], bool] = never, *, hedge: bool = False
     ) -> Outcome:
-        return await self.dispatcher.call(target, self.request, self.deadline, can_fail_over, hedge=hedge)
+        return await self.dispatcher.call(
+            target, self.request, self.deadline, can_fail_over, hedge=hedge, policy=self.policy
+        )
 
     def available(self, target: ModelTarget) -> bool:
         return self.dispatcher.available(target)

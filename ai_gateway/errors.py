@@ -23,6 +23,7 @@
     ├── DeadlineExceeded              deadline        no         no
     ├── CircuitOpen                   circuit_open    no         no
     ├── LoadShed                      overloaded      no         no   (the gateway's own limit)
+    ├── CacheMiss                     cache_miss      no         no   (cache "only": no provider called)
     ├── InvalidArgument               invalid_argument
     └── InternalError                 internal        no         no
 
@@ -59,6 +60,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     DEADLINE = "deadline"
     CIRCUIT_OPEN = "circuit_open"
+    CACHE_MISS = "cache_miss"
     INVALID_ARGUMENT = "invalid_argument"
     INTERNAL = "internal"
 
@@ -188,6 +190,12 @@ class LoadShed(GatewayError):
     """The gateway's own concurrency limit is full: refused at once rather than queued into the deadline."""
 
     code = ErrorCode.OVERLOADED
+
+
+class CacheMiss(GatewayError):
+    """``cache: only`` and the answer is not in the cache; no provider was called."""
+
+    code = ErrorCode.CACHE_MISS
 
 
 class InvalidArgument(GatewayError):

@@ -13,6 +13,8 @@ from dataclasses import asdict
 from typing import Literal
 
 from ai_gateway.adapter import Adapter
+from ai_gateway.cache.memory import MemoryBackend
+from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.registry import Registry, RegistryError
@@ -50,7 +52,8 @@ class Gateway:
         self.settings = settings
         self.registry = registry
         self.resilience = resilience or Resilience.from_settings(settings)
-        self.dispatcher = Dispatcher(client, self.resilience)
+        self.cache = build_cache(settings)
+        self.dispatcher = Dispatcher(client, self.resilience, cache=self.cache)
         self._adapters: dict[str, Adapter] = {}
 
     # -- the request path ----------------------------------------------------------
@@ -67,6 +70,8 @@ class Gateway:
         max_tokens: int | None = None,
         timeout_s: float | None = None,
         hedge_after_s: HedgeChoice = None,
+        cache: CacheMode = "use",
+        sample: int | None = None,
     ) -> QueryResult:
         """Answer one query. Raises InvalidArgument (naming the field) before any provider is called."""
         started = time.perf_counter()
@@ -78,7 +83,10 @@ class Gateway:
         hedge_delay = self._hedge_delay(strategy, hedge_after_s)
         deadline = Deadline(self.settings.clamp_timeout(timeout_s), self.resilience.clock)
 
-        result = await run(targets, self.dispatcher.bind(request, deadline), hedge_delay)
+        if sample is not None and sample < 0:
+            raise InvalidArgument("sample", "must be 0 or more (the index of a repeated sample)")
+        policy = CachePolicy(cache, sample)
+        result = await run(targets, self.dispatcher.bind(request, deadline, policy), hedge_delay)
         return build_result(strategy, result, self.registry.secrets(), time.perf_counter() - started)
 
     def _hedge_delay(self, strategy: StrategyName, choice: HedgeChoice) -> HedgeDelay:
@@ -96,6 +104,10 @@ class Gateway:
             return lambda target: health.latency_percentile(target.id, 95, min_samples) or fallback
         fixed = float(choice if choice is not None else configured)  # type: ignore[arg-type]
         return lambda target: fixed
+
+    async def aclose(self) -> None:
+        """Flush pending cache writes and close the cache's connections."""
+        await self.cache.aclose()
 
     def status(self) -> StatusReport:
         """Breakers, recent errors and latency, retry budgets and load: what gateway_status shows."""
@@ -189,6 +201,27 @@ class Gateway:
         )
 
 
+def build_cache(settings: Settings) -> ResponseCache:
+    """The embedded LRU, or Redis in front of it when a URL is configured (it falls back on failure)."""
+    embedded = MemoryBackend(settings.cache_max_entries, settings.cache_max_bytes)
+    backend: Backend = embedded
+    if settings.redis_url is not None:
+        from ai_gateway.cache.redis_backend import RedisBackend
+
+        backend = RedisBackend(
+            settings.redis_url.get_secret_value(),
+            embedded,
+            op_timeout_s=settings.cache_op_timeout_s,
+            cooldown_s=settings.cache_cooldown_s,
+        )
+    return ResponseCache(
+        backend,
+        namespace=settings.cache_namespace,
+        ttl_s=settings.cache_ttl_s,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+    )
+
+
 def build_chat_request(
     prompt: str | None,
     messages: Sequence[ChatMessage] | None,
@@ -243,7 +276,7 @@ def build_result(
                 for g in ranked
             ],
         )
-    usages = [r.usage for r in results if r.usage is not None]
+    usages = [r.usage for r in results if r.usage is not None and not r.cached]  # a cached answer costs nothing
     total = (
         UsageInfo(input_tokens=sum(u.input_tokens for u in usages), output_tokens=sum(u.output_tokens for u in usages))
         if usages
@@ -282,4 +315,5 @@ def _model_result(outcome: Outcome, secrets: Sequence[str]) -> ModelResult:
         provider_model=provider_model,
         attempts=outcome.attempts,
         hedge=outcome.hedge,
+        cached=outcome.cached,
     )

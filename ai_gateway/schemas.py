@@ -50,6 +50,7 @@ class ModelResult(BaseModel):
     provider_model: str | None = Field(None, description="The model name the provider reported, if it differs.")
     attempts: int = Field(0, description="Provider attempts made for this model (retries included).")
     hedge: bool = Field(False, description="True when this model was started as a hedge (first_available).")
+    cached: bool = Field(False, description="True when the answer came from the cache (it cost nothing).")
 
 
 class VoteGroup(BaseModel):
@@ -76,7 +77,9 @@ class QueryResult(BaseModel):
     results: list[ModelResult] = Field(description="One entry per requested model, in request order.")
     consensus: ConsensusInfo | None = None
     latency_ms: float = Field(description="Wall-clock time of the whole call.")
-    usage: UsageInfo | None = Field(None, description="Tokens summed over every model that reported usage.")
+    usage: UsageInfo | None = Field(
+        None, description="Tokens summed over the models that answered from a provider (cached answers cost nothing)."
+    )
 
 
 class BreakerInfo(BaseModel):

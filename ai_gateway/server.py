@@ -84,8 +84,9 @@ def build_server(
         try:
             yield {"gateway": holder.gateway}
         finally:
-            holder.gateway = None
+            gateway, holder.gateway = holder.gateway, None
             await cancel_quietly(warming)
+            await gateway.aclose()
             await client.aclose()
 
     auth = BearerTokenVerifier(settings.auth_token.get_secret_value()) if settings.auth_token else None
@@ -121,6 +122,21 @@ def build_server(
                 "'off': never. Default from settings (off unless configured)."
             ),
         ] = None,
+        cache: Annotated[
+            Literal["use", "refresh", "bypass", "only"],
+            Field(
+                description="use: read and write the cache; refresh: skip the read, store the new answer; "
+                "bypass: neither; only: answer from the cache or fail that model with cache_miss (no provider call)."
+            ),
+        ] = "use",
+        sample: Annotated[
+            int | None,
+            Field(
+                description="Index of a repeated sample (0, 1, ...). With temperature > 0 answers are cached only "
+                "when a sample index is given, so each sample is its own entry.",
+                ge=0,
+            ),
+        ] = None,
     ) -> QueryResult:
         """Send one prompt to several LLMs and answer with the chosen strategy.
 
@@ -138,6 +154,8 @@ def build_server(
                 max_tokens=max_tokens,
                 timeout_s=timeout_s,
                 hedge_after_s=hedge_after_s,
+                cache=cache,
+                sample=sample,
             )
         except InvalidArgument as exc:
             # A caller's mistake, not the gateway's: log it quietly.

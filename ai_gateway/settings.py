@@ -108,6 +108,19 @@ class Settings(BaseSettings):
         20, ge=1, description="Recent latencies needed before hedge_after_s='auto' uses a model's own p95."
     )
 
+    # -- response cache (docs/caching.md) ---------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None, description="Redis for a cache shared across processes (redis://...); unset: the embedded cache only."
+    )
+    cache_namespace: str = Field("aigw", min_length=1, description="Prefix of every cache key.")
+    cache_ttl_s: float = Field(86400.0, gt=0, description="How long a cached answer lives.")
+    cache_max_ttl_s: float = Field(30 * 86400.0, gt=0, description="Hard ceiling on cache_ttl_s.")
+    cache_max_entry_bytes: int = Field(262144, ge=1, description="Larger answers are served but not stored.")
+    cache_max_entries: int = Field(10000, ge=1, description="Embedded cache: most entries kept (LRU).")
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Embedded cache: most bytes kept (LRU).")
+    cache_op_timeout_s: float = Field(0.1, gt=0, description="Longest wait for one Redis operation.")
+    cache_cooldown_s: float = Field(5.0, gt=0, description="After a Redis failure, how long to use the embedded cache.")
+
     # -- outbound HTTP (one shared client) ---------------------------------------
     http_transport: Literal["aiohttp", "httpx"] = Field(
         "aiohttp", description="aiohttp (default; httpx's own pool degrades under concurrency) or httpx."
@@ -139,7 +152,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="Log level (stderr).")
 
-    @field_validator("hedge_after_s", "auth_token", mode="before")
+    @field_validator("hedge_after_s", "auth_token", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".
@@ -159,6 +172,8 @@ class Settings(BaseSettings):
     def _timeouts(self) -> Settings:
         if self.min_timeout_s > self.max_timeout_s:
             raise ValueError("AI_GATEWAY_MIN_TIMEOUT_S must not exceed AI_GATEWAY_MAX_TIMEOUT_S")
+        if self.cache_ttl_s > self.cache_max_ttl_s:
+            raise ValueError("AI_GATEWAY_CACHE_TTL_S must not exceed AI_GATEWAY_CACHE_MAX_TTL_S")
         if not self.min_timeout_s <= self.default_timeout_s <= self.max_timeout_s:
             raise ValueError(
                 "AI_GATEWAY_DEFAULT_TIMEOUT_S must lie between AI_GATEWAY_MIN_TIMEOUT_S and AI_GATEWAY_MAX_TIMEOUT_S"

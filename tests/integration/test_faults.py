@@ -28,6 +28,8 @@ FAST: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "min_time
 
 async def query(client: Client, **arguments: Any) -> CallToolResult:
     arguments.setdefault("prompt", PROMPT)
+    # These tests study the provider path: identical calls must reach the fake, not the cache.
+    arguments.setdefault("cache", "bypass")
     return await client.call_tool("query_models", arguments, raise_on_error=False)
 
 

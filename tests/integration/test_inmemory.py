@@ -610,6 +610,7 @@ async def test_no_task_or_connection_outlives_the_call_or_the_client(
                     prompt=PROMPT,
                     models=["openai/fast-a", "anthropic/fast-b", "gemini/slow"],
                     strategy=strategy,
+                    cache="bypass",  # the same question twice: both rounds must reach the providers
                 )
             )
             await fake.wait_until(

@@ -23,7 +23,10 @@ FAST: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
 
 
 async def query(client: Client, **arguments: Any) -> Any:
-    return await client.call_tool("query_models", {"prompt": PROMPT, **arguments}, raise_on_error=False)
+    # Provider behaviour is what is measured here: keep the cache out of it.
+    return await client.call_tool(
+        "query_models", {"prompt": PROMPT, "cache": "bypass", **arguments}, raise_on_error=False
+    )
 
 
 async def tool_status(client: Client) -> dict[str, Any]:

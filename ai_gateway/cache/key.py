@@ -1,0 +1,45 @@
+"""Cache keys: a hash of a canonical encoding of everything that can change an answer.
+
+Included: the key-schema version, the provider instance and its base URL, the
+model, the system prompt, every message, every sampling parameter that was set
+(an omitted temperature is not temperature 0) and the sample index. Never an
+API key, not even hashed. Keys are namespaced with a prefix and the schema
+version, so a change of format never reads an old shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields
+
+from ai_gateway.types import ChatRequest
+
+KEY_SCHEMA = 1
+_NOT_PARAMS = {"messages", "system"}  # every other ChatRequest field is a sampling parameter
+
+
+def canonical(provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None) -> str:
+    params = {
+        f.name: getattr(request, f.name)
+        for f in fields(request)
+        if f.name not in _NOT_PARAMS and getattr(request, f.name) is not None
+    }
+    payload = {
+        "schema": KEY_SCHEMA,
+        "provider": provider,
+        "base_url": base_url,
+        "model": model,
+        "system": request.system,
+        "messages": [[m.role, m.content] for m in request.messages],
+        "params": params,
+        "sample": sample,
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(
+    namespace: str, provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None
+) -> str:
+    digest = hashlib.sha256(canonical(provider, base_url, model, request, sample).encode()).hexdigest()
+    return f"{namespace}:v{KEY_SCHEMA}:{digest}"

@@ -1,0 +1,54 @@
+"""The embedded cache: an in-process LRU bounded by entries and by bytes, with per-entry expiry."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class MemoryBackend:
+    name = "memory"
+
+    def __init__(self, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self.bytes = 0
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        value, expires_at = item
+        if expires_at <= self._clock():
+            self._drop(key)
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self.max_bytes:
+            return
+        if key in self._items:
+            self._drop(key)
+        self._items[key] = (value, self._clock() + ttl_s)
+        self.bytes += len(value)
+        while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))  # least recently used first
+
+    async def delete(self, key: str) -> None:
+        if key in self._items:
+            self._drop(key)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _drop(self, key: str) -> None:
+        value, _ = self._items.pop(key)
+        self.bytes -= len(value)
+
+    async def aclose(self) -> None:
+        self._items.clear()
+        self.bytes = 0

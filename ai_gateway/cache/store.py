@@ -1,0 +1,147 @@
+"""When a model call may read or write the cache, and how identical concurrent calls share one.
+
+- ``use`` reads then writes, ``refresh`` only writes, ``bypass`` does neither,
+  ``only`` reads and never calls a provider (a miss is the ``cache_miss`` error).
+- A request with a temperature above 0 is sampled: it is cached only when the
+  caller gives a ``sample`` index, so samples 0..k-1 are k distinct entries.
+- Only complete answers are stored: non-empty, not refused by a content
+  filter, not an unknown finish; never errors, timeouts or cancellations.
+  An answer larger than ``max_entry_bytes`` is served but not stored.
+- Writes happen off the response path, as tasks flushed at shutdown.
+- Identical concurrent calls in this process make one provider call: the
+  first caller makes it, in its own task, and the others wait for its result.
+  If the first caller is cancelled, one of the others takes over and calls the
+  provider itself, so they still get an answer and nothing runs detached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+from ai_gateway.cache.envelope import decode, encode
+from ai_gateway.cache.key import cache_key
+from ai_gateway.types import ChatRequest, Completion, FinishReason
+
+log = logging.getLogger(__name__)
+
+CacheMode = Literal["use", "refresh", "bypass", "only"]
+STORABLE = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS})
+T = TypeVar("T")
+_LEADER_GONE = object()  # the first caller was cancelled: someone else must make the call
+
+
+class Backend(Protocol):
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """What one tool call asked of the cache."""
+
+    mode: CacheMode = "use"
+    sample: int | None = None
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("use", "only")
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("use", "refresh")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    not_stored: int = 0
+    coalesced: int = 0
+
+
+@dataclass
+class ResponseCache:
+    backend: Backend
+    namespace: str = "aigw"
+    ttl_s: float = 86400.0
+    max_entry_bytes: int = 262144
+    stats: CacheStats = field(default_factory=CacheStats)
+    _flights: dict[str, asyncio.Future[object]] = field(default_factory=dict)
+    _writes: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def key_for(
+        self, provider: str, base_url: str, model: str, request: ChatRequest, policy: CachePolicy
+    ) -> str | None:
+        """The entry for this call, or None when it must not touch the cache."""
+        if policy.mode == "bypass":
+            return None
+        if request.temperature is not None and request.temperature > 0 and policy.sample is None:
+            return None  # independent samples must stay independent
+        return cache_key(self.namespace, provider, base_url, model, request, policy.sample)
+
+    async def read(self, key: str) -> Completion | None:
+        raw = await self.backend.get(key)
+        completion = decode(raw) if raw is not None else None
+        if completion is None:
+            self.stats.misses += 1  # absent, or corrupt / foreign bytes: replaced on the next write
+            return None
+        self.stats.hits += 1
+        return completion
+
+    def store_later(self, key: str, completion: Completion) -> None:
+        if completion.finish_reason not in STORABLE or not completion.text.strip():
+            self.stats.not_stored += 1
+            return
+        value = encode(completion)
+        if len(value) > self.max_entry_bytes:
+            self.stats.not_stored += 1
+            return
+        task = asyncio.create_task(self._store(key, value), name="cache-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, key: str, value: bytes) -> None:
+        try:
+            await self.backend.set(key, value, self.ttl_s)
+            self.stats.writes += 1
+        except Exception as exc:  # a cache write must never fail a call, even after it answered
+            log.warning("cache write failed (%s)", type(exc).__name__)
+
+    async def shared(self, key: str, call: Callable[[], Awaitable[T]], gone: Callable[[T], bool]) -> T:
+        """Run ``call`` once for all concurrent callers of ``key`` in this process.
+
+        ``gone(result)`` says the first caller's result does not count for the
+        others (it was cancelled): one of them then makes the call again.
+        """
+        while (flight := self._flights.get(key)) is not None:
+            self.stats.coalesced += 1
+            result = await asyncio.shield(flight)
+            if result is not _LEADER_GONE:
+                return result  # type: ignore[return-value]
+        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        outcome: object = _LEADER_GONE
+        try:
+            outcome = await call()
+            return outcome  # type: ignore[return-value]
+        finally:
+            self._flights.pop(key, None)
+            usable = outcome is not _LEADER_GONE and not gone(outcome)  # type: ignore[arg-type]
+            flight.set_result(outcome if usable else _LEADER_GONE)
+
+    async def flush(self) -> None:
+        """Wait for the writes under way (tests, shutdown)."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=2.0)
+
+    async def aclose(self) -> None:
+        await self.flush()
+        await self.backend.aclose()
