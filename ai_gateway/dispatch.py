@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
-from ai_gateway.cache.store import CachePolicy, ResponseCache
+from ai_gateway.cache.store import CachePolicy, PeerFailure, ResponseCache
 from ai_gateway.errors import (
     CacheMiss,
     Cancelled,
     CircuitOpen,
     DeadlineExceeded,
     EmptyResponse,
+    ErrorCode,
     GatewayError,
     InternalError,
     LoadShed,
@@ -201,9 +202,23 @@ class Dispatcher:
             return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
 
         async def call_and_store() -> Outcome:
-            outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
-            if outcome.ok and outcome.completion is not None:
-                store.store_later(key, outcome.completion)  # type: ignore[union-attr, arg-type]
+            assert store is not None and key is not None
+            lease = await store.claim(key, deadline.remaining())
+            if lease is None:  # another gateway process is making this very call: wait for its answer
+                peer = await store.await_peer(key, deadline.remaining())
+                if peer is not None:
+                    return self._from_peer(target, peer, started, hedge)
+                lease = await store.claim(key, deadline.remaining())  # it gave up: our turn
+            try:
+                outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+            except asyncio.CancelledError:
+                if lease is not None:  # let another process take over now, not when the lease expires
+                    store.store_later(key, None, lease)
+                raise
+            failure = None
+            if outcome.status == "error" and outcome.error is not None:
+                failure = PeerFailure(str(outcome.error.code), outcome.error.message)
+            store.store_later(key, outcome.completion if outcome.ok else None, lease, failure)
             return outcome
 
         try:
@@ -220,6 +235,16 @@ class Dispatcher:
             now = self.clock()
             cancelled = Cancelled("cancelled", provider=target.provider)
             return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
+
+    def _from_peer(self, target: ModelTarget, peer: Completion | PeerFailure, started: float, hedge: bool) -> Outcome:
+        """The answer (or error) another gateway process got for the same call."""
+        now = self.clock()
+        if isinstance(peer, Completion):
+            return Outcome(target, "ok", completion=peer, latency_s=now - started, finished_at=now,
+                           hedge=hedge, cached=True)  # fmt: skip
+        error = GatewayError(f"{peer.message} (from another gateway process)", provider=target.provider)
+        error.code = ErrorCode(peer.code)  # type: ignore[misc]
+        return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
 
     async def _call_provider(
         self,

@@ -12,12 +12,18 @@
   first caller makes it, in its own task, and the others wait for its result.
   If the first caller is cancelled, one of the others takes over and calls the
   provider itself, so they still get an answer and nothing runs detached.
+- Across processes sharing Redis, the caller that makes the call first takes
+  a short lease on the key; the others poll for its answer (or for its error,
+  published briefly under a separate key, so they fail alike and nothing is
+  cached) and call the provider themselves only if the lease lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
@@ -41,6 +47,17 @@ class Backend(Protocol):
     async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def aclose(self) -> None: ...
+
+
+LEASE_POLL_S = 0.025
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFailure:
+    """The error another process got for the same call (published so its waiters fail alike)."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,22 +114,30 @@ class ResponseCache:
         self.stats.hits += 1
         return completion
 
-    def store_later(self, key: str, completion: Completion) -> None:
-        if completion.finish_reason not in STORABLE or not completion.text.strip():
-            self.stats.not_stored += 1
+    def store_later(
+        self, key: str, completion: Completion | None, lease: str | None = None, failure: PeerFailure | None = None
+    ) -> None:
+        """Off the response path: store the answer (if it may be stored), then settle the lease."""
+        value = None
+        if completion is not None:
+            if completion.finish_reason in STORABLE and completion.text.strip():
+                value = encode(completion)
+            if value is None or len(value) > self.max_entry_bytes:
+                value = None
+                self.stats.not_stored += 1
+        if value is None and lease is None:
             return
-        value = encode(completion)
-        if len(value) > self.max_entry_bytes:
-            self.stats.not_stored += 1
-            return
-        task = asyncio.create_task(self._store(key, value), name="cache-write")
+        task = asyncio.create_task(self._store(key, value, lease, failure), name="cache-write")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _store(self, key: str, value: bytes) -> None:
+    async def _store(self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None) -> None:
         try:
-            await self.backend.set(key, value, self.ttl_s)
-            self.stats.writes += 1
+            if value is not None:
+                await self.backend.set(key, value, self.ttl_s)
+                self.stats.writes += 1
+            if lease is not None:  # after the write, so a waiting peer never finds neither
+                await self.settle(key, lease, failure, ttl_s=5.0)
         except Exception as exc:  # a cache write must never fail a call, even after it answered
             log.warning("cache write failed (%s)", type(exc).__name__)
 
@@ -136,6 +161,47 @@ class ResponseCache:
             self._flights.pop(key, None)
             usable = outcome is not _LEADER_GONE and not gone(outcome)  # type: ignore[arg-type]
             flight.set_result(outcome if usable else _LEADER_GONE)
+
+    # -- across processes (Redis only) ---------------------------------------------------
+
+    async def claim(self, key: str, ttl_s: float) -> str | None:
+        """A lease token when this process should make the call; None when another process holds it."""
+        lease = getattr(self.backend, "lease", None)
+        token = uuid.uuid4().hex
+        if lease is None:
+            return token  # no shared backend: nobody else to wait for
+        taken = await lease(f"{key}:lease", token, max(ttl_s, 0.1))
+        return None if taken is False else token  # None from Redis means it cannot say: call ourselves
+
+    async def await_peer(self, key: str, give_up_s: float) -> Completion | PeerFailure | None:
+        """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed."""
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + max(give_up_s, 0.0)
+        while loop.time() < stop_at:
+            await asyncio.sleep(LEASE_POLL_S)
+            raw = await self.backend.get(key)
+            if raw is not None and (completion := decode(raw)) is not None:
+                self.stats.hits += 1
+                return completion
+            failure = await self.backend.get(f"{key}:error")
+            if failure is not None:
+                try:
+                    data = json.loads(failure)
+                    return PeerFailure(str(data["code"]), str(data["message"]))
+                except (ValueError, KeyError, TypeError):
+                    return None
+            if await self.backend.get(f"{key}:lease") is None:
+                return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
+        return None
+
+    async def settle(self, key: str, token: str, failure: PeerFailure | None, ttl_s: float) -> None:
+        """Publish a failure for waiting peers (briefly), then let the lease go if it is still ours."""
+        if failure is not None and getattr(self.backend, "lease", None) is not None:
+            body = json.dumps({"code": failure.code, "message": failure.message}).encode()
+            await self.backend.set(f"{key}:error", body, max(ttl_s, 0.1))
+        lease_key = f"{key}:lease"
+        if getattr(self.backend, "lease", None) is not None and await self.backend.get(lease_key) == token.encode():
+            await self.backend.delete(lease_key)
 
     async def flush(self) -> None:
         """Wait for the writes under way (tests, shutdown)."""
