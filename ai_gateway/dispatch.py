@@ -188,8 +188,11 @@ class Dispatcher:
         if store is not None:
             key = store.key_for(target.provider, target.adapter.config.base_url, target.model, request, policy)
         started = self.clock()
-        if key is not None and policy.reads:
-            hit = await store.read(key)  # type: ignore[union-attr]
+        lease = None
+        if key is not None and (policy.reads or policy.writes):
+            hit, lease = await store.lookup(  # type: ignore[union-attr]
+                key, read=policy.reads, claim=policy.writes, lease_ttl_s=max(deadline.remaining(), 0.1)
+            )
             if hit is not None:
                 now = self.clock()
                 return Outcome(target, "ok", completion=hit, latency_s=now - started, finished_at=now,
@@ -202,13 +205,13 @@ class Dispatcher:
             return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
 
         async def call_and_store() -> Outcome:
+            nonlocal lease
             assert store is not None and key is not None
-            lease = await store.claim(key, deadline.remaining())
             if lease is None:  # another gateway process is making this very call: wait for its answer
                 peer = await store.await_peer(key, deadline.remaining())
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
-                lease = await store.claim(key, deadline.remaining())  # it gave up: our turn
+                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))
             try:
                 outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
             except asyncio.CancelledError:

@@ -21,6 +21,22 @@ from ai_gateway.cache.memory import MemoryBackend
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# One round trip for a lookup: the answer if there is one, else try to take the lease.
+_LOOKUP = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if ARGV[1] == '' then return {0, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, 1} end
+return {0, 0}
+"""
+# One round trip to settle a call: store the answer or the error, then release the lease if still ours.
+_SETTLE = """
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
 
 def redact_url(url: str) -> str:
     parts = urlsplit(url)
@@ -59,6 +75,8 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._settle = self.client.register_script(_SETTLE)
         self._down_until = 0.0
         self.failures = 0
 
@@ -84,6 +102,41 @@ class RedisBackend:
         await self.fallback.delete(key)
         if self.healthy:
             await self._guard(self.client.delete(key))
+
+    async def lookup(
+        self, key: str, lease_key: str, token: str | None, ttl_s: float
+    ) -> tuple[bytes | None, bool | None]:
+        """The stored value, or (when ``token`` is given) an attempt to take the lease: in one round trip.
+
+        Returns (value, lease taken). ``lease taken`` is None when Redis could not say.
+        """
+        if not self.healthy:
+            return await self.fallback.get(key), None
+        lease_ms = max(1, int(ttl_s * 1000))
+        reply = await self._guard(self._lookup(keys=[key, lease_key], args=[token or "", lease_ms]))
+        if reply is _FAILED:
+            return await self.fallback.get(key), None
+        found, payload = reply  # type: ignore[misc]
+        return (payload, False) if found else (None, bool(payload) if token else None)
+
+    async def settle(
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_s: float,
+        lease_key: str,
+        token: str,
+        error_key: str,
+        error: bytes | None,
+    ) -> None:
+        """Store the answer (or publish the error briefly) and release the lease if it is still ours."""
+        if not self.healthy:
+            if value is not None:
+                await self.fallback.set(key, value, ttl_s)
+            return
+        args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
+        if await self._guard(self._settle(keys=[key, lease_key, error_key], args=args)) is _FAILED and value:
+            await self.fallback.set(key, value, ttl_s)
 
     async def lease(self, key: str, token: str, ttl_s: float) -> bool | None:
         """Take a short lease on ``key`` (cross-process single-flight); None when Redis cannot say."""

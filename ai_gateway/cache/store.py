@@ -105,6 +105,31 @@ class ResponseCache:
             return None  # independent samples must stay independent
         return cache_key(self.namespace, provider, base_url, model, request, policy.sample)
 
+    async def lookup(
+        self, key: str, *, read: bool, claim: bool, lease_ttl_s: float
+    ) -> tuple[Completion | None, str | None]:
+        """Read the entry and/or claim the call, in one round trip where the backend allows.
+
+        Returns (answer, lease). A lease of None after a miss means another caller holds
+        the call (in this process or another); when not claiming, it is always None.
+        """
+        token = uuid.uuid4().hex if claim else None
+        combined = getattr(self.backend, "lookup", None)
+        if combined is None:  # the embedded cache: nobody outside this process to coordinate with
+            hit = await self.read(key) if read else None
+            return hit, (None if hit is not None else token)
+        raw, taken = await combined(key, f"{key}:lease", token, lease_ttl_s) if read else (None, None)
+        if not read and claim:
+            taken = await self.backend.lease(f"{key}:lease", token, lease_ttl_s)  # type: ignore[attr-defined]
+        completion = decode(raw) if raw is not None else None
+        if read:
+            if completion is not None:
+                self.stats.hits += 1
+                return completion, None
+            self.stats.misses += 1
+        # taken None: Redis could not say (it is failing): make the call ourselves rather than wait.
+        return None, (token if taken is None or taken else None)
+
     async def read(self, key: str) -> Completion | None:
         raw = await self.backend.get(key)
         completion = decode(raw) if raw is not None else None
@@ -133,11 +158,15 @@ class ResponseCache:
 
     async def _store(self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None) -> None:
         try:
+            settle = getattr(self.backend, "settle", None)
+            if lease is not None and settle is not None:
+                error = None if failure is None else json.dumps({"code": failure.code, "message": failure.message})
+                await settle(key, value, self.ttl_s, f"{key}:lease", lease, f"{key}:error", error and error.encode())
+                self.stats.writes += value is not None
+                return
             if value is not None:
                 await self.backend.set(key, value, self.ttl_s)
                 self.stats.writes += 1
-            if lease is not None:  # after the write, so a waiting peer never finds neither
-                await self.settle(key, lease, failure, ttl_s=5.0)
         except Exception as exc:  # a cache write must never fail a call, even after it answered
             log.warning("cache write failed (%s)", type(exc).__name__)
 
@@ -164,15 +193,6 @@ class ResponseCache:
 
     # -- across processes (Redis only) ---------------------------------------------------
 
-    async def claim(self, key: str, ttl_s: float) -> str | None:
-        """A lease token when this process should make the call; None when another process holds it."""
-        lease = getattr(self.backend, "lease", None)
-        token = uuid.uuid4().hex
-        if lease is None:
-            return token  # no shared backend: nobody else to wait for
-        taken = await lease(f"{key}:lease", token, max(ttl_s, 0.1))
-        return None if taken is False else token  # None from Redis means it cannot say: call ourselves
-
     async def await_peer(self, key: str, give_up_s: float) -> Completion | PeerFailure | None:
         """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed."""
         loop = asyncio.get_running_loop()
@@ -193,15 +213,6 @@ class ResponseCache:
             if await self.backend.get(f"{key}:lease") is None:
                 return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
         return None
-
-    async def settle(self, key: str, token: str, failure: PeerFailure | None, ttl_s: float) -> None:
-        """Publish a failure for waiting peers (briefly), then let the lease go if it is still ours."""
-        if failure is not None and getattr(self.backend, "lease", None) is not None:
-            body = json.dumps({"code": failure.code, "message": failure.message}).encode()
-            await self.backend.set(f"{key}:error", body, max(ttl_s, 0.1))
-        lease_key = f"{key}:lease"
-        if getattr(self.backend, "lease", None) is not None and await self.backend.get(lease_key) == token.encode():
-            await self.backend.delete(lease_key)
 
     async def flush(self) -> None:
         """Wait for the writes under way (tests, shutdown)."""

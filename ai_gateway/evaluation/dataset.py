@@ -1,0 +1,149 @@
+"""The two files of an evaluation: the dataset (input) and the results (output, resumable).
+
+Everything here is checked before any provider is called: a bad dataset line
+or a results file that belongs to another run is an :class:`EvalInputError`
+naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+RowId = str | int
+
+
+class EvalInputError(ValueError):
+    """Bad input (exit code 2): names the file, the line and the field to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: RowId
+    line: int  # 1-based line number in the dataset
+    prompt: str | None
+    messages: tuple[dict[str, str], ...] | None  # [{role, content}] exactly as given
+    expected: str | None
+
+
+def row_key(row_id: RowId, sample: int) -> tuple[str, int]:
+    """(id, sample) as a dictionary key; the JSON form keeps 7 and "7" apart."""
+    return json.dumps(row_id, ensure_ascii=False), sample
+
+
+def load_dataset(path: Path) -> list[Row]:
+    """Every row of a JSONL dataset, or an EvalInputError for the first bad line (blank lines skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvalInputError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise EvalInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise EvalInputError(f"{path}: cannot read ({exc.strerror})") from None
+    rows: list[Row] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = _parse_row(path, number, line)
+        key = json.dumps(row.id, ensure_ascii=False)
+        if key in seen:
+            raise EvalInputError(f"{path} line {number}: field 'id': {key} repeats the id of line {seen[key]}")
+        seen[key] = number
+        rows.append(row)
+    if not rows:
+        raise EvalInputError(f"{path}: no rows (expected one JSON object per line)")
+    return rows
+
+
+def _parse_row(path: Path, number: int, line: str) -> Row:
+    where = f"{path} line {number}"
+    try:
+        data: Any = json.loads(line)
+    except ValueError as exc:
+        raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise EvalInputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    prompt, messages = data.get("prompt"), data.get("messages")
+    if prompt is None and messages is None:
+        raise EvalInputError(
+            f"{where}: field 'prompt' (a string) or 'messages' (a list of {{role, content}}) is required"
+        )
+    if prompt is not None and messages is not None:
+        raise EvalInputError(f"{where}: field 'prompt': give 'prompt' or 'messages', not both")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise EvalInputError(f"{where}: field 'prompt' must be a non-empty string")
+    turns = _parse_messages(where, messages) if messages is not None else None
+    row_id = data.get("id", number)
+    if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
+        raise EvalInputError(f"{where}: field 'id' must be a non-empty string or an integer, got {row_id!r}")
+    expected = data.get("expected")
+    if expected is not None and not isinstance(expected, str):
+        raise EvalInputError(f"{where}: field 'expected' must be a string, got {type(expected).__name__}")
+    return Row(row_id, number, prompt, turns, expected)
+
+
+def _parse_messages(where: str, messages: Any) -> tuple[dict[str, str], ...]:
+    if not isinstance(messages, list) or not messages:
+        raise EvalInputError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+    turns = []
+    for i, message in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise EvalInputError(f"{where}: field '{field}' must be an object {{role, content}}")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise EvalInputError(f"{where}: field '{field}' has unknown key(s) {extra}; allowed: role, content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise EvalInputError(f"{where}: field '{field}.role' must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise EvalInputError(f"{where}: field '{field}.content' must be a non-empty string")
+        turns.append({"role": role, "content": content})
+    if not any(t["role"] == "user" for t in turns):
+        raise EvalInputError(f"{where}: field 'messages' must contain at least one message with role 'user'")
+    return tuple(turns)
+
+
+@dataclass(slots=True)
+class ResultsFile:
+    """What an earlier run left in the results file."""
+
+    records: dict[tuple[str, int], dict[str, Any]]  # by row_key(id, sample); the first line wins
+    keep_bytes: int  # the complete lines; anything after them is an interrupted write
+    truncated_tail: bool
+
+
+def read_results(path: Path) -> ResultsFile:
+    """The finished (id, sample) records of ``path`` (absent: none). A cut-off last line is dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ResultsFile({}, 0, False)
+    except OSError as exc:
+        raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})") from None
+    keep = data.rfind(b"\n") + 1  # a line without its newline was cut off mid-write
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for number, raw in enumerate(data[:keep].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            raise EvalInputError(
+                f"{path} line {number}: not valid JSON; this is not a results file of ai-gateway eval "
+                "(choose another --out)"
+            ) from None
+        sample = record.get("sample") if isinstance(record, dict) else None
+        row_id = record.get("id") if isinstance(record, dict) else None
+        if isinstance(sample, bool) or not isinstance(sample, int) or not isinstance(row_id, str | int):
+            raise EvalInputError(
+                f"{path} line {number}: field 'id' or 'sample' missing; this is not a results file of "
+                "ai-gateway eval (choose another --out)"
+            )
+        records.setdefault(row_key(row_id, sample), record)
+    return ResultsFile(records, keep, keep < len(data))

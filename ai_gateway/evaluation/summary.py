@@ -1,0 +1,168 @@
+"""The summary of an evaluation run: what ``run_eval`` returns and ``ai-gateway eval`` prints.
+
+Computed from every record of the results file that belongs to the dataset,
+so a resumed run summarises the whole dataset, not just the rows it ran.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ai_gateway.resilience.health import percentile
+
+COST_NOTE = "n/a (no price table)"
+
+
+class ModelStats(BaseModel):
+    model: str
+    answered: int = Field(description="Queries (row x sample) this model answered.")
+    errors: dict[str, int] = Field(default_factory=dict, description="Failed queries by error code.")
+    cancelled: int = Field(0, description="Calls cancelled because another model answered first (not errors).")
+    skipped: int = Field(0, description="Calls never started (first_available: an earlier model answered).")
+    cache_hits: int = Field(0, description="Answers served from the response cache.")
+    cache_hit_rate: float | None = Field(None, description="cache_hits / (answered + errors).")
+    input_tokens: int = Field(0, description="Tokens sent to the provider (answers from the cache excluded).")
+    output_tokens: int = Field(0, description="Tokens the provider generated (answers from the cache excluded).")
+    saved_input_tokens: int = Field(0, description="Input tokens of the answers served from the cache.")
+    saved_output_tokens: int = Field(0, description="Output tokens of the answers served from the cache.")
+    latency_p50_ms: float | None = Field(None, description="Nearest-rank p50 latency of its answers.")
+    latency_p95_ms: float | None = Field(None, description="Nearest-rank p95 latency of its answers.")
+    graded: int = Field(0, description="Its answers to rows with an expected answer.")
+    correct: int = Field(0, description="Graded answers equal to the expected one after normalisation.")
+    accuracy: float | None = Field(None, description="correct / graded; null when nothing was graded.")
+
+
+class EvalSummary(BaseModel):
+    dataset: str
+    results_path: str
+    strategy: str
+    models: list[str]
+    samples: int
+    cache: str
+    rows: int = Field(description="Rows in the dataset.")
+    queries: int = Field(description="rows x samples.")
+    done: int = Field(description="Queries with a line in the results file (this run and earlier ones).")
+    answered: int = Field(description="Done queries that at least one model answered.")
+    unanswered: int = Field(description="Done queries that no model answered.")
+    resumed: int = Field(description="Queries already in the results file when this run started (not re-run).")
+    ran: int = Field(description="Queries this run finished.")
+    interrupted: bool = False
+    graded: int = Field(0, description="Done queries whose row has an expected answer.")
+    correct: int = Field(0, description="Graded queries whose chosen answer matches the expected one.")
+    accuracy: float | None = Field(None, description="correct / graded (a query with no answer counts as wrong).")
+    cache_hits: int = Field(0, description="Model answers served from the response cache.")
+    input_tokens: int = 0
+    output_tokens: int = 0
+    saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
+    saved_output_tokens: int = 0
+    cost_usd: float | None = Field(None, description=f"Always null for now: {COST_NOTE}.")
+    elapsed_s: float = Field(description="Wall-clock time of this run.")
+    queries_per_s: float | None = Field(None, description="ran / elapsed_s.")
+    per_model: list[ModelStats]
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+class _ModelTally:
+    __slots__ = ("correct", "errors", "graded", "latencies", "stats")
+
+    def __init__(self, model: str) -> None:
+        self.stats = ModelStats(model=model, answered=0)
+        self.errors: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.graded = self.correct = 0
+
+
+def summarise(
+    records: Iterable[tuple[tuple[str, int], dict[str, Any]]],
+    expected: dict[tuple[str, int], str | None],
+    *,
+    models: Sequence[str],
+    **fields: Any,
+) -> EvalSummary:
+    """Aggregate (key, record) pairs, one per query, into the summary.
+
+    ``expected`` maps each query's key to its row's expected answer (None: ungraded);
+    ``fields`` are the run's own facts (dataset, results_path, rows, ...).
+    """
+    from ai_gateway.strategies.voting import normalise
+
+    tallies = {model: _ModelTally(model) for model in models}
+    done = answered = graded = correct = 0
+    for key, record in records:
+        done += 1
+        results = record.get("results") or []
+        if any(r.get("status") == "ok" for r in results):
+            answered += 1
+        want = expected.get(key)
+        if want is not None:
+            graded += 1
+            correct += record.get("correct") is True
+        for r in results:
+            tally = tallies.get(r.get("model"))
+            if tally is None:
+                tally = tallies[r["model"]] = _ModelTally(r["model"])
+            _count(tally, r, want, normalise)
+    per_model = []
+    for tally in tallies.values():
+        s = tally.stats
+        s.errors = dict(tally.errors.most_common())
+        s.cache_hit_rate = _ratio(s.cache_hits, s.answered + sum(tally.errors.values()))
+        if tally.latencies:
+            ordered = sorted(tally.latencies)
+            s.latency_p50_ms = round(percentile(ordered, 50), 3)
+            s.latency_p95_ms = round(percentile(ordered, 95), 3)
+        s.graded, s.correct, s.accuracy = tally.graded, tally.correct, _ratio(tally.correct, tally.graded)
+        per_model.append(s)
+    total = {
+        name: sum(getattr(s, name) for s in per_model)
+        for name in ("cache_hits", "input_tokens", "output_tokens", "saved_input_tokens", "saved_output_tokens")
+    }
+    elapsed = fields["elapsed_s"]
+    return EvalSummary(
+        **fields,
+        models=list(models),
+        done=done,
+        answered=answered,
+        unanswered=done - answered,
+        graded=graded,
+        correct=correct,
+        accuracy=_ratio(correct, graded),
+        **total,
+        queries_per_s=round(fields["ran"] / elapsed, 1) if elapsed > 0 else None,
+        per_model=per_model,
+    )
+
+
+def _count(tally: _ModelTally, r: dict[str, Any], want: str | None, normalise: Any) -> None:
+    s, status = tally.stats, r.get("status")
+    if status == "cancelled":
+        s.cancelled += 1
+        return
+    if status == "skipped" and not r.get("error"):
+        s.skipped += 1
+        return
+    if status != "ok":
+        tally.errors[r.get("error") or "unknown"] += 1
+        return
+    s.answered += 1
+    usage = r.get("usage") or {}
+    n_in, n_out = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
+    if r.get("cached"):
+        s.cache_hits += 1
+        s.saved_input_tokens += n_in
+        s.saved_output_tokens += n_out
+    else:
+        s.input_tokens += n_in
+        s.output_tokens += n_out
+    if r.get("latency_ms") is not None:
+        tally.latencies.append(r["latency_ms"])
+    if want is not None:
+        tally.graded += 1
+        tally.correct += normalise(r.get("text") or "") == normalise(want)
