@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
@@ -55,6 +55,12 @@ OutcomeStatus = Literal["ok", "error", "cancelled", "skipped"]
 
 
 DEFAULT_POLICY = CachePolicy()
+
+
+def caller_specific(error: GatewayError) -> bool:
+    """Failures that say something about this caller (its deadline, its cancellation, this gateway's
+    load), not about the provider: never shared with callers waiting for the same answer."""
+    return isinstance(error, DeadlineExceeded | Cancelled | LoadShed)
 
 
 def never() -> bool:
@@ -188,46 +194,47 @@ class Dispatcher:
         if store is not None:
             key = store.key_for(target.provider, target.adapter.config.base_url, target.model, request, policy)
         started = self.clock()
-        lease = None
-        if key is not None and (policy.reads or policy.writes):
-            hit, lease = await store.lookup(  # type: ignore[union-attr]
+        if store is None or key is None:
+            if policy.mode == "only":
+                why = "a sampled request (temperature > 0) is cached only with a sample index"
+                error = CacheMiss(f"cache only: {why}; no provider was called", provider=target.provider)
+                return Outcome(target, "error", error=error, hedge=hedge)
+            return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+
+        async def lead() -> Outcome:
+            """Only the first caller in this process reads, claims the call across processes, and calls."""
+            assert store is not None and key is not None
+            hit, lease = await store.lookup(
                 key, read=policy.reads, claim=policy.writes, lease_ttl_s=max(deadline.remaining(), 0.1)
             )
             if hit is not None:
-                now = self.clock()
-                return Outcome(target, "ok", completion=hit, latency_s=now - started, finished_at=now,
-                               hedge=hedge, cached=True)  # fmt: skip
-        if policy.mode == "only":
-            why = "not in the cache" if key is not None else "a sampled request is cached only with a sample index"
-            error = CacheMiss(f"cache only: {why}; no provider was called", provider=target.provider)
-            return Outcome(target, "error", error=error, hedge=hedge)
-        if key is None or not policy.writes:
-            return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
-
-        async def call_and_store() -> Outcome:
-            nonlocal lease
-            assert store is not None and key is not None
-            if lease is None:  # another gateway process is making this very call: wait for its answer
+                return self._cached(target, hit, started, hedge)
+            if policy.mode == "only":
+                error = CacheMiss("cache only: not in the cache; no provider was called", provider=target.provider)
+                return Outcome(target, "error", error=error, hedge=hedge)
+            if policy.writes and lease is None:  # another gateway process is making this call: wait for it
                 peer = await store.await_peer(key, deadline.remaining())
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
                 _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))
-            try:
-                outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
-            except asyncio.CancelledError:
-                if lease is not None:  # let another process take over now, not when the lease expires
-                    store.store_later(key, None, lease)
-                raise
-            failure = None
-            if outcome.status == "error" and outcome.error is not None:
-                failure = PeerFailure(str(outcome.error.code), outcome.error.message)
-            store.store_later(key, outcome.completion if outcome.ok else None, lease, failure)
+            outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+            if policy.writes:
+                # Only what the provider said is shared with other processes; this caller's own deadline,
+                # cancellation or load shedding is not their failure: they make the call themselves.
+                failure = None
+                if outcome.status == "error" and outcome.error is not None and not caller_specific(outcome.error):
+                    failure = PeerFailure(str(outcome.error.code), outcome.error.message)
+                stored = outcome.completion if outcome.ok else None
+                store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh")
             return outcome
 
+        def not_for_others(outcome: Outcome) -> bool:
+            return outcome.error is not None and caller_specific(outcome.error)
+
         try:
-            # A caller sharing another's provider call still keeps its own deadline.
+            # A caller sharing another's call still keeps its own deadline.
             async with asyncio.timeout(max(deadline.remaining(), 0.0) + 0.05):
-                return await store.shared(key, call_and_store, gone=lambda o: o.status == "cancelled")  # type: ignore[union-attr]
+                outcome, led = await store.shared(key, lead, gone=not_for_others)
         except TimeoutError:
             now = self.clock()
             error = DeadlineExceeded(
@@ -238,15 +245,24 @@ class Dispatcher:
             now = self.clock()
             cancelled = Cancelled("cancelled", provider=target.provider)
             return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
+        if led or not outcome.ok:
+            return outcome
+        # Waited for another caller's answer: it cost this caller nothing, like a cache hit.
+        now = self.clock()
+        return replace(outcome, attempts=0, cached=True, latency_s=now - started, finished_at=now, hedge=hedge)
+
+    def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
+        now = self.clock()
+        return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now,
+                       hedge=hedge, cached=True)  # fmt: skip
 
     def _from_peer(self, target: ModelTarget, peer: Completion | PeerFailure, started: float, hedge: bool) -> Outcome:
         """The answer (or error) another gateway process got for the same call."""
-        now = self.clock()
         if isinstance(peer, Completion):
-            return Outcome(target, "ok", completion=peer, latency_s=now - started, finished_at=now,
-                           hedge=hedge, cached=True)  # fmt: skip
+            return self._cached(target, peer, started, hedge)
+        now = self.clock()
         error = GatewayError(f"{peer.message} (from another gateway process)", provider=target.provider)
-        error.code = ErrorCode(peer.code)  # type: ignore[misc]
+        error.code = ErrorCode(peer.code)  # type: ignore[misc]  (validated by await_peer)
         return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
 
     async def _call_provider(

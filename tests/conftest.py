@@ -14,3 +14,41 @@ os.environ["FASTMCP_SHOW_SERVER_BANNER"] = "false"
 os.environ["FASTMCP_LOG_ENABLED"] = "false"
 for _name in [n for n in os.environ if n.startswith("AI_GATEWAY_")]:
     del os.environ[_name]
+
+
+# ---------------------------------------------------------------------------- a real Redis (tests/redis_harness.py)
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.redis_harness import HungRedis, RedisProcess, RedisTarget, shared_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[tuple[int, int]]:
+    """(port, db): Redis on :6379 (DB 15) if it answers, else a redis-server started for the session; else FAIL."""
+    with shared_redis() as where:
+        yield where
+
+
+@pytest.fixture
+def redis_target(redis_server: tuple[int, int]) -> Iterator[RedisTarget]:
+    """This test's own key namespace on the session's Redis; its keys are deleted after (SCAN+DEL)."""
+    target = RedisTarget(*redis_server)
+    yield target
+    target.cleanup()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, on a free port (to stop, restart or limit); FAIL if none is installed."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def hung_redis() -> AsyncIterator[HungRedis]:
+    """A 'Redis' that accepts connections and never answers."""
+    async with HungRedis() as server:
+        yield server

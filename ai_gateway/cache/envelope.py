@@ -49,7 +49,7 @@ def decode(raw: bytes) -> Completion | None:
             raw_finish_reason=_str_or_none(data.get("raw_finish_reason")),
             response_id=_str_or_none(data.get("response_id")),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # anything foreign is a miss
         return None
 
 

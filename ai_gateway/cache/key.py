@@ -21,7 +21,7 @@ _NOT_PARAMS = {"messages", "system"}  # every other ChatRequest field is a sampl
 
 def canonical(provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None) -> str:
     params = {
-        f.name: getattr(request, f.name)
+        f.name: _number(getattr(request, f.name))
         for f in fields(request)
         if f.name not in _NOT_PARAMS and getattr(request, f.name) is not None
     }
@@ -36,6 +36,13 @@ def canonical(provider: str, base_url: str, model: str, request: ChatRequest, sa
         "sample": sample,
     }
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _number(value: object) -> object:
+    """temperature=0 and temperature=0.0 ask for the same thing: one spelling per number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def cache_key(

@@ -26,7 +26,10 @@ _LOOKUP = """
 local value = redis.call('GET', KEYS[1])
 if value then return {1, value} end
 if ARGV[1] == '' then return {0, 0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, 1} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[3])  -- a new call: an earlier caller's error marker is not about it
+  return {0, 1}
+end
 return {0, 0}
 """
 # One round trip to settle a call: store the answer or the error, then release the lease if still ours.
@@ -113,7 +116,8 @@ class RedisBackend:
         if not self.healthy:
             return await self.fallback.get(key), None
         lease_ms = max(1, int(ttl_s * 1000))
-        reply = await self._guard(self._lookup(keys=[key, lease_key], args=[token or "", lease_ms]))
+        error_key = lease_key.removesuffix(":lease") + ":error"
+        reply = await self._guard(self._lookup(keys=[key, lease_key, error_key], args=[token or "", lease_ms]))
         if reply is _FAILED:
             return await self.fallback.get(key), None
         found, payload = reply  # type: ignore[misc]
@@ -135,8 +139,22 @@ class RedisBackend:
                 await self.fallback.set(key, value, ttl_s)
             return
         args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
-        if await self._guard(self._settle(keys=[key, lease_key, error_key], args=args)) is _FAILED and value:
-            await self.fallback.set(key, value, ttl_s)
+        if await self._guard(self._settle(keys=[key, lease_key, error_key], args=args)) is _FAILED:
+            if value:
+                await self.fallback.set(key, value, ttl_s)
+            await self._release(lease_key, token)
+
+    async def _release(self, lease_key: str, token: str) -> None:
+        """Best effort, past the cooldown: a lease left behind would stall other gateways until it expires.
+        (DEL is allowed even when Redis refuses writes for lack of memory.)"""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                if await self.client.get(lease_key) == token.encode():
+                    await self.client.delete(lease_key)
+        except (RedisError, OSError, TimeoutError):
+            pass
 
     async def lease(self, key: str, token: str, ttl_s: float) -> bool | None:
         """Take a short lease on ``key`` (cross-process single-flight); None when Redis cannot say."""

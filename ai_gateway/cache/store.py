@@ -30,6 +30,7 @@ from typing import Literal, Protocol, TypeVar
 
 from ai_gateway.cache.envelope import decode, encode
 from ai_gateway.cache.key import cache_key
+from ai_gateway.errors import ErrorCode
 from ai_gateway.types import ChatRequest, Completion, FinishReason
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,19 @@ class ResponseCache:
         return completion
 
     def store_later(
-        self, key: str, completion: Completion | None, lease: str | None = None, failure: PeerFailure | None = None
+        self,
+        key: str,
+        completion: Completion | None,
+        lease: str | None = None,
+        failure: PeerFailure | None = None,
+        *,
+        replace: bool = False,
     ) -> None:
-        """Off the response path: store the answer (if it may be stored), then settle the lease."""
+        """Off the response path: store the answer (if it may be stored), then settle the lease.
+
+        With ``replace`` (a refresh), an answer that cannot be stored removes the old entry,
+        so the next read does not serve what the caller asked to refresh.
+        """
         value = None
         if completion is not None:
             if completion.finish_reason in STORABLE and completion.text.strip():
@@ -150,6 +161,10 @@ class ResponseCache:
             if value is None or len(value) > self.max_entry_bytes:
                 value = None
                 self.stats.not_stored += 1
+        if value is None and replace:
+            task = asyncio.create_task(self.backend.delete(key), name="cache-drop")
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
         if value is None and lease is None:
             return
         task = asyncio.create_task(self._store(key, value, lease, failure), name="cache-write")
@@ -170,22 +185,23 @@ class ResponseCache:
         except Exception as exc:  # a cache write must never fail a call, even after it answered
             log.warning("cache write failed (%s)", type(exc).__name__)
 
-    async def shared(self, key: str, call: Callable[[], Awaitable[T]], gone: Callable[[T], bool]) -> T:
+    async def shared(self, key: str, call: Callable[[], Awaitable[T]], gone: Callable[[T], bool]) -> tuple[T, bool]:
         """Run ``call`` once for all concurrent callers of ``key`` in this process.
 
-        ``gone(result)`` says the first caller's result does not count for the
-        others (it was cancelled): one of them then makes the call again.
+        Returns the result and whether this caller made the call. ``gone(result)``
+        says the first caller's result does not count for the others (its own
+        cancellation or deadline): one of them then makes the call again.
         """
         while (flight := self._flights.get(key)) is not None:
             self.stats.coalesced += 1
             result = await asyncio.shield(flight)
             if result is not _LEADER_GONE:
-                return result  # type: ignore[return-value]
+                return result, False  # type: ignore[return-value]
         flight = self._flights[key] = asyncio.get_running_loop().create_future()
         outcome: object = _LEADER_GONE
         try:
             outcome = await call()
-            return outcome  # type: ignore[return-value]
+            return outcome, True  # type: ignore[return-value]
         finally:
             self._flights.pop(key, None)
             usable = outcome is not _LEADER_GONE and not gone(outcome)  # type: ignore[arg-type]
@@ -207,9 +223,9 @@ class ResponseCache:
             if failure is not None:
                 try:
                     data = json.loads(failure)
-                    return PeerFailure(str(data["code"]), str(data["message"]))
-                except (ValueError, KeyError, TypeError):
-                    return None
+                    return PeerFailure(str(ErrorCode(data["code"])), str(data["message"]))
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    return None  # an unknown or garbled marker: make the call ourselves
             if await self.backend.get(f"{key}:lease") is None:
                 return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
         return None

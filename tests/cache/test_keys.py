@@ -1,0 +1,252 @@
+"""Cache keys: every output-affecting field makes its own entry; nothing else does; no API key ever appears."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from ai_gateway.cache.key import KEY_SCHEMA, cache_key, canonical
+from ai_gateway.types import ChatRequest, Message
+from tests.cache.conftest import OpenGateway
+from tests.cache.support import MODEL, PROMPT, CacheFake
+from tests.fake_provider import Scenario
+from tests.integration.conftest import KEYS
+from tests.redis_harness import RedisTarget
+
+VENDOR = MODEL.partition("/")[2]
+BASE_REQUEST = ChatRequest(
+    messages=(
+        Message("system", "Be brief."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello"),
+        Message("user", PROMPT),
+    ),
+    system="You are a geographer.",
+    temperature=0.0,
+    max_tokens=50,
+)
+BASE = {
+    "provider": "openai",
+    "base_url": "http://127.0.0.1:1/v1",
+    "model": "gpt-4o-mini",
+    "request": BASE_REQUEST,
+    "sample": 0,
+}
+M = BASE_REQUEST.messages
+VARIANTS: dict[str, dict[str, Any]] = {
+    "provider": {"provider": "groq"},
+    "base_url": {"base_url": "http://127.0.0.1:2/v1"},
+    "model": {"model": "gpt-4o"},
+    "system": {"request": replace(BASE_REQUEST, system="You are a historian.")},
+    "system omitted": {"request": replace(BASE_REQUEST, system=None)},
+    "a message's role": {"request": replace(BASE_REQUEST, messages=(M[0], M[1], Message("user", "Hello"), M[3]))},
+    "a message's content": {"request": replace(BASE_REQUEST, messages=(*M[:3], Message("user", PROMPT + "!")))},
+    "message order": {"request": replace(BASE_REQUEST, messages=(M[0], M[3], M[2], M[1]))},
+    "a message fewer": {"request": replace(BASE_REQUEST, messages=M[:1] + M[3:])},
+    "a system message's content": {"request": replace(BASE_REQUEST, messages=(Message("system", "Be long."), *M[1:]))},
+    "temperature": {"request": replace(BASE_REQUEST, temperature=0.7)},
+    "temperature omitted": {"request": replace(BASE_REQUEST, temperature=None)},
+    "max_tokens": {"request": replace(BASE_REQUEST, max_tokens=51)},
+    "max_tokens omitted": {"request": replace(BASE_REQUEST, max_tokens=None)},
+    "sample": {"sample": 1},
+    "sample omitted": {"sample": None},
+}
+
+
+def key(namespace: str = "ns", **changes: Any) -> str:
+    args = {**BASE, **changes}
+    return cache_key(namespace, args["provider"], args["base_url"], args["model"], args["request"], args["sample"])
+
+
+# ---------------------------------------------------------------------------- the key function
+@pytest.mark.parametrize("field", list(VARIANTS))
+def test_changing_any_one_output_affecting_field_changes_the_key(field: str) -> None:
+    assert key(**VARIANTS[field]) != key()
+
+
+def test_every_variant_is_its_own_entry() -> None:
+    keys = [key(), *(key(**change) for change in VARIANTS.values())]
+    assert len(set(keys)) == len(keys)
+
+
+def test_equal_inputs_give_the_same_key() -> None:
+    rebuilt = ChatRequest(
+        messages=tuple(Message(m.role, m.content) for m in M),
+        system=BASE_REQUEST.system,
+        temperature=0.0,
+        max_tokens=50,
+    )
+    assert key(request=rebuilt) == key()
+
+
+def test_the_key_is_namespaced_versioned_and_hashed() -> None:
+    assert re.fullmatch(rf"ns:v{KEY_SCHEMA}:[0-9a-f]{{64}}", key())
+    assert key(namespace="other") != key()
+    assert key(namespace="other").startswith("other:")
+
+
+def test_an_omitted_temperature_is_not_temperature_zero() -> None:
+    assert key(request=replace(BASE_REQUEST, temperature=None)) != key(request=replace(BASE_REQUEST, temperature=0.0))
+
+
+def test_an_integer_temperature_is_the_same_entry_as_the_equal_float() -> None:
+    assert key(request=replace(BASE_REQUEST, temperature=0)) == key(request=replace(BASE_REQUEST, temperature=0.0))
+
+
+def test_the_canonical_form_holds_no_api_key() -> None:
+    text = canonical("openai", "http://x/v1", "m", BASE_REQUEST, 0)
+    assert "key" not in text.lower()
+
+
+# ---------------------------------------------------------------------------- through the MCP tool
+BASE_ARGS: dict[str, Any] = {
+    "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": PROMPT},
+    ],
+    "models": [MODEL],
+    "system": "You are a geographer.",
+    "temperature": 0,
+    "max_tokens": 50,
+    "sample": 0,
+}
+MCP_VARIANTS: dict[str, dict[str, Any]] = {
+    "provider": {"models": ["groq/gpt-4o-mini"]},  # the same vendor model name at another provider
+    "model": {"models": ["openai/gpt-4o"]},
+    "system": {"system": "You are a historian."},
+    "system omitted": {"system": None},
+    "a message's role": {
+        "messages": [BASE_ARGS["messages"][0], {"role": "user", "content": "Hello"}, BASE_ARGS["messages"][2]]
+    },
+    "a message's content": {"messages": [*BASE_ARGS["messages"][:2], {"role": "user", "content": PROMPT + "?"}]},
+    "message order": {"messages": [BASE_ARGS["messages"][2], BASE_ARGS["messages"][1], BASE_ARGS["messages"][0]]},
+    "temperature": {"temperature": 0.5},
+    "temperature omitted": {"temperature": None},
+    "max_tokens": {"max_tokens": 49},
+    "sample": {"sample": 1},
+    "sample omitted": {"sample": None},
+}
+
+
+def args_with(change: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in {**BASE_ARGS, **change}.items() if v is not None}
+
+
+@pytest.mark.parametrize("field", list(MCP_VARIANTS))
+async def test_a_call_differing_in_one_field_misses(open_gateway: OpenGateway, fake: CacheFake, field: str) -> None:
+    async with open_gateway() as gw:
+        base = await gw.call(dict(BASE_ARGS))
+        await gw.settle()
+        variant = await gw.call(args_with(MCP_VARIANTS[field]))
+        await gw.settle()
+        base_again = await gw.call(dict(BASE_ARGS))
+
+    assert base.only["status"] == variant.only["status"] == "ok"
+    assert variant.only["cached"] is False
+    assert base_again.only["cached"] is True  # the variant did not overwrite the base entry
+    assert fake.count() == 2
+
+
+async def test_reordered_json_keys_hit(open_gateway: OpenGateway, fake: CacheFake) -> None:
+    async with open_gateway() as gw:
+        first = await gw.call(dict(BASE_ARGS))
+        await gw.settle()
+        second = await gw.call(dict(reversed(list(BASE_ARGS.items()))))
+
+    assert list(dict(reversed(list(BASE_ARGS.items())))) != list(BASE_ARGS)
+    assert first.only["cached"] is False and second.only["cached"] is True
+    assert second.answer == first.answer
+    assert fake.count() == 1
+
+
+async def test_temperature_zero_as_integer_or_float_in_json_is_one_entry(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    async with open_gateway() as gw:
+        await gw.ask(temperature=0)
+        again = await gw.ask(temperature=0.0)
+
+    assert again.only["cached"] is True
+    assert fake.count() == 1
+
+
+async def test_a_sampled_request_without_a_sample_index_is_never_read_or_written(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    async with open_gateway() as gw:
+        replies = [await gw.ask(temperature=0.8) for _ in range(2)]
+        only = await gw.ask(temperature=0.8, cache="only")
+        assert gw.gateway.cache.stats.writes == 0 and len(gw.memory()) == 0
+
+    assert [r.only["cached"] for r in replies] == [False, False]
+    assert fake.count(VENDOR) == 2
+    assert only.is_error and only.only["error"]["code"] == "cache_miss"
+
+
+async def test_sample_indexes_are_distinct_entries_that_replay(open_gateway: OpenGateway, fake: CacheFake) -> None:
+    async with open_gateway() as gw:
+        firsts = [await gw.ask(temperature=0.8, sample=i) for i in (0, 1)]
+        replays = [await gw.ask(temperature=0.8, sample=i) for i in (0, 1)]
+
+    assert [r.only["cached"] for r in firsts] == [False, False]
+    assert [r.only["cached"] for r in replays] == [True, True]
+    assert fake.count(VENDOR) == 2
+
+
+# ---------------------------------------------------------------------------- no API key, anywhere
+SECRETS = [*KEYS.values()]
+SECRET_FORMS = [form for s in SECRETS for form in (s, hashlib.sha256(s.encode()).hexdigest(), s[-16:])]
+EVERY_DIALECT = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5", "gemini/gemini-2.5-flash", "groq/llama-3.3-70b"]
+
+
+def assert_no_secret(blobs: list[bytes]) -> None:
+    assert blobs
+    for blob in blobs:
+        for form in SECRET_FORMS:
+            assert form.encode() not in blob, f"an API key (or its hash) was written to the cache: {blob[:80]!r}"
+
+
+async def ask_every_dialect(gw: Any) -> None:
+    """Answers from every dialect, plus an error whose vendor message quotes the key."""
+    for model in EVERY_DIALECT:
+        reply = await gw.ask(models=[model], temperature=0, max_tokens=20)
+        assert reply.only["status"] == "ok"
+    reply = await gw.ask(models=["openai/leaky"])
+    assert reply.only["status"] == "error"
+
+
+async def test_no_key_or_value_in_the_embedded_cache_holds_an_api_key(
+    open_gateway: OpenGateway, fake: CacheFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set("leaky", Scenario.error("auth", message=f"Incorrect API key provided: {KEYS['OPENAI_API_KEY']}"))
+    written: list[bytes] = []
+    async with open_gateway() as gw:
+        backend = gw.memory()
+        real_set = backend.set
+
+        async def recording_set(key: str, value: bytes, ttl_s: float) -> None:
+            written.extend([key.encode(), value])
+            await real_set(key, value, ttl_s)
+
+        monkeypatch.setattr(backend, "set", recording_set)
+        await ask_every_dialect(gw)
+
+    assert len(written) == 2 * len(EVERY_DIALECT)
+    assert_no_secret(written)
+
+
+async def test_no_key_or_value_in_redis_holds_an_api_key(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set("leaky", Scenario.error("auth", message=f"Incorrect API key provided: {KEYS['OPENAI_API_KEY']}"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        await ask_every_dialect(gw)
+        items = redis_target.items()  # read before the published error (short TTL) expires
+
+    assert len([k for k in items if k.count(b":") == 2]) == len(EVERY_DIALECT)  # the answers themselves
+    assert_no_secret([blob for k, v in items.items() for blob in (k, v or b"")])

@@ -1,0 +1,110 @@
+"""The shared cache in a real Redis: shared across gateways, stored as JSON envelopes under the namespace."""
+
+from __future__ import annotations
+
+import json
+
+from ai_gateway.cache.key import KEY_SCHEMA
+from tests.cache.conftest import OpenGateway
+from tests.cache.support import MODEL, CacheFake
+from tests.fake_provider import Scenario
+from tests.integration.conftest import provider_env
+from tests.redis_harness import RedisTarget
+
+VENDOR = MODEL.partition("/")[2]
+
+
+async def test_an_answer_stored_by_one_gateway_serves_another_sharing_redis(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as one:
+        first = await one.ask()
+        assert len(one.memory()) == 0  # written to Redis, not to the fallback
+    async with open_gateway(**redis_target.settings()) as two:
+        second = await two.ask()
+        only = await two.ask(cache="only", models=[MODEL])
+
+    assert (first.only["cached"], second.only["cached"], only.only["cached"]) == (False, True, True)
+    assert first.answer == second.answer == only.answer == "Paris"
+    assert second.only["attempts"] == 0
+    assert fake.count(VENDOR) == 1
+
+
+async def test_values_are_json_envelopes_under_the_namespace_with_the_ttl(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings(), cache_ttl_s=120) as gw:
+        await gw.ask()
+
+    (key,) = redis_target.stored_keys()
+    assert key.decode().startswith(f"{redis_target.namespace}:v{KEY_SCHEMA}:")
+    with redis_target.client() as r:
+        raw, pttl = r.get(key), r.pttl(key)
+    data = json.loads(raw)
+    assert data["v"] == 1
+    assert (data["text"], data["finish_reason"], data["model"]) == ("Paris", "stop", VENDOR)
+    assert 110_000 < pttl <= 120_000
+
+
+async def test_namespaces_keep_gateways_apart(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    async with open_gateway(**redis_target.settings()) as one:
+        await one.ask()
+    other = RedisTarget(redis_target.port, redis_target.db)
+    try:
+        async with open_gateway(**other.settings()) as two:
+            reply = await two.ask()
+        assert reply.only["cached"] is False
+        assert fake.count(VENDOR) == 2
+        assert len(redis_target.stored_keys()) == len(other.stored_keys()) == 1
+    finally:
+        other.cleanup()
+
+
+async def test_the_same_model_behind_another_endpoint_is_another_entry(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    async with CacheFake() as elsewhere:
+        async with open_gateway(**redis_target.settings()) as one:
+            await one.ask()
+        async with open_gateway(**redis_target.settings(), environ_=provider_env(elsewhere.url)) as two:
+            reply = await two.ask()
+        assert reply.only["cached"] is False
+        assert (fake.count(VENDOR), elsewhere.count(VENDOR)) == (1, 1)
+    assert len(redis_target.stored_keys()) == 2
+
+
+async def test_refresh_overwrites_in_redis_and_bypass_writes_nothing(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set(VENDOR, Scenario(text="old"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        await gw.ask(models=["openai/other"], cache="bypass")
+        assert redis_target.stored_keys() == []
+        await gw.ask()
+        fake.set(VENDOR, Scenario(text="new"))
+        await gw.ask(cache="refresh")
+    (key,) = redis_target.stored_keys()
+    with redis_target.client() as r:
+        assert json.loads(r.get(key))["text"] == "new"
+    async with open_gateway(**redis_target.settings()) as fresh:
+        reply = await fresh.ask()
+    assert (reply.answer, reply.only["cached"]) == ("new", True)
+
+
+async def test_failures_are_not_stored_in_redis(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set(VENDOR, Scenario.error("bad_request"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        failed = await gw.ask()
+        fake.set(VENDOR, None)
+    async with open_gateway(**redis_target.settings()) as fresh:
+        only = await fresh.ask(cache="only")
+
+    assert failed.only["error"]["code"] == "bad_request"
+    assert only.is_error and only.only["error"]["code"] == "cache_miss"
+    assert [k for k in redis_target.stored_keys() if k.count(b":") == 2] == []  # no answer entry

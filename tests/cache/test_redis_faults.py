@@ -1,0 +1,223 @@
+"""Redis is never a dependency: down at start, dying mid-run, hanging, full, or holding garbage.
+
+In every test each tool call answers. What happened to Redis is read from the backend itself
+(``healthy``, ``failures``), from its log records and from what a real Redis holds afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+from typing import Any
+
+import pytest
+import redis
+
+from ai_gateway.cache.key import cache_key
+from ai_gateway.cache.redis_backend import RedisBackend
+from ai_gateway.types import ChatRequest, Message
+from tests.cache.conftest import OpenGateway
+from tests.cache.support import MODEL, PROMPT, CacheFake, Running, until
+from tests.fake_provider import Scenario
+from tests.redis_harness import HungRedis, RedisProcess, RedisTarget, free_port
+
+VENDOR = MODEL.partition("/")[2]
+REDIS_LOGGER = "ai_gateway.cache.redis_backend"
+
+
+def redis_backend(gw: Running) -> RedisBackend:
+    backend = gw.gateway.cache.backend
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+def answer_keys(target: RedisTarget) -> list[bytes]:
+    """Stored answers only (not the single-flight ``:lease`` / ``:error`` keys)."""
+    return [k for k in target.stored_keys() if not k.endswith((b":lease", b":error"))]
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == REDIS_LOGGER and r.levelno >= logging.WARNING]
+
+
+def assert_ok(*replies: Any) -> None:
+    for reply in replies:
+        assert not reply.is_error, reply.raw.content
+        assert all(r["status"] == "ok" for r in reply.results), reply.results
+
+
+# ---------------------------------------------------------------------------- (a) down at start
+async def test_redis_unreachable_at_start_the_gateway_serves_from_the_embedded_cache(
+    open_gateway: OpenGateway, fake: CacheFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"redis://:s3cretpw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with open_gateway(redis_url=url, cache_cooldown_s=30) as gw:
+        first = await gw.ask()
+        second = await gw.ask()
+        third = await gw.ask(prompt="Another question?")
+        backend = redis_backend(gw)
+        assert not backend.healthy and backend.failures >= 1
+
+    assert_ok(first, second, third)
+    assert (first.only["cached"], second.only["cached"]) == (False, True)  # the repeat: the embedded fallback
+    assert fake.count(VENDOR) == 2
+    (warning,) = redis_warnings(caplog)  # one outage, one warning
+    assert "****" in warning.getMessage()
+    assert "s3cretpw" not in caplog.text
+    assert all("s3cretpw" not in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------- (b) dies mid-run, comes back
+async def test_redis_stopped_mid_run_then_restarted_is_used_again_after_the_cooldown(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        before = await gw.ask()
+        assert len(target.stored_keys()) == 1  # the answer is in Redis
+
+        private_redis.stop()
+        during = [await gw.ask(), await gw.ask(prompt="Second question?"), await gw.ask(prompt="Second question?")]
+        assert backend.failures >= 1
+        assert during[2].only["cached"] is True  # the fallback answered the repeat
+
+        await asyncio.to_thread(private_redis.start)  # a new, empty Redis on the same port
+        assert target.stored_keys() == []
+        after: list[Any] = []
+        for i in range(200):  # bounded: each round waits out the cooldown, then writes a new answer
+            await until(lambda: backend.healthy, "the cooldown to end")
+            after.append(await gw.ask(prompt=f"Question {i} after the restart?"))
+            if target.stored_keys():
+                break
+        assert target.stored_keys(), "no answer reached Redis after it came back"
+        assert backend.failures == 0
+
+    assert_ok(before, *during, *after)
+    messages = [r.getMessage() for r in redis_warnings(caplog)]
+    assert any("failed" in m for m in messages) and any("answering again" in m for m in messages)
+
+
+# ---------------------------------------------------------------------------- (c) hangs
+async def test_a_hung_redis_trips_and_later_calls_skip_it(
+    open_gateway: OpenGateway, fake: CacheFake, hung_redis: HungRedis
+) -> None:
+    async with open_gateway(redis_url=hung_redis.url, cache_cooldown_s=30) as gw:
+        backend = redis_backend(gw)
+        first = await gw.ask()
+        assert hung_redis.accepted >= 1
+        assert not backend.healthy and backend.failures >= 1
+        failures = backend.failures
+        later = [await gw.ask(), await gw.ask(prompt="Another question?")]
+        assert backend.failures == failures  # skipped while cooling down: no new timeouts
+
+    assert_ok(first, *later)
+    assert later[0].only["cached"] is True  # served by the embedded fallback
+    assert fake.count(VENDOR) == 2
+
+
+# ---------------------------------------------------------------------------- (d) full, refusing writes
+async def test_a_full_redis_refusing_writes_does_not_fail_calls(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    with private_redis.client() as r:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1mb")
+        for i in range(1000):  # bounded fill until Redis refuses writes
+            try:
+                r.set(f"filler:{i}", b"x" * 32768)
+            except redis.exceptions.OutOfMemoryError:
+                break
+        else:
+            pytest.fail("Redis never refused a write under maxmemory 1mb")
+    target = RedisTarget(private_redis.port, 0)
+
+    async with open_gateway(**target.settings(), cache_cooldown_s=30) as gw:
+        first = await gw.ask()
+        second = await gw.ask()
+        backend = redis_backend(gw)
+        assert backend.failures >= 1
+
+    assert_ok(first, second)
+    assert (first.only["cached"], second.only["cached"]) == (False, True)  # embedded fallback
+    assert answer_keys(target) == []
+    assert fake.count(VENDOR) == 1
+
+
+async def test_a_write_refused_after_the_lease_was_taken_leaves_no_lease_behind(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    release = fake.hold(VENDOR)
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as holder:
+        call = asyncio.create_task(holder.ask())
+        await fake.wait_for_calls(1, VENDOR)  # the lease is taken before the provider is called
+        with private_redis.client() as r:
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", "1")  # every write is refused from here on
+        release.set()
+        assert_ok(await call)
+        assert redis_backend(holder).failures >= 1
+    with private_redis.client() as r:
+        r.config_set("maxmemory", "0")  # Redis is well again
+    async with open_gateway(**target.settings()) as peer:
+        reply = await peer.ask(timeout_s=1)
+
+    assert_ok(reply)
+
+
+# ---------------------------------------------------------------------------- (e) garbage under a live key
+GARBAGE: list[Any] = [
+    pytest.param(b"\x80\x81\xfe not an envelope", id="binary"),
+    pytest.param(json.dumps({"v": 2, "text": "from the future"}).encode(), id="other-version"),
+    pytest.param(pickle.dumps({"text": "pickled"}), id="pickle"),
+    pytest.param(json.dumps({"v": 1, "text": "", "finish_reason": "stop", "usage": None}).encode(), id="empty-text"),
+    pytest.param(
+        b"[" * 100_000,
+        id="deeply-nested-json"
+    ),
+]
+
+
+def live_key(namespace: str, fake: CacheFake) -> str:
+    """The key the dispatcher uses for PROMPT to MODEL, computed independently."""
+    request = ChatRequest(messages=(Message("user", PROMPT),))
+    return cache_key(namespace, "openai", f"{fake.url}/v1", VENDOR, request, None)
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+async def test_garbage_under_a_live_key_is_a_miss_and_is_replaced(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, garbage: bytes
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    key = live_key(redis_target.namespace, fake)
+    with redis_target.client() as r:
+        r.set(key, garbage, ex=60)
+    async with open_gateway(**redis_target.settings()) as gw:
+        reply = await gw.ask()
+        backend = redis_backend(gw)
+        assert backend.failures == 0  # garbage is not a Redis failure
+
+    assert_ok(reply)
+    assert (reply.answer, reply.only["cached"]) == ("Paris", False)
+    assert fake.count(VENDOR) == 1
+    with redis_target.client() as r:
+        data = json.loads(r.get(key))
+    assert (data["v"], data["text"]) == (1, "Paris")
+
+
+async def test_a_foreign_peer_error_under_a_held_lease_does_not_fail_the_call(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    key = live_key(redis_target.namespace, fake)
+    with redis_target.client() as r:
+        r.set(f"{key}:lease", b"someone-else", px=3000)
+        r.set(f"{key}:error", json.dumps({"code": "not-a-code", "message": "?"}).encode(), px=3000)
+    async with open_gateway(**redis_target.settings()) as gw:
+        reply = await gw.ask(timeout_s=5)
+
+    assert_ok(reply)

@@ -1,0 +1,248 @@
+"""Single-flight: identical concurrent calls make one provider call, in one process and across processes.
+
+Requests are held at the fake (``fake.hold``) until the test has seen every caller where it must be, so
+nothing here depends on timing; "across processes" is two gateway servers sharing one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ai_gateway.schemas import QueryResult
+from tests.cache.conftest import OpenGateway
+from tests.cache.support import MODEL, PROMPT, CacheFake, Running, until
+from tests.fake_provider import Scenario
+from tests.redis_harness import RedisTarget
+
+VENDOR = MODEL.partition("/")[2]
+
+
+def direct(gw: Running, **arguments: Any) -> asyncio.Task[QueryResult]:
+    """A query on the gateway itself, as a task the test may cancel."""
+    arguments.setdefault("prompt", PROMPT)
+    arguments.setdefault("models", [MODEL])
+    return asyncio.create_task(gw.gateway.query(**arguments))
+
+
+def statuses(results: list[QueryResult]) -> list[str]:
+    return [r.results[0].status for r in results]
+
+
+# ---------------------------------------------------------------------------- one process
+async def test_twenty_identical_concurrent_calls_make_one_provider_call(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris", delay_ms=200))
+    async with open_gateway() as gw:
+        replies = await asyncio.gather(*(gw.query() for _ in range(20)))
+        stats = gw.gateway.cache.stats
+
+    assert all(not r.is_error and r.only["status"] == "ok" for r in replies)
+    assert {r.answer for r in replies} == {"Paris"}
+    assert fake.count(VENDOR) == 1
+    assert stats.coalesced + stats.hits == 19  # each waited on the first call (or, arriving late, hit its answer)
+
+
+async def test_followers_do_not_report_the_leaders_attempts_and_usage_as_their_own(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris", delay_ms=200))
+    async with open_gateway() as gw:
+        replies = await asyncio.gather(*(gw.query() for _ in range(20)))
+
+    assert fake.count(VENDOR) == 1
+    assert sum(r.only["attempts"] for r in replies) == 1
+    assert sum((r.data.get("usage") or {}).get("output_tokens", 0) for r in replies) == 1
+
+
+async def test_if_the_first_caller_is_cancelled_the_others_still_get_the_answer(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    async with open_gateway() as gw:
+        cache = gw.gateway.cache
+        leader = direct(gw)
+        await fake.wait_for_calls(1, VENDOR)
+        followers = [direct(gw) for _ in range(5)]
+        await until(lambda: cache.stats.coalesced >= 5, "the followers to wait on the leader's call")
+        leader.cancel()
+        await fake.wait_for_calls(2, VENDOR)  # one follower took over
+        release.set()
+        results = await asyncio.gather(*followers)
+        await asyncio.wait([leader])
+
+    assert leader.cancelled()
+    assert statuses(results) == ["ok"] * 5
+    assert {r.answer for r in results} == {"Paris"}
+    assert fake.count(VENDOR) == 2
+    await fake.wait_for_disconnects(1)
+    assert len(fake.disconnects) == 1  # the cancelled leader's request, and only it
+
+
+async def test_a_leader_with_a_short_deadline_does_not_fail_followers_with_time_left(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    release = fake.hold(VENDOR)
+    async with open_gateway() as gw:
+        cache = gw.gateway.cache
+        leader = direct(gw, timeout_s=0.3)
+        await fake.wait_for_calls(1, VENDOR)
+        follower = direct(gw, timeout_s=10)
+        await until(lambda: cache.stats.coalesced >= 1, "the follower to wait on the leader's call")
+        leader_result = await leader
+        release.set()
+        follower_result = await follower
+
+    assert leader_result.results[0].error is not None and leader_result.results[0].error.code == "deadline"
+    assert follower_result.results[0].status == "ok", follower_result.results[0].error
+
+
+# ---------------------------------------------------------------------------- across processes (shared Redis)
+def watch_waits(gw: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once this gateway starts waiting for another process's call (``ResponseCache.await_peer``)."""
+    cache, waiting = gw.gateway.cache, asyncio.Event()
+    real_await_peer = cache.await_peer
+
+    async def await_peer(key: str, give_up_s: float) -> Any:
+        waiting.set()
+        return await real_await_peer(key, give_up_s)
+
+    monkeypatch.setattr(cache, "await_peer", await_peer)
+    return waiting
+
+
+async def test_identical_calls_in_two_gateways_sharing_redis_make_one_provider_call(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        waiting = watch_waits(two, monkeypatch)
+        first = [direct(one)]  # one caller: several in a Redis-backed gateway can deadlock (see below)
+        await fake.wait_for_calls(1, VENDOR)
+        second = [direct(two) for _ in range(10)]
+        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+        release.set()
+        results = await asyncio.gather(*first, *second)
+
+    assert statuses(results) == ["ok"] * 11
+    assert {r.answer for r in results} == {"Paris"}
+    assert fake.count(VENDOR) == 1
+    assert {r.results[0].cached for r in results[1:]} == {True}  # the other process's answer
+    assert [k for k in redis_target.stored_keys() if k.endswith(b":lease")] == []
+
+
+async def test_when_the_lease_holder_fails_its_peers_fail_alike_and_nothing_is_stored(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set(VENDOR, Scenario.error("bad_request"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two)
+        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+        release.set()
+        holder_result, peer_result = await holder, await peer
+
+    assert holder_result.results[0].error is not None and holder_result.results[0].error.code == "bad_request"
+    assert peer_result.results[0].error is not None and peer_result.results[0].error.code == "bad_request"
+    assert fake.count(VENDOR) == 1
+    assert [k for k in redis_target.stored_keys() if not k.endswith((b":lease", b":error"))] == []
+
+
+async def test_when_the_lease_holder_is_cancelled_a_peer_calls_the_provider_itself(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two, timeout_s=10)
+        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+        holder.cancel()
+        await fake.wait_for_calls(2, VENDOR)  # the lease was released: the peer made the call itself
+        release.set()
+        peer_result = await peer
+        await asyncio.wait([holder])
+
+    assert holder.cancelled()
+    assert (peer_result.results[0].status, peer_result.answer) == ("ok", "Paris")
+
+
+async def test_an_earlier_failure_is_not_reported_to_waiters_of_a_later_successful_call(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set(VENDOR, Scenario.error("bad_request", times=1))  # fails once, then answers
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        earlier = await one.ask()
+        assert earlier.only["error"]["code"] == "bad_request"
+
+        release = fake.hold(VENDOR)
+        holder = direct(two)
+        await fake.wait_for_calls(2, VENDOR)  # gateway two holds the lease; its call is in flight
+        polled = asyncio.Event()
+        backend: Any = one.gateway.cache.backend
+        real_get = backend.get
+
+        async def get(key: str) -> bytes | None:
+            value = await real_get(key)
+            if key.endswith(":error"):
+                polled.set()
+            return value
+
+        monkeypatch.setattr(backend, "get", get)
+        waiter = direct(one)
+        await asyncio.wait_for(polled.wait(), 5)  # gateway one is waiting on two's lease and has looked for errors
+        release.set()
+        holder_result, waiter_result = await holder, await waiter
+
+    assert holder_result.results[0].status == "ok"
+    assert waiter_result.results[0].status == "ok", waiter_result.results[0].error
+
+
+async def test_a_holder_with_a_short_deadline_does_not_fail_peers_with_time_left(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one, timeout_s=0.3)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two, timeout_s=10)
+        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+        holder_result = await holder
+        release.set()
+        peer_result = await peer
+
+    assert holder_result.results[0].error is not None and holder_result.results[0].error.code == "deadline"
+    assert peer_result.results[0].status == "ok", peer_result.results[0].error
+
+
+async def test_concurrent_calls_in_one_redis_backed_gateway_do_not_deadlock(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deadlock needed two callers in one process to race for the Redis lease. Only the first
+    # caller in a process may look up and claim; the others wait for it in memory.
+    fake.set(VENDOR, Scenario(text="Paris", delay_ms=100))
+    async with open_gateway(**redis_target.settings()) as gw:
+        backend: Any = gw.gateway.cache.backend
+        real_lookup, lookups = backend.lookup, []
+
+        async def lookup(*args: Any) -> Any:
+            lookups.append(args[0])
+            return await real_lookup(*args)
+
+        monkeypatch.setattr(backend, "lookup", lookup)
+        results = await asyncio.gather(*(direct(gw, timeout_s=5) for _ in range(10)))
+
+    assert statuses(results) == ["ok"] * 10
+    assert len(lookups) == 1
+    assert fake.count(VENDOR) == 1
