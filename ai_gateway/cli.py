@@ -146,6 +146,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- eval (ai_gateway/evaluation, docs/evaluation.md) ---------------------------------- begin
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ai_gateway.evaluation.console import run_cli
+
+    return run_cli(args, _setup, _build)
+
+
+def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+    ev = sub.add_parser("eval", help="run a JSONL dataset through the gateway; resumable, one result line per query")
+    ev.add_argument("dataset", help="JSONL: one object per line with prompt or messages, optional id and expected")
+    ev.add_argument("--models", "-m", required=True, help="comma-separated provider/model ids")
+    ev.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
+    ev.add_argument("--samples", type=int, default=1, help="queries per row (sample indexes 0..k-1)")
+    ev.add_argument("--concurrency", "-c", type=int, default=4, help="queries in flight at once")
+    ev.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), default="use",
+                    help="only: replay from the cache, no provider calls (misses fail with cache_miss)")  # fmt: skip
+    ev.add_argument("--temperature", type=float)
+    ev.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per query, in seconds")
+    ev.add_argument("--out", "-o", required=True, help="results JSONL (appended to; a rerun resumes)")
+    ev.add_argument("--json-summary", action="store_true", help="print the summary as JSON instead of a table")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ev.add_argument("--via", choices=("gateway", "tool"), default="gateway",
+                    help="gateway: Gateway.query (fast); tool: the query_models tool in memory (slow)")  # fmt: skip
+    ev.set_defaults(func=cmd_eval)
+    return ev
+
+
+# -- eval ---------------------------------------------------------------------------- end
+
+
 async def _call_tool(server: Any, name: str, arguments: dict[str, Any]) -> Any:
     from fastmcp import Client
 
@@ -233,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 
-    for command in (serve, query, models):
+    ev = _add_eval_parser(sub)  # eval: see cmd_eval
+
+    for command in (serve, query, models, ev):
         command.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser
 

@@ -213,6 +213,7 @@ def build_cache(settings: Settings) -> ResponseCache:
             embedded,
             op_timeout_s=settings.cache_op_timeout_s,
             cooldown_s=settings.cache_cooldown_s,
+            max_connections=settings.cache_max_connections,
         )
     return ResponseCache(
         backend,

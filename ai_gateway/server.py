@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import EntryPoint
 from typing import Annotated, Any, Literal
 
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.tools import Tool, ToolResult
@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from ai_gateway import __version__
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
+from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway
 from ai_gateway.http import SharedClient, warm_up
 from ai_gateway.registry import Registry
@@ -177,6 +178,36 @@ def build_server(
     async def gateway_status() -> StatusReport:
         """Each provider's circuit breaker state, recent error codes, latency percentiles, retry-budget use and load."""
         return holder.get().status()
+
+    # -- run_eval (ai_gateway/evaluation, docs/evaluation.md) ------------------------------ begin
+    @mcp.tool(annotations={"readOnlyHint": False, "openWorldHint": True})
+    async def run_eval(
+        path: Annotated[str, Field(description="JSONL dataset, relative to the server's working directory.")],
+        models: Annotated[list[str], Field(description="Model ids as provider/model.", min_length=1)],
+        ctx: Context,
+        strategy: StrategyName = "first_available",
+        samples: Annotated[int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1)] = 1,
+        concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256)] = 4,
+        cache: Literal["use", "refresh", "bypass", "only"] = "use",
+        out: Annotated[
+            str | None, Field(description="Results JSONL (appended; resumes). Default: <dataset>.results.jsonl.")
+        ] = None,
+        temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
+        timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0)] = None,
+    ) -> EvalSummary:
+        """Run every row of a JSONL dataset (prompt or messages, optional id and expected) through the gateway.
+
+        Writes one result line per (row, sample) as it finishes, skips pairs already in the results
+        file (resume), reports progress per query and returns per-model statistics and accuracy.
+        """
+        from ai_gateway.evaluation.tool import run_eval_tool
+
+        return await run_eval_tool(
+            holder.get(), ctx, path=path, out=out, models=models, strategy=strategy, samples=samples,
+            concurrency=concurrency, cache=cache, temperature=temperature, timeout_s=timeout_s,
+        )  # fmt: skip
+
+    # -- run_eval -------------------------------------------------------------------------- end
 
     @mcp.resource("gateway://status", name="gateway-status", mime_type="application/json")
     async def status_resource() -> str:

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(10000, ge=1, description="Embedded cache: most entries kept (LRU).")
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Embedded cache: most bytes kept (LRU).")
     cache_op_timeout_s: float = Field(0.1, gt=0, description="Longest wait for one Redis operation.")
+    cache_max_connections: int = Field(
+        64, ge=1, description="Redis connections at most; past it an operation waits within its timeout."
+    )
     cache_cooldown_s: float = Field(5.0, gt=0, description="After a Redis failure, how long to use the embedded cache.")
 
     # -- outbound HTTP (one shared client) ---------------------------------------

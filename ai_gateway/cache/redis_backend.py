@@ -59,6 +59,7 @@ class RedisBackend:
         *,
         op_timeout_s: float = 0.1,
         cooldown_s: float = 5.0,
+        max_connections: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import redis.asyncio as aioredis
@@ -71,13 +72,18 @@ class RedisBackend:
         self.cooldown_s = cooldown_s
         self._clock = clock
         # No retries inside redis-py: one failure trips our cooldown instead of piling up waits.
-        self.client: Any = aioredis.Redis.from_url(
+        # A blocking pool: past max_connections a call waits (within its op timeout) for a free
+        # connection; redis-py's default pool raises at once, which looked like an outage.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=op_timeout_s,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
-            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
         )
+        self.client: Any = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
         self._down_until = 0.0

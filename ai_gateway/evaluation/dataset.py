@@ -17,7 +17,16 @@ RowId = str | int
 
 
 class EvalInputError(ValueError):
-    """Bad input (exit code 2): names the file, the line and the field to fix."""
+    """Bad input (exit code 2): names the file, the line and the field to fix.
+
+    ``option`` is the command-line option at fault (``dataset``, ``out``, ``models``...) and
+    ``detail`` the message without it; ``str()`` is the whole message, as the CLI prints it.
+    """
+
+    def __init__(self, message: str, option: str = "dataset", detail: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.detail = detail or message
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +134,7 @@ def read_results(path: Path) -> ResultsFile:
     except FileNotFoundError:
         return ResultsFile({}, 0, False)
     except OSError as exc:
-        raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})") from None
+        raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})", "out") from None
     keep = data.rfind(b"\n") + 1  # a line without its newline was cut off mid-write
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for number, raw in enumerate(data[:keep].splitlines(), start=1):
@@ -136,14 +145,16 @@ def read_results(path: Path) -> ResultsFile:
         except ValueError:
             raise EvalInputError(
                 f"{path} line {number}: not valid JSON; this is not a results file of ai-gateway eval "
-                "(choose another --out)"
+                "(choose another --out)",
+                "out",
             ) from None
         sample = record.get("sample") if isinstance(record, dict) else None
         row_id = record.get("id") if isinstance(record, dict) else None
         if isinstance(sample, bool) or not isinstance(sample, int) or not isinstance(row_id, str | int):
             raise EvalInputError(
                 f"{path} line {number}: field 'id' or 'sample' missing; this is not a results file of "
-                "ai-gateway eval (choose another --out)"
+                "ai-gateway eval (choose another --out)",
+                "out",
             )
         records.setdefault(row_key(row_id, sample), record)
     return ResultsFile(records, keep, keep < len(data))

@@ -6,6 +6,7 @@ so a resumed run summarises the whole dataset, not just the rows it ran.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,8 +14,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ai_gateway.resilience.health import percentile
+from ai_gateway.strategies.voting import normalise
 
 COST_NOTE = "n/a (no price table)"
+# Answers are graded by normalised equality (as consensus votes are); each expected answer is normalised once.
+expected_form = functools.lru_cache(maxsize=8192)(normalise)
 
 
 class ModelStats(BaseModel):
@@ -50,7 +54,6 @@ class EvalSummary(BaseModel):
     unanswered: int = Field(description="Done queries that no model answered.")
     resumed: int = Field(description="Queries already in the results file when this run started (not re-run).")
     ran: int = Field(description="Queries this run finished.")
-    interrupted: bool = False
     graded: int = Field(0, description="Done queries whose row has an expected answer.")
     correct: int = Field(0, description="Graded queries whose chosen answer matches the expected one.")
     accuracy: float | None = Field(None, description="correct / graded (a query with no answer counts as wrong).")
@@ -91,8 +94,6 @@ def summarise(
     ``expected`` maps each query's key to its row's expected answer (None: ungraded);
     ``fields`` are the run's own facts (dataset, results_path, rows, ...).
     """
-    from ai_gateway.strategies.voting import normalise
-
     tallies = {model: _ModelTally(model) for model in models}
     done = answered = graded = correct = 0
     for key, record in records:
@@ -108,7 +109,7 @@ def summarise(
             tally = tallies.get(r.get("model"))
             if tally is None:
                 tally = tallies[r["model"]] = _ModelTally(r["model"])
-            _count(tally, r, want, normalise)
+            _count(tally, r, None if want is None else expected_form(want))
     per_model = []
     for tally in tallies.values():
         s = tally.stats
@@ -140,7 +141,8 @@ def summarise(
     )
 
 
-def _count(tally: _ModelTally, r: dict[str, Any], want: str | None, normalise: Any) -> None:
+def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
+    """One model's outcome on one query; ``want`` is the expected answer, already normalised."""
     s, status = tally.stats, r.get("status")
     if status == "cancelled":
         s.cancelled += 1
@@ -165,4 +167,4 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None, normalise: A
         tally.latencies.append(r["latency_ms"])
     if want is not None:
         tally.graded += 1
-        tally.correct += normalise(r.get("text") or "") == normalise(want)
+        tally.correct += normalise(r.get("text") or "") == want

@@ -1,0 +1,208 @@
+"""``ai-gateway eval``: the runner behind a progress bar (stderr) and a summary table (stdout).
+
+Exit codes: 0 every query answered (by at least one model), 1 some query got no
+answer at all, 2 bad input (nothing was called), 130 interrupted (finished rows kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
+from ai_gateway.evaluation.runner import (
+    EvalConfig,
+    Plan,
+    RunState,
+    check_models,
+    execute,
+    gateway_query,
+    prepare,
+    tool_query,
+)
+from ai_gateway.evaluation.summary import COST_NOTE, EvalSummary
+
+EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EVAL_CACHE_OP_TIMEOUT_S = 1.0  # unless AI_GATEWAY_CACHE_OP_TIMEOUT_S is set
+_REFRESH_S = 0.1  # progress fields are re-rendered at most this often
+
+
+def run_cli(args: Any, setup: Callable[[Any], Any], build: Callable[..., Any]) -> int:
+    """The eval sub-command; ``setup`` and ``build`` are the CLI's own (settings, server)."""
+    try:
+        config = EvalConfig(
+            models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            strategy=args.strategy,
+            samples=args.samples,
+            concurrency=args.concurrency,
+            cache=args.cache,
+            temperature=args.temperature,
+            timeout_s=args.timeout_s,
+        )
+        dataset = Path(args.dataset)
+        plan = prepare(dataset, load_dataset(dataset), config, Path(args.out))
+    except EvalInputError as exc:
+        print(f"ai-gateway eval: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    settings, environ = setup(args)
+    if "cache_op_timeout_s" not in settings.model_fields_set:
+        # A batch prefers a slower cache operation to a lost one: with the serving default (0.1 s),
+        # Redis operations time out while a fresh process starts up, and every answer stored during
+        # the cooldown that follows stays in this process only, so a replay misses it.
+        settings.cache_op_timeout_s = EVAL_CACHE_OP_TIMEOUT_S
+    server = build(settings, environ)
+    view = ProgressView(plan.state, enabled=not args.no_progress)
+    try:
+        with view:
+            summary = asyncio.run(_run(server, plan, args.via, view.update))
+    except EvalInputError as exc:
+        print(f"ai-gateway eval: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        state = plan.state
+        print(
+            f"ai-gateway eval: interrupted; {state.done} of {state.total} queries done and kept in {plan.out} "
+            "(run the same command again to resume)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if args.json_summary:
+        print(summary.model_dump_json(indent=2))
+    else:
+        print_summary(summary)
+    complete = summary.done == summary.queries and summary.unanswered == 0
+    return EXIT_OK if complete else EXIT_UNANSWERED
+
+
+async def _run(server: Any, plan: Plan, via: str, on_record: Callable[[RunState], None]) -> EvalSummary:
+    from fastmcp import Client
+
+    async with Client(server) as client:
+        gateway = lifespan_gateway(server)
+        check_models(gateway, plan.config)
+        if plan.config.cache != "only":
+            # Import the HTTP stack off the loop now: done inline by the first provider call it
+            # blocks the loop ~200 ms, long enough for Redis cache operations in flight to time out.
+            from ai_gateway.http import warm_up
+
+            await warm_up(0)
+        query = tool_query(client) if via == "tool" else gateway_query(gateway)
+        return await execute(plan, query, on_record)
+
+
+def lifespan_gateway(server: Any) -> Any:
+    """The Gateway of a server whose lifespan is running (inside ``async with Client(server)``).
+
+    ``build_server``'s lifespan yields ``{"gateway": ...}``; fastmcp keeps what a lifespan
+    yields on the server, where tools read it as ``ctx.lifespan_context``.
+    """
+    context = getattr(server, "_lifespan_result", None)
+    if not isinstance(context, dict) or "gateway" not in context:
+        raise RuntimeError("the server's lifespan is not running (no gateway in its context)")
+    return context["gateway"]
+
+
+class ProgressView:
+    """A rich progress bar on stderr (queries done, rate, elapsed) over a line of running totals:
+    cache hits and tokens so far, and no invented cost."""
+
+    def __init__(self, state: RunState, *, enabled: bool = True) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        class TwoLines(Progress):
+            totals = ""
+
+            def get_renderables(self) -> Any:
+                yield self.make_tasks_table(self.tasks)
+                yield Text(self.totals, no_wrap=True, overflow="ellipsis")
+
+        self.state = state
+        self.progress = TwoLines(
+            TextColumn("eval"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            # Not a terminal (a log, CI): the final state only, wide enough for every column.
+            console=Console(stderr=True, width=None if sys.stderr.isatty() else 120),
+            disable=not enabled,
+            refresh_per_second=10,
+        )
+        self.task = self.progress.add_task("eval", total=state.total, completed=state.done, rate="")
+        self._shown_at = 0.0
+        self.update(state, force=True)
+
+    def update(self, state: RunState, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._shown_at < _REFRESH_S and state.done < state.total:
+            return
+        self._shown_at = now
+        self.progress.totals = (
+            f"cache hits {state.cache_hits:,} · tokens {state.input_tokens:,} in / {state.output_tokens:,} out"
+            f" · cost: {COST_NOTE}"
+        )
+        self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
+
+    def __enter__(self) -> ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.update(self.state, force=True)
+        self.progress.stop()
+
+
+def print_summary(summary: EvalSummary) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"ai-gateway eval: {summary.strategy}, {summary.samples} sample(s) per row", box=box.SIMPLE)
+    table.add_column("model", no_wrap=True)
+    for name in ("answered", "errors", "cached", "tokens in/out", "saved in/out", "p50/p95 ms", "accuracy"):
+        table.add_column(name, justify="left" if name == "errors" else "right")
+    for m in summary.per_model:
+        table.add_row(
+            m.model,
+            str(m.answered),
+            ", ".join(f"{code} {n}" for code, n in m.errors.items()) or "-",
+            f"{m.cache_hits} {_pct(m.cache_hit_rate, 0)}",
+            f"{m.input_tokens:,}/{m.output_tokens:,}",
+            f"{m.saved_input_tokens:,}/{m.saved_output_tokens:,}",
+            f"{_ms(m.latency_p50_ms)}/{_ms(m.latency_p95_ms)}",
+            f"{_pct(m.accuracy)} {m.correct}/{m.graded}" if m.graded else "-",
+        )
+    console.print(table)
+    lines = [
+        f"{summary.answered} of {summary.queries} queries answered"
+        + (f", {summary.unanswered} with no answer" if summary.unanswered else "")
+        + (f", {summary.queries - summary.done} not run" if summary.done < summary.queries else "")
+        + f" ({summary.ran} run now, {summary.resumed} from an earlier run)",
+    ]
+    if summary.graded:
+        lines.append(f"accuracy: {_pct(summary.accuracy)} ({summary.correct} of {summary.graded} graded queries)")
+    lines.append(
+        f"tokens: {summary.input_tokens:,} in / {summary.output_tokens:,} out; saved by the cache: "
+        f"{summary.saved_input_tokens:,} in / {summary.saved_output_tokens:,} out"
+    )
+    rate = f", {summary.queries_per_s:,.0f} queries/s" if summary.queries_per_s else ""
+    lines.append(f"cost: {COST_NOTE}")
+    lines.append(f"time: {summary.elapsed_s:.2f}s{rate}")
+    lines.append(f"results: {summary.results_path}")
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"

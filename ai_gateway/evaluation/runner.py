@@ -1,0 +1,325 @@
+"""Running an evaluation: each (row, sample) is one query; N run at once; each is written as it finishes.
+
+Queries go through :meth:`Gateway.query` (validation, strategy, resilience,
+cache: the ``query_models`` code path without the MCP framing) or, for
+fidelity checks, through the ``query_models`` tool itself (:func:`tool_query`).
+The results file is opened in append mode and flushed after every line, so an
+interruption loses only the queries still in flight; a rerun skips the
+(id, sample) pairs already in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ai_gateway.errors import InvalidArgument
+from ai_gateway.evaluation.dataset import EvalInputError, ResultsFile, Row, read_results, row_key
+from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
+from ai_gateway.strategies import STRATEGIES
+from ai_gateway.strategies.voting import normalise
+
+CACHE_MODES = ("use", "refresh", "bypass", "only")
+QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class QueryFailed(Exception):
+    """The query itself failed (no per-model results): recorded as the row's ``error``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    models: tuple[str, ...]
+    strategy: str = "first_available"
+    samples: int = 1
+    concurrency: int = 4
+    cache: str = "use"
+    temperature: float | None = None
+    timeout_s: float | None = None
+
+    def sample_arg(self, index: int) -> int | None:
+        """The ``sample`` sent for sample ``index``: a pure function of the options, so a replay with the
+        same options sends the same arguments and finds the same cache entries. A single sample at
+        temperature 0 (or unset) is cacheable without an index and gets none."""
+        if self.samples > 1 or (self.temperature is not None and self.temperature > 0):
+            return index
+        return None
+
+    def check(self) -> None:
+        def bad(flag: str, message: str) -> EvalInputError:
+            return option_error(flag, message)
+
+        if not self.models:
+            raise bad("--models", "name at least one model as provider/model")
+        if self.strategy not in STRATEGIES:
+            raise bad("--strategy", f"must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if self.samples < 1:
+            raise bad("--samples", f"must be 1 or more; got {self.samples}")
+        if self.concurrency < 1:
+            raise bad("--concurrency", f"must be 1 or more; got {self.concurrency}")
+        if self.cache not in CACHE_MODES:
+            raise bad("--cache", f"must be one of {', '.join(CACHE_MODES)}; got {self.cache!r}")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise bad("--temperature", f"must lie between 0 and 2; got {self.temperature:g}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise bad("--timeout", f"must be a positive number of seconds; got {self.timeout_s:g}")
+
+
+def option_error(flag: str, message: str) -> EvalInputError:
+    return EvalInputError(f"{flag}: {message}", flag.removeprefix("--"), message)
+
+
+def check_models(gateway: Any, config: EvalConfig) -> None:
+    """Resolve the models once, before any query: an unknown model is bad input, not 2,000 failed rows."""
+    try:
+        gateway.resolve(config.models)
+    except InvalidArgument as exc:
+        raise option_error("--models", exc.message) from None
+
+
+@dataclass(slots=True)
+class RunState:
+    """Live counters, read by progress displays (and by the CLI after an interruption)."""
+
+    total: int
+    done: int
+    ran: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.ran += 1
+        for r in record["results"]:
+            usage = r.get("usage")
+            if r.get("cached"):
+                self.cache_hits += 1
+            elif usage:
+                self.input_tokens += usage.get("input_tokens") or 0
+                self.output_tokens += usage.get("output_tokens") or 0
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.ran / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """A checked dataset, its results file and what is left to run: built before any provider call."""
+
+    dataset: Path
+    out: Path
+    rows: list[Row]
+    config: EvalConfig
+    existing: ResultsFile
+    pending: list[tuple[Row, int]]
+    state: RunState
+
+
+def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -> Plan:
+    """Check the options and the results file; find the (row, sample) pairs still to run."""
+    config.check()
+    if not out.parent.is_dir():
+        raise option_error("--out", f"directory {str(out.parent)!r} does not exist")
+    if out.resolve() == dataset.resolve():
+        raise option_error("--out", "must not be the dataset itself")
+    existing = read_results(out)
+    pending: list[tuple[Row, int]] = []
+    for row in rows:
+        for sample in range(config.samples):
+            record = existing.records.get(row_key(row.id, sample))
+            if record is None:
+                pending.append((row, sample))
+            else:
+                _check_compatible(out, record, config)
+    queries = len(rows) * config.samples
+    return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))
+
+
+def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> None:
+    """Resuming must not mix the answers of two different setups in one file."""
+    models = [r.get("model") for r in record.get("results") or []]
+    if record.get("strategy") != config.strategy or (models and models != list(config.models)):
+        raise option_error(
+            "--out",
+            f"{out} already holds results of another setup (id {json.dumps(record.get('id'))}: "
+            f"strategy {record.get('strategy')}, models {','.join(map(str, models))}); "
+            "rerun with the same --models and --strategy to resume, or choose another --out",
+        )
+
+
+def query_arguments(row: Row, sample: int, config: EvalConfig) -> dict[str, Any]:
+    """The query_models arguments for one (row, sample); identical on every run with the same options."""
+    args: dict[str, Any] = {"prompt": row.prompt} if row.prompt is not None else {"messages": list(row.messages or ())}
+    args["models"] = list(config.models)
+    args["strategy"] = config.strategy
+    args["cache"] = config.cache
+    for name, value in (
+        ("sample", config.sample_arg(sample)),
+        ("temperature", config.temperature),
+        ("timeout_s", config.timeout_s),
+    ):
+        if value is not None:
+            args[name] = value
+    return args
+
+
+def gateway_query(gateway: Any) -> QueryFn:
+    """Queries through ``Gateway.query`` (the gateway of a running server's lifespan)."""
+    from ai_gateway.schemas import ChatMessage
+
+    async def query(args: dict[str, Any]) -> dict[str, Any]:
+        if "messages" in args:
+            args = {**args, "messages": [ChatMessage(**m) for m in args["messages"]]}
+        try:
+            result = await gateway.query(**args)
+        except InvalidArgument as exc:
+            raise QueryFailed("invalid_argument", exc.message) from None
+        return result.model_dump(mode="json")
+
+    return query
+
+
+def tool_query(client: Any) -> QueryFn:
+    """Queries through the ``query_models`` tool of a connected fastmcp Client (every MCP layer included)."""
+
+    async def query(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await client.call_tool_mcp("query_models", args)
+        except Exception as exc:  # the MCP layer failed (e.g. a timeout): this query has no result
+            raise QueryFailed("tool_error", f"{type(exc).__name__}: {exc}") from None
+        if result.structured_content:  # also when no model answered: every outcome is still there
+            return result.structured_content
+        text = " ".join(getattr(block, "text", "") for block in result.content)
+        raise QueryFailed("invalid_argument" if text.startswith("invalid argument") else "tool_error", text)
+
+    return query
+
+
+def make_record(row: Row, sample: int, config: EvalConfig, result: dict[str, Any] | None,
+                failure: QueryFailed | None = None) -> dict[str, Any]:  # fmt: skip
+    """One line of the results file."""
+    record: dict[str, Any] = {"id": row.id, "sample": sample}
+    if row.prompt is not None:
+        record["prompt"] = row.prompt
+    else:
+        record["messages"] = list(row.messages or ())
+    record["expected"] = row.expected
+    record["strategy"] = config.strategy
+    answer = result["answer"] if result is not None else None
+    record["answer"] = answer
+    record["model"] = result["model"] if result is not None else None
+    if row.expected is None:
+        record["correct"] = None
+    else:
+        record["correct"] = answer is not None and normalise(answer) == expected_form(row.expected)
+    record["results"] = [_model_result(r) for r in result["results"]] if result is not None else []
+    if result is not None and result.get("consensus"):
+        c = result["consensus"]
+        record["consensus"] = {"reached": c["reached"], "agreement": c["agreement"], "votes": c["votes"]}
+    if failure is not None:
+        record["error"] = {"code": failure.code, "message": failure.message}
+    return record
+
+
+def _model_result(r: dict[str, Any]) -> dict[str, Any]:
+    usage = r.get("usage")
+    error = r.get("error")
+    return {
+        "model": r["model"],
+        "status": r["status"],
+        "text": r.get("text"),
+        "latency_ms": r.get("latency_ms"),
+        "usage": {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]} if usage else None,
+        "cached": r.get("cached", False),
+        "attempts": r.get("attempts", 0),
+        "error": error["code"] if error else None,
+    }
+
+
+async def execute(
+    plan: Plan, query: QueryFn, on_record: Callable[[RunState], Awaitable[None] | None] | None = None
+) -> EvalSummary:
+    """Run the pending queries, ``plan.config.concurrency`` at a time, appending each line as it finishes.
+
+    Cancellation (Ctrl-C, a cancelled tool call) stops scheduling, cancels the queries in
+    flight and re-raises; every line written so far stays in the file.
+    """
+    config, state = plan.config, plan.state
+    state.started = time.perf_counter()
+    new: dict[tuple[str, int], dict[str, Any]] = {}
+    if plan.existing.truncated_tail:  # an interrupted write: drop the partial line, its query runs again
+        os.truncate(plan.out, plan.existing.keep_bytes)
+    todo = iter(plan.pending)
+
+    with plan.out.open("a", encoding="utf-8") as out:
+
+        async def worker() -> None:
+            for row, sample in todo:  # shared: each pair is taken by exactly one worker
+                try:
+                    result, failure = await query(query_arguments(row, sample, config)), None
+                except QueryFailed as exc:
+                    result, failure = None, exc
+                record = make_record(row, sample, config, result, failure)
+                out.write(_dumps(record) + "\n")
+                out.flush()
+                new[row_key(row.id, sample)] = record
+                state.add(record)
+                if on_record is not None:
+                    pending = on_record(state)
+                    if inspect.isawaitable(pending):
+                        await pending
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(config.concurrency, len(plan.pending)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+    return summary_of(plan, new, time.perf_counter() - state.started)
+
+
+def summary_of(plan: Plan, new: dict[tuple[str, int], dict[str, Any]], elapsed_s: float) -> EvalSummary:
+    config = plan.config
+    expected: dict[tuple[str, int], str | None] = {}
+    pairs = []
+    for row in plan.rows:
+        for sample in range(config.samples):
+            key = row_key(row.id, sample)
+            expected[key] = row.expected
+            record = new.get(key) or plan.existing.records.get(key)
+            if record is not None:
+                pairs.append((key, record))
+    return summarise(
+        pairs,
+        expected,
+        models=config.models,
+        dataset=str(plan.dataset),
+        results_path=str(plan.out),
+        strategy=config.strategy,
+        samples=config.samples,
+        cache=config.cache,
+        rows=len(plan.rows),
+        queries=len(plan.rows) * config.samples,
+        resumed=plan.state.total - len(plan.pending),
+        ran=len(new),
+        elapsed_s=round(elapsed_s, 3),
+    )

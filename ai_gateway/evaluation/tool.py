@@ -1,0 +1,49 @@
+"""The ``run_eval`` MCP tool: the runner on the server's own gateway, reporting progress per query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastmcp.exceptions import ToolError
+
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
+from ai_gateway.evaluation.runner import EvalConfig, Plan, RunState, check_models, execute, gateway_query, prepare
+from ai_gateway.evaluation.summary import EvalSummary
+
+_FIELDS = {"dataset": "path", "timeout": "timeout_s"}  # CLI option -> run_eval argument
+
+
+def default_out(dataset: Path) -> Path:
+    """``data.jsonl`` -> ``data.results.jsonl``, next to the dataset."""
+    return dataset.with_name(f"{dataset.stem}.results.jsonl")
+
+
+async def run_eval_tool(gateway: Any, ctx: Any, *, path: str, out: str | None, **options: Any) -> EvalSummary:
+    """Check everything (paths relative to the server's working directory), then run and summarise."""
+    plan = plan_eval(gateway, path, out, options)
+
+    async def report(state: RunState) -> None:
+        await ctx.report_progress(
+            state.done, state.total, f"{state.done}/{state.total} queries, cache hits {state.cache_hits}"
+        )
+
+    return await execute(plan, gateway_query(gateway), report)
+
+
+def plan_eval(gateway: Any, path: str, out: str | None, options: dict[str, Any]) -> Plan:
+    """The checked plan, or a ToolError naming the argument at fault. Nothing is called yet."""
+    dataset = Path(path).expanduser()
+    if not dataset.is_file():
+        raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {Path.cwd()})")
+    out_path = Path(out).expanduser() if out else default_out(dataset)
+    if not out_path.parent.is_dir():
+        raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist")
+    try:
+        config = EvalConfig(models=tuple(options.pop("models")), **options)
+        plan = prepare(dataset, load_dataset(dataset), config, out_path)
+        check_models(gateway, config)
+    except EvalInputError as exc:
+        field = _FIELDS.get(exc.option, exc.option)
+        raise ToolError(f"invalid argument {field}: {exc.detail}") from None
+    return plan

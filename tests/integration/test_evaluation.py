@@ -1,0 +1,436 @@
+"""``ai-gateway eval`` and the ``run_eval`` tool against the fake provider.
+
+Most runs are in-process (the runner on the gateway of a server whose lifespan is
+running); the CLI runs as a subprocess where the process boundary is the point:
+Ctrl-C, and an offline replay from a shared (Redis) cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastmcp import Client, FastMCP
+from fastmcp.exceptions import ToolError
+
+from ai_gateway.cli import build_parser
+from ai_gateway.evaluation.console import lifespan_gateway, run_cli
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
+from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
+from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.server import build_server
+from ai_gateway.settings import Settings
+from tests.fake_provider import Scenario
+from tests.integration.conftest import CLI, GatedFake, provider_env, stop_process, subprocess_env
+from tests.integration.conftest import run_cli as run_cli_process
+from tests.redis_harness import RedisTarget
+
+A, B = "openai/ev-a", "anthropic/ev-b"
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any] | str]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def dataset_rows(n: int = 10) -> list[dict[str, Any]]:
+    """The fake echoes the prompt: rows 1-6 expect the echo (right), 7-8 something else (wrong), 9-10 nothing."""
+    rows: list[dict[str, Any]] = []
+    for i in range(1, n + 1):
+        row: dict[str, Any] = {"id": f"q{i}", "prompt": f"question number {i}"}
+        if i <= 6:
+            row["expected"] = f"Question number {i}."  # normalisation: case and punctuation do not count
+        elif i <= 8:
+            row["expected"] = "something else"
+        rows.append(row)
+    return rows
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def by_key(records: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+    out = {(json.dumps(r["id"]), r["sample"]): (r["answer"], r["model"], r["correct"]) for r in records}
+    assert len(out) == len(records), "duplicate (id, sample) lines"
+    return out
+
+
+async def evaluate(gateway: Any, dataset: Path, out: Path, models: Sequence[str], query: Any = None,
+                   **options: Any) -> EvalSummary:  # fmt: skip
+    """What ``ai-gateway eval`` does, on a gateway whose server is running."""
+    config = EvalConfig(models=tuple(models), **options)
+    plan = prepare(dataset, load_dataset(dataset), config, out)
+    check_models(gateway, config)
+    return await execute(plan, query or gateway_query(gateway))
+
+
+@pytest.fixture
+async def running(make_server: Callable[..., FastMCP]) -> AsyncIterator[tuple[Client, Any]]:
+    """A connected in-memory client and the gateway of its server's lifespan."""
+    server = make_server()
+    async with Client(server) as client:
+        yield client, lifespan_gateway(server)
+
+
+class PromptGatedFake(GatedFake):
+    """Requests whose prompt starts with "slow" wait (connected) until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.held = 0
+
+    async def _answer(self, request: Any, dialect: str, model: str, body: Any, call: Any) -> Any:
+        if body["messages"][-1]["content"].startswith("slow") and not self.gate.is_set():
+            self.held += 1
+            self._notify()
+            await self.gate.wait()
+        return await super()._answer(request, dialect, model, body, call)
+
+
+class NumberingFake(GatedFake):
+    """Every request gets a different answer ("answer 1", "answer 2", ...), like sampling would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    async def _answer(self, request: Any, dialect: str, model: str, body: Any, call: Any) -> Any:
+        self.n += 1
+        self._scenarios[model] = Scenario(text=f"answer {self.n}")  # read before the fake's first await
+        return await super()._answer(request, dialect, model, body, call)
+
+
+def slow_rows() -> list[dict[str, Any]]:
+    return [{"prompt": f"fast {i}"} for i in range(1, 7)] + [{"prompt": f"slow {i}"} for i in range(7, 11)]
+
+
+# ---------------------------------------------------------------------------- a run, its file and summary
+async def test_dataset_runs_and_the_summary_counts_it(running: tuple[Client, Any], fake: GatedFake,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows())
+    out = tmp_path / "out.jsonl"
+    summary = await evaluate(gateway, dataset, out, [A, B], strategy="consensus", concurrency=3)
+
+    records = read_records(out)
+    assert sorted(r["id"] for r in records) == sorted(f"q{i}" for i in range(1, 11))
+    assert len(by_key(records)) == 10 and {r["sample"] for r in records} == {0}
+    q1 = next(r for r in records if r["id"] == "q1")
+    assert q1["prompt"] == "question number 1" and q1["strategy"] == "consensus"
+    assert (q1["answer"], q1["model"], q1["correct"]) == ("question number 1", A, True)
+    assert [(m["model"], m["status"], m["text"], m["cached"], m["attempts"], m["error"]) for m in q1["results"]] == [
+        (A, "ok", "question number 1", False, 1, None),
+        (B, "ok", "question number 1", False, 1, None),
+    ]
+    assert q1["results"][0]["usage"] == {"input_tokens": 3, "output_tokens": 3}  # the fake counts words
+    assert {r["id"]: r["correct"] for r in records if r["id"] in ("q7", "q9")} == {"q7": False, "q9": None}
+
+    assert (summary.rows, summary.queries, summary.done, summary.answered, summary.unanswered) == (10, 10, 10, 10, 0)
+    assert (summary.ran, summary.resumed) == (10, 0)
+    assert (summary.graded, summary.correct, summary.accuracy) == (8, 6, 0.75)
+    assert summary.results_path == str(out) and summary.cost_usd is None
+    assert [m.model for m in summary.per_model] == [A, B]
+    for m in summary.per_model:
+        assert (m.answered, m.errors, m.cache_hits, m.cache_hit_rate) == (10, {}, 0, 0.0)
+        assert (m.input_tokens, m.output_tokens) == (30, 30)  # 3 words in, 3 echoed, per row
+        assert (m.graded, m.correct, m.accuracy) == (8, 6, 0.75)
+        assert m.latency_p50_ms is not None and m.latency_p95_ms is not None
+        assert m.latency_p50_ms <= m.latency_p95_ms
+    assert fake.count("ev-a") == fake.count("ev-b") == 10
+
+
+async def test_errors_and_cache_hits_are_counted_per_model(running: tuple[Client, Any], fake: GatedFake,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    _, gateway = running
+    fake.set("ev-down", Scenario.error("auth"))
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(4))
+    first = await evaluate(gateway, dataset, tmp_path / "one.jsonl", ["openai/ev-down", B])
+    await gateway.cache.flush()
+    second = await evaluate(gateway, dataset, tmp_path / "two.jsonl", ["openai/ev-down", B])
+
+    down, up = first.per_model
+    assert (down.answered, down.errors, up.answered, up.cache_hits) == (0, {"auth": 4}, 4, 0)
+    assert first.answered == 4  # first_available fell over to ev-b for every row
+    down, up = second.per_model
+    assert (down.errors, up.cache_hits, up.cache_hit_rate) == ({"auth": 4}, 4, 1.0)
+    assert (up.input_tokens, up.output_tokens, up.saved_input_tokens, up.saved_output_tokens) == (0, 0, 12, 12)
+    assert fake.count("ev-b") == 4  # the second run's answers all came from the cache
+
+
+async def test_the_tool_path_gives_the_same_records(running: tuple[Client, Any], fake: GatedFake,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    client, gateway = running
+    dataset = write_jsonl(
+        tmp_path / "data.jsonl", [*dataset_rows(4), {"messages": [{"role": "user", "content": "hi"}]}]
+    )
+    options: dict[str, Any] = {"strategy": "consensus", "cache": "bypass"}
+    direct = await evaluate(gateway, dataset, tmp_path / "gateway.jsonl", [A, B], **options)
+    via_tool = await evaluate(gateway, dataset, tmp_path / "tool.jsonl", [A, B], tool_query(client), **options)
+
+    assert by_key(read_records(tmp_path / "gateway.jsonl")) == by_key(read_records(tmp_path / "tool.jsonl"))
+    assert direct.model_dump(include={"answered", "correct", "input_tokens"}) == via_tool.model_dump(
+        include={"answered", "correct", "input_tokens"}
+    )
+    assert fake.count() == 20  # bypass: both runs reached the provider
+
+
+# ---------------------------------------------------------------------------- interruption and resume
+async def test_interrupted_run_keeps_finished_rows_and_resume_runs_only_the_rest(tmp_path: Path) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", slow_rows())
+    out = tmp_path / "out.jsonl"
+    async with PromptGatedFake() as fake:
+        server = build_server(Settings(_env_file=None), provider_env(fake.url))
+        async with Client(server):
+            gateway = lifespan_gateway(server)
+            options: dict[str, Any] = {"concurrency": 2, "cache": "bypass"}  # every query reaches the fake
+            run = asyncio.create_task(evaluate(gateway, dataset, out, [A], **options))
+            # Workers take rows in order and write each before taking the next: once two "slow" rows
+            # are held at the fake, rows 1-6 are all in the file.
+            await fake.wait_until(lambda: fake.held == 2, "two slow rows held")
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            assert [r["id"] for r in read_records(out)] == [1, 2, 3, 4, 5, 6]  # default ids: line numbers
+
+            # Simulate a write cut off mid-line: row 6's line loses its end (and its newline).
+            text = out.read_text()
+            out.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+            fake.gate.set()
+            before = fake.count()
+            summary = await evaluate(gateway, dataset, out, [A], **options)
+
+            assert fake.count() - before == 5  # rows 6-10: the cut line is run again, nothing else
+            records = read_records(out)  # every line parses: the partial one was dropped, not kept
+            assert sorted(r["id"] for r in records) == list(range(1, 11))
+            assert len(by_key(records)) == 10
+            assert (summary.resumed, summary.ran, summary.done, summary.answered) == (5, 5, 10, 10)
+
+            again = await evaluate(gateway, dataset, out, [A], **options)
+            assert (again.ran, again.resumed, fake.count() - before) == (0, 10, 5)
+
+
+async def test_resuming_with_another_setup_is_refused(running: tuple[Client, Any], tmp_path: Path) -> None:
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A, B])
+    with pytest.raises(EvalInputError, match="already holds results of another setup") as info:
+        await evaluate(gateway, dataset, out, [A, B], strategy="consensus")
+    assert info.value.option == "out"
+    write_jsonl(out, ["not json at all"])
+    with pytest.raises(EvalInputError, match="line 1: not valid JSON"):
+        await evaluate(gateway, dataset, out, [A, B])
+
+
+# ---------------------------------------------------------------------------- replay and samples
+async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows())
+    first = await evaluate(gateway, dataset, tmp_path / "run.jsonl", [A, B], strategy="consensus", concurrency=4)
+    await gateway.cache.flush()
+    calls = fake.count()
+    await fake.stop()
+
+    replay = await evaluate(gateway, dataset, tmp_path / "replay.jsonl", [A, B], strategy="consensus",
+                            cache="only", concurrency=4)  # fmt: skip
+    records = read_records(tmp_path / "replay.jsonl")
+    assert by_key(records) == by_key(read_records(tmp_path / "run.jsonl"))
+    assert all(m["cached"] and m["status"] == "ok" for r in records for m in r["results"])
+    assert fake.count() == calls == 20
+    assert (replay.answered, replay.accuracy, replay.cache_hits) == (10, first.accuracy, 20)
+    assert (replay.input_tokens, replay.saved_input_tokens) == (0, first.input_tokens)
+
+
+async def test_cache_only_reports_misses_as_errors(running: tuple[Client, Any], fake: GatedFake,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(3))
+    summary = await evaluate(gateway, dataset, tmp_path / "out.jsonl", [A, B], cache="only")
+    assert (summary.answered, summary.unanswered) == (0, 3)
+    assert [m.errors for m in summary.per_model] == [{"cache_miss": 3}, {"cache_miss": 3}]
+    assert fake.count() == 0
+
+
+async def test_samples_are_distinct_cache_entries_and_replay_exactly(tmp_path: Path) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(4))
+    async with NumberingFake() as fake:
+        server = build_server(Settings(_env_file=None), provider_env(fake.url))
+        async with Client(server):
+            gateway = lifespan_gateway(server)
+            options: dict[str, Any] = {"samples": 3, "temperature": 0.7, "concurrency": 4}
+            first = await evaluate(gateway, dataset, tmp_path / "run.jsonl", [A], **options)
+            await gateway.cache.flush()
+            assert fake.count() == 12 and len(gateway.cache.backend) == 12  # 4 rows x 3 samples
+            records = read_records(tmp_path / "run.jsonl")
+            assert len({r["answer"] for r in records}) == 12  # every sample its own answer
+            assert sorted((r["id"], r["sample"]) for r in records) == sorted(
+                (f"q{i}", s) for i in range(1, 5) for s in range(3)
+            )
+
+            replay = await evaluate(gateway, dataset, tmp_path / "replay.jsonl", [A], cache="only", **options)
+            assert by_key(read_records(tmp_path / "replay.jsonl")) == by_key(records)
+            assert (fake.count(), replay.cache_hits, first.queries) == (12, 12, 12)
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ('["a list"]', "line 2: expected a JSON object, got list"),
+        ('{"id": 5}', "line 2: field 'prompt' (a string) or 'messages'"),
+        ('{"prompt": "  "}', "line 2: field 'prompt' must be a non-empty string"),
+        ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "line 2: field 'prompt': give"),
+        ('{"messages": [{"role": "robot", "content": "b"}]}', "line 2: field 'messages[0].role' must be one of"),
+        ('{"messages": [{"role": "system", "content": "b"}]}', "line 2: field 'messages' must contain"),
+        ('{"prompt": "a", "expected": 4}', "line 2: field 'expected' must be a string"),
+        ('{"prompt": "a", "id": true}', "line 2: field 'id' must be"),
+        ('{"prompt": "a", "id": 1}', "line 2: field 'id': 1 repeats the id of line 1"),
+    ],
+)
+def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "fine"}', line, '{"prompt": "also fine"}'])
+    with pytest.raises(EvalInputError) as info:
+        load_dataset(dataset)
+    assert message in str(info.value) and str(dataset) in str(info.value)
+
+
+def cli_args(*argv: str) -> Any:
+    return build_parser().parse_args(["eval", *argv, "--no-progress"])
+
+
+def offline_setup(args: Any) -> tuple[Settings, dict[str, str]]:
+    return Settings(_env_file=None), {}
+
+
+def test_cli_bad_line_exits_2_before_any_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "fine"}', "", '{"messages": [{"role": "user"}]}'])
+    built: list[Any] = []
+    code = run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(tmp_path / "o.jsonl")),
+                   offline_setup, lambda *a: built.append(a))  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "line 3: field 'messages[0].content' must be a non-empty string" in err
+    assert built == [] and not (tmp_path / "o.jsonl").exists()  # no server was even built
+
+
+def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Offline through the mock provider: 0 when every row is answered, 1 when one is not, 2 for a bad model."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "2+2?", "expected": "4"}, {"prompt": "hi"}])
+
+    def run(models: str, out: str, *extra: str) -> int:
+        return run_cli(cli_args(str(dataset), "--models", models, "--out", str(tmp_path / out), *extra),
+                       offline_setup, build_server)  # fmt: skip
+
+    assert run("mock/fixed:4", "ok.jsonl") == 0
+    printed = capsys.readouterr().out
+    assert "mock/fixed:4" in printed and "accuracy: 100.0% (1 of 1 graded queries)" in printed
+    assert f"results: {tmp_path / 'ok.jsonl'}" in printed and "cost: n/a (no price table)" in printed
+    assert run("mock/fail:auth", "fail.jsonl", "--json-summary") == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["answered"], summary["unanswered"], summary["per_model"][0]["errors"]) == (0, 2, {"auth": 2})
+    assert run("nope/model", "bad.jsonl") == 2
+    assert "--models: models[0]: 'nope/model'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the run_eval tool
+async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # paths are relative to the server's working directory
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows())
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async with Client(make_server(), progress_handler=on_progress) as client:
+        result = await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A, B], "concurrency": 3})
+
+    assert [p[:2] for p in progress] == [(float(i), 10.0) for i in range(1, 11)]
+    assert progress[-1][2] == "10/10 queries, cache hits 0"
+    summary = result.structured_content
+    assert (summary["rows"], summary["answered"], summary["accuracy"]) == (10, 10, 0.75)
+    assert summary["results_path"] == "data.results.jsonl"
+    assert len(read_records(tmp_path / "data.results.jsonl")) == 10
+    assert [m["model"] for m in summary["per_model"]] == [A, B]
+
+
+async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any], tmp_path: Path) -> None:
+    client, _ = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "ok"}', '{"prompt": 7}'])
+    cases = [
+        ({"path": str(tmp_path / "missing.jsonl")}, "invalid argument path: "),
+        ({"path": str(dataset), "out": str(tmp_path / "no" / "out.jsonl")}, "invalid argument out: directory"),
+        ({"path": str(dataset)}, "invalid argument path: " + f"{dataset} line 2: field 'prompt'"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ToolError, match="^" + message.replace("(", r"\(")):
+            await client.call_tool("run_eval", {"models": [A], **arguments})
+    write_jsonl(dataset, ['{"prompt": "ok"}'])
+    with pytest.raises(ToolError, match=r"^invalid argument models: models\[0\]"):
+        await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
+
+
+# ---------------------------------------------------------------------------- the CLI as a process
+async def test_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", slow_rows())
+    argv = ["eval", "data.jsonl", "--models", A, "--concurrency", "2", "--cache", "bypass", "--out", "out.jsonl"]
+    async with PromptGatedFake() as fake:
+        env = subprocess_env(fake.url)
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, *argv, env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await fake.wait_until(lambda: fake.held == 2, "two slow rows held", timeout=30)
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+        finally:
+            await stop_process(proc)
+        assert proc.returncode == 130, err.decode()
+        assert "interrupted; 6 of 10 queries done and kept in out.jsonl" in err.decode()
+        assert "Traceback" not in err.decode()
+        assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+        fake.gate.set()
+        before = fake.count()
+        code, out, err2 = await run_cli_process(*argv, "--json-summary", env=env, cwd=tmp_path)
+        assert code == 0, err2
+        assert fake.count() - before == 4
+        summary = json.loads(out)
+        assert (summary["resumed"], summary["ran"], summary["done"], summary["answered"]) == (6, 4, 10, 10)
+        records = read_records(tmp_path / "out.jsonl")
+        assert sorted(r["id"] for r in records) == list(range(1, 11)) and len(by_key(records)) == 10
+
+
+async def test_cli_replays_offline_from_a_shared_cache(fake: GatedFake, redis_target: RedisTarget,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The embedded cache dies with its process: a replay by another process needs Redis."""
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows())
+    env = subprocess_env(
+        fake.url, AI_GATEWAY_REDIS_URL=redis_target.url, AI_GATEWAY_CACHE_NAMESPACE=redis_target.namespace
+    )
+    argv = ["eval", "data.jsonl", "--models", f"{A},{B}", "--strategy", "consensus", "--json-summary"]
+    code, out, err = await run_cli_process(*argv, "--out", "run.jsonl", env=env, cwd=tmp_path)
+    assert code == 0, err
+    first = json.loads(out)
+    calls = fake.count()
+    assert len([k for k in redis_target.stored_keys() if k.count(b":") == 2]) == 20  # 10 rows x 2 models
+    await fake.stop()  # a replay must not need the provider at all
+
+    code, out, err = await run_cli_process(*argv, "--cache", "only", "--out", "replay.jsonl", env=env, cwd=tmp_path)
+    assert code == 0, err
+    replay = json.loads(out)
+    assert by_key(read_records(tmp_path / "replay.jsonl")) == by_key(read_records(tmp_path / "run.jsonl"))
+    assert fake.count() == calls == 20
+    assert (replay["cache_hits"], replay["input_tokens"], replay["accuracy"]) == (20, 0, first["accuracy"])
+    assert replay["saved_input_tokens"] == first["input_tokens"] > 0
