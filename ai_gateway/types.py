@@ -44,6 +44,21 @@ class ChatRequest:
         """The user and assistant messages, without system messages."""
         return tuple(m for m in self.messages if m.role != "system")
 
+    def alternating_turns(self, assistant_role: str = "assistant") -> list[tuple[str, str]]:
+        """The conversation with runs of same-role messages merged into one turn.
+
+        For APIs that reject two user (or two assistant) turns in a row; assistant
+        turns are named ``assistant_role`` (Gemini calls them "model").
+        """
+        merged: list[tuple[str, str]] = []
+        for m in self.conversation():
+            role = assistant_role if m.role == "assistant" else m.role
+            if merged and merged[-1][0] == role:
+                merged[-1] = (role, f"{merged[-1][1]}\n\n{m.content}")
+            else:
+                merged.append((role, m.content))
+        return merged
+
     def with_system_first(self) -> tuple[Message, ...]:
         """The message list with the ``system`` parameter as a leading system message."""
         if not self.system:

@@ -20,7 +20,7 @@ from ai_gateway.errors import (
     UpstreamError,
     error_for_status,
 )
-from ai_gateway.types import ChatRequest, Completion, FinishReason, Message, Usage
+from ai_gateway.types import ChatRequest, Completion, FinishReason, Usage
 
 API_VERSION = "2023-06-01"
 
@@ -69,7 +69,7 @@ class AnthropicAdapter(Adapter):
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,
-            "messages": [{"role": role, "content": text} for role, text in _alternating(request.conversation())],
+            "messages": [{"role": role, "content": text} for role, text in request.alternating_turns()],
         }
         system = request.system_prompt()
         if system is not None:
@@ -110,16 +110,6 @@ class AnthropicAdapter(Adapter):
             return error_for_status(status, message)
         return cls(message, status=status)
 
-
-def _alternating(messages: tuple[Message, ...]) -> list[tuple[str, str]]:
-    """Merge runs of same-role messages: the API rejects two user (or assistant) turns in a row."""
-    merged: list[tuple[str, str]] = []
-    for m in messages:
-        if merged and merged[-1][0] == m.role:
-            merged[-1] = (m.role, f"{merged[-1][1]}\n\n{m.content}")
-        else:
-            merged.append((m.role, m.content))
-    return merged
 
 
 def _int(value: Any) -> int | None:

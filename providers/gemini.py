@@ -28,7 +28,7 @@ from ai_gateway.errors import (
     error_for_status,
     parse_retry_after,
 )
-from ai_gateway.types import ChatRequest, Completion, FinishReason, Message, Usage
+from ai_gateway.types import ChatRequest, Completion, FinishReason, Usage
 
 # https://ai.google.dev/api/generate-content#FinishReason
 FINISH_REASONS: dict[str, FinishReason] = {
@@ -78,7 +78,7 @@ class GeminiAdapter(Adapter):
             headers["x-goog-api-key"] = self.config.api_key.reveal()
 
         body: dict[str, Any] = {
-            "contents": [{"role": role, "parts": [{"text": text}]} for role, text in _turns(request.conversation())]
+            "contents": [{"role": role, "parts": [{"text": text}]} for role, text in request.alternating_turns("model")]
         }
         system = request.system_prompt()
         if system is not None:
@@ -145,17 +145,6 @@ class GeminiAdapter(Adapter):
             return error_for_status(status, message)
         return cls(message, status=status)
 
-
-def _turns(messages: tuple[Message, ...]) -> list[tuple[str, str]]:
-    """Gemini's roles ("model", not "assistant"), with same-role runs merged into one turn."""
-    merged: list[tuple[str, str]] = []
-    for m in messages:
-        role = "model" if m.role == "assistant" else "user"
-        if merged and merged[-1][0] == role:
-            merged[-1] = (role, f"{merged[-1][1]}\n\n{m.content}")
-        else:
-            merged.append((role, m.content))
-    return merged
 
 
 def _daily_quota(details: list[dict[str, Any]]) -> bool:
