@@ -38,6 +38,14 @@ class MemoryBackend:
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._items)))  # least recently used first
 
+    def entry(self, key: str) -> tuple[bytes, float] | None:
+        """The value and its seconds left to live, without counting as a use (for copying it elsewhere)."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        left = item[1] - self._clock()
+        return (item[0], left) if left > 0 else None
+
     async def delete(self, key: str) -> None:
         if key in self._items:
             self._drop(key)

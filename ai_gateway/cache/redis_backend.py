@@ -5,6 +5,17 @@ Every operation has a short timeout. After a failure Redis is skipped for
 instead; the outage is logged once, with the password redacted, and so is the
 recovery. Redis that is down at start-up does not stop the gateway: the client
 connects lazily.
+
+Two things keep a short outage (or a hiccup that only looked like one) from
+costing money later:
+
+- A timeout that fired late, because this process's event loop was held up (a
+  blocking import, a burst of CPU work), says nothing about Redis: that one
+  operation is served by the embedded cache, but Redis is not tripped.
+- Answers stored while Redis was skipped or failing are kept in the embedded
+  cache *and remembered*; once Redis answers again (or at shutdown, if it
+  answers then) they are copied to it, so other processes, and the replay of a
+  batch run, find them instead of paying for them again.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +32,12 @@ from ai_gateway.cache.memory import MemoryBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A timeout that fired this much later than asked means the event loop, not Redis, was stuck.
+STALL_FACTOR = 1.5
+RESYNC_BATCH = 128  # most entries per pipelined round trip when copying local answers to Redis
+RESYNC_BATCH_BYTES = 1 << 20  # and most bytes, so one round trip fits in an operation timeout
+RESYNC_AT_CLOSE_S = 2.0  # the most shutdown waits for that copy
 
 # One round trip for a lookup: the answer if there is one, else try to take the lease.
 _LOOKUP = """
@@ -60,6 +78,7 @@ class RedisBackend:
         op_timeout_s: float = 0.1,
         cooldown_s: float = 5.0,
         max_connections: int = 64,
+        max_unsynced: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import redis.asyncio as aioredis
@@ -88,6 +107,16 @@ class RedisBackend:
         self._settle = self.client.register_script(_SETTLE)
         self._down_until = 0.0
         self.failures = 0
+        self.stalls = 0  # timeouts blamed on this process's own stalled loop, not on Redis
+        # Keys stored only in the embedded cache while Redis was skipped or failing (oldest first).
+        self._unsynced: OrderedDict[str, None] = OrderedDict()
+        self.max_unsynced = max_unsynced
+        self._resync_task: asyncio.Task[None] | None = None
+
+    @property
+    def unsynced(self) -> int:
+        """Answers held only in this process, waiting for Redis to come back."""
+        return len(self._unsynced)
 
     @property
     def healthy(self) -> bool:
@@ -101,14 +130,15 @@ class RedisBackend:
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         if not self.healthy:
-            await self.fallback.set(key, value, ttl_s)
+            await self._keep_local(key, value, ttl_s)
             return
         stored = await self._guard(self.client.set(key, value, px=max(1, int(ttl_s * 1000))))
         if stored is _FAILED:
-            await self.fallback.set(key, value, ttl_s)
+            await self._keep_local(key, value, ttl_s)
 
     async def delete(self, key: str) -> None:
         await self.fallback.delete(key)
+        self._unsynced.pop(key, None)
         if self.healthy:
             await self._guard(self.client.delete(key))
 
@@ -142,12 +172,12 @@ class RedisBackend:
         """Store the answer (or publish the error briefly) and release the lease if it is still ours."""
         if not self.healthy:
             if value is not None:
-                await self.fallback.set(key, value, ttl_s)
+                await self._keep_local(key, value, ttl_s)
             return
         args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
         if await self._guard(self._settle(keys=[key, lease_key, error_key], args=args)) is _FAILED:
             if value:
-                await self.fallback.set(key, value, ttl_s)
+                await self._keep_local(key, value, ttl_s)
             await self._release(lease_key, token)
 
     async def _release(self, lease_key: str, token: str) -> None:
@@ -172,16 +202,63 @@ class RedisBackend:
     async def _guard(self, operation: Awaitable[T]) -> T | object:
         from redis.exceptions import RedisError
 
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(self.op_timeout_s):
                 result = await operation
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            if loop.time() - started > STALL_FACTOR * self.op_timeout_s:
+                # The timer fired late: this loop was held up, and Redis may well have answered
+                # in time. Skip Redis for this one operation only.
+                self.stalls += 1
+                log.debug("redis operation timed out while the event loop was stalled; not counted")
+            else:
+                self._trip(exc)
+            return _FAILED
+        except (RedisError, OSError) as exc:
             self._trip(exc)
             return _FAILED
         if self.failures:
             log.warning("redis cache at %s is answering again; using it", self.url)
             self.failures = 0
+        if self._unsynced and self._resync_task is None:
+            self._resync_task = asyncio.create_task(self._resync(), name="cache-resync")
         return result
+
+    async def _keep_local(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store in the embedded cache, and remember to copy the answer to Redis when it answers."""
+        await self.fallback.set(key, value, ttl_s)
+        self._unsynced[key] = None
+        self._unsynced.move_to_end(key)
+        while len(self._unsynced) > self.max_unsynced:  # bounded: the oldest stay local only
+            self._unsynced.popitem(last=False)
+
+    async def _resync(self) -> None:
+        """Copy the answers kept locally to Redis, in pipelined batches, until done or Redis fails again.
+
+        ``NX``: an answer another process stored meanwhile is as good, and newer; keep it.
+        """
+        try:
+            while self._unsynced and self.healthy:
+                batch, size = [], 0
+                while self._unsynced and len(batch) < RESYNC_BATCH and size < RESYNC_BATCH_BYTES:
+                    key, _ = self._unsynced.popitem(last=False)
+                    if (entry := self.fallback.entry(key)) is not None:  # evicted or expired: nothing to copy
+                        batch.append((key, *entry))
+                        size += len(entry[0])
+                if not batch:
+                    continue
+                pipe = self.client.pipeline(transaction=False)
+                for key, value, left_s in batch:
+                    pipe.set(key, value, px=max(1, int(left_s * 1000)), nx=True)
+                if await self._guard(pipe.execute()) is _FAILED:
+                    for key, _, _ in batch:  # try again after the next recovery
+                        self._unsynced[key] = None
+                    return
+                log.debug("copied %d answers kept locally to redis", len(batch))
+        finally:
+            self._resync_task = None
 
     def _trip(self, exc: BaseException) -> None:
         if self.failures == 0:  # once per outage, not once per call
@@ -195,6 +272,23 @@ class RedisBackend:
         self._down_until = self._clock() + self.cooldown_s
 
     async def aclose(self) -> None:
+        """Copy what is still held locally (one try, even in a cooldown: a batch that ended during a
+        brief outage should still leave its answers in the shared cache), then close."""
+        try:
+            async with asyncio.timeout(RESYNC_AT_CLOSE_S):
+                if self._resync_task is not None:
+                    await self._resync_task
+                if self._unsynced:
+                    self._down_until = 0.0
+                    await self._resync()
+        except TimeoutError:
+            pass
+        if self._unsynced:  # the outage itself was logged when it began: this is its consequence
+            log.info(
+                "redis cache at %s did not take %d answer(s) at shutdown; they were kept in this process only",
+                self.url,
+                self.unsynced,
+            )
         try:
             await self.client.aclose()
         except Exception:  # closing a dead connection must not fail shutdown

@@ -10,12 +10,14 @@ import asyncio
 import json
 import logging
 import pickle
+import time
 from typing import Any
 
 import pytest
 import redis
 
 from ai_gateway.cache.key import cache_key
+from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.redis_backend import RedisBackend
 from ai_gateway.types import ChatRequest, Message
 from tests.cache.conftest import OpenGateway
@@ -221,3 +223,86 @@ async def test_a_foreign_peer_error_under_a_held_lease_does_not_fail_the_call(
         reply = await gw.ask(timeout_s=5)
 
     assert_ok(reply)
+
+
+# ---------------------------------------------------------------------------- a stalled loop is not a Redis failure
+async def test_a_timeout_caused_by_a_stalled_event_loop_does_not_trip_redis(hung_redis: HungRedis) -> None:
+    """The timer of a Redis operation fires late when the loop is blocked (an import, a burst of CPU);
+    the wait then says nothing about Redis, so the backend must not skip Redis for a cooldown."""
+    backend = RedisBackend(hung_redis.url, MemoryBackend(10, 1 << 20), op_timeout_s=0.1, cooldown_s=30)
+    try:
+        read = asyncio.create_task(backend.get("k"))
+        await until(lambda: hung_redis.accepted >= 1, "the read to reach the (hung) Redis")
+        time.sleep(0.3)  # noqa: ASYNC251  the stimulus: this loop is blocked past the operation's timeout
+        assert await read is None  # served by the (empty) fallback
+        assert (backend.stalls, backend.failures, backend.healthy) == (1, 0, True)
+
+        # The same hang with a responsive loop is a failure: Redis is skipped from then on.
+        assert await backend.get("k") is None
+        assert (backend.stalls, backend.failures, backend.healthy) == (1, 1, False)
+    finally:
+        await backend.aclose()
+
+
+# ---------------------------------------------------------------------------- answers kept locally reach Redis later
+async def test_answers_stored_during_an_outage_are_copied_to_redis_when_it_returns(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        during = [await gw.ask(prompt=f"Outage question {i}?") for i in range(3)]
+        await gw.settle()
+        assert backend.unsynced == 3 and not backend.healthy
+
+        await asyncio.to_thread(private_redis.start)  # empty again
+        await until(lambda: backend.healthy, "the cooldown to end")
+        after = await gw.ask(prompt="A question after the restart?")  # Redis answers: the copy starts
+        await until(lambda: len(answer_keys(target)) == 4, "the three answers kept locally to reach Redis")
+        assert backend.unsynced == 0
+
+    # Another gateway (nothing in its own memory) is served all three from Redis.
+    async with open_gateway(**target.settings()) as peer:
+        replayed = [await peer.ask(prompt=f"Outage question {i}?", cache="only") for i in range(3)]
+
+    assert_ok(*during, after, *replayed)
+    assert [r.answer for r in replayed] == [r.answer for r in during]
+    assert fake.count(VENDOR) == 4
+
+
+async def test_answers_kept_locally_are_copied_at_shutdown_even_in_a_cooldown(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """A batch that ends inside the cooldown after a short outage still leaves its answers in Redis."""
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        during = await gw.ask()
+        await gw.settle()
+        assert backend.unsynced == 1
+        await asyncio.to_thread(private_redis.start)
+        assert not backend.healthy  # still cooling down when the gateway shuts down
+    assert backend.unsynced == 0
+    assert len(answer_keys(target)) == 1
+
+    async with open_gateway(**target.settings()) as peer:
+        replayed = await peer.ask(cache="only")
+    assert_ok(during, replayed)
+    assert replayed.answer == during.answer and replayed.only["cached"] is True
+
+
+async def test_a_redis_still_down_at_shutdown_leaves_one_warning_and_a_note_of_what_stayed_local(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        private_redis.stop()
+        assert_ok(await gw.ask())
+        await gw.settle()
+    (warning,) = redis_warnings(caplog)  # the outage, once
+    notes = [r.getMessage() for r in caplog.records if r.name == REDIS_LOGGER and r.levelno == logging.INFO]
+    assert "failed" in warning.getMessage()
+    assert [n for n in notes if "did not take 1 answer(s)" in n and "kept in this process only" in n] == notes[-1:]
