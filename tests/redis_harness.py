@@ -209,3 +209,57 @@ class HungRedis:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         await self._server.wait_closed()
+
+
+class MuteFirstConnection:
+    """A proxy to a real Redis that swallows every reply on its first connection only.
+
+    To the gateway that connection looks hung while Redis itself (any other connection,
+    such as the backend's PING probe) answers normally: a one-off timeout, not an outage.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def url(self, db: int) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        mute = self.connections == 1
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, drop: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    if not drop:
+                        dst.write(data)
+                        await dst.drain()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer, False)),
+            asyncio.create_task(pipe(up_reader, writer, mute)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def __aenter__(self) -> MuteFirstConnection:
+        self._server = await asyncio.start_server(self._accept, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()

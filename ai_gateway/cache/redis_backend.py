@@ -9,13 +9,19 @@ connects lazily.
 Two things keep a short outage (or a hiccup that only looked like one) from
 costing money later:
 
-- A timeout that fired late, because this process's event loop was held up (a
-  blocking import, a burst of CPU work), says nothing about Redis: that one
-  operation is served by the embedded cache, but Redis is not tripped.
+- A timeout is a suspicion, not a verdict. The operation itself is served by
+  the embedded cache at once, but Redis is skipped only if a direct ``PING``,
+  given more patience, fails too: a process whose loop was held up (imports on
+  a warm-up thread, a burst of CPU work) sees a timeout although Redis is well.
+  A refused connection or an error Redis itself returned needs no such check.
 - Answers stored while Redis was skipped or failing are kept in the embedded
   cache *and remembered*; once Redis answers again (or at shutdown, if it
   answers then) they are copied to it, so other processes, and the replay of a
   batch run, find them instead of paying for them again.
+
+Lookups and settles issued in the same turn of the event loop (the models of
+one consensus call, the rows an evaluation runs at once) go to Redis as one
+pipeline: one round trip and one connection instead of one each.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,8 +40,7 @@ from ai_gateway.cache.memory import MemoryBackend
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A timeout that fired this much later than asked means the event loop, not Redis, was stuck.
-STALL_FACTOR = 1.5
+PROBE_TIMEOUT_FACTOR = 10  # the PING that checks a timed-out Redis waits this many operation timeouts (≥ 1 s)
 RESYNC_BATCH = 128  # most entries per pipelined round trip when copying local answers to Redis
 RESYNC_BATCH_BYTES = 1 << 20  # and most bytes, so one round trip fits in an operation timeout
 RESYNC_AT_CLOSE_S = 2.0  # the most shutdown waits for that copy
@@ -103,11 +109,25 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         self.client: Any = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
+        self.probe_timeout_s = max(1.0, PROBE_TIMEOUT_FACTOR * op_timeout_s)
+        # Its own connection, with the probe's patience; built on first use (the URL may hold a password:
+        # it lives in this closure only, never in an attribute a repr or a log could show).
+        self._probe_client = lambda: aioredis.Redis.from_url(
+            url,
+            socket_timeout=self.probe_timeout_s,
+            socket_connect_timeout=self.probe_timeout_s,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._probe: asyncio.Task[None] | None = None
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
+        self._queued: list[_ScriptCall] = []  # script calls waiting for this turn's pipeline
+        self._sending: set[asyncio.Task[None]] = set()
+        self.round_trips = 0  # lookups and settles sent (each pipeline counts once)
         self._down_until = 0.0
         self.failures = 0
-        self.stalls = 0  # timeouts blamed on this process's own stalled loop, not on Redis
+        self.slow = 0  # timeouts after which Redis answered the probe: not an outage
         # Keys stored only in the embedded cache while Redis was skipped or failing (oldest first).
         self._unsynced: OrderedDict[str, None] = OrderedDict()
         self.max_unsynced = max_unsynced
@@ -153,7 +173,7 @@ class RedisBackend:
             return await self.fallback.get(key), None
         lease_ms = max(1, int(ttl_s * 1000))
         error_key = lease_key.removesuffix(":lease") + ":error"
-        reply = await self._guard(self._lookup(keys=[key, lease_key, error_key], args=[token or "", lease_ms]))
+        reply = await self._guard(self._script(self._lookup, [key, lease_key, error_key], [token or "", lease_ms]))
         if reply is _FAILED:
             return await self.fallback.get(key), None
         found, payload = reply  # type: ignore[misc]
@@ -175,7 +195,7 @@ class RedisBackend:
                 await self._keep_local(key, value, ttl_s)
             return
         args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
-        if await self._guard(self._settle(keys=[key, lease_key, error_key], args=args)) is _FAILED:
+        if await self._guard(self._script(self._settle, [key, lease_key, error_key], args)) is _FAILED:
             if value:
                 await self._keep_local(key, value, ttl_s)
             await self._release(lease_key, token)
@@ -202,19 +222,12 @@ class RedisBackend:
     async def _guard(self, operation: Awaitable[T]) -> T | object:
         from redis.exceptions import RedisError
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             async with asyncio.timeout(self.op_timeout_s):
                 result = await operation
         except TimeoutError as exc:
-            if loop.time() - started > STALL_FACTOR * self.op_timeout_s:
-                # The timer fired late: this loop was held up, and Redis may well have answered
-                # in time. Skip Redis for this one operation only.
-                self.stalls += 1
-                log.debug("redis operation timed out while the event loop was stalled; not counted")
-            else:
-                self._trip(exc)
+            if self._probe is None and self.healthy:
+                self._probe = asyncio.create_task(self._verify(exc), name="cache-probe")
             return _FAILED
         except (RedisError, OSError) as exc:
             self._trip(exc)
@@ -225,6 +238,78 @@ class RedisBackend:
         if self._unsynced and self._resync_task is None:
             self._resync_task = asyncio.create_task(self._resync(), name="cache-resync")
         return result
+
+    def _script(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one script call for the pipeline sent at the end of this turn of the loop."""
+        loop = asyncio.get_running_loop()
+        call = _ScriptCall(script, keys, args, loop.create_future())
+        self._queued.append(call)
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)
+        return call.future
+
+    def _send_queued(self) -> None:
+        batch, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._send(batch), name="cache-pipeline")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_ScriptCall]) -> None:
+        """One round trip for the batch; each caller gets its own reply or error.
+
+        A call whose caller gave up before it was sent (timed out, cancelled) is not sent
+        at all: a lease taken for nobody would stall other gateways until it expired.
+        """
+        from redis.exceptions import NoScriptError
+
+        batch = [call for call in batch if not call.future.done()]
+        if batch:
+            self.round_trips += 1
+        try:
+            if len(batch) == 1:
+                call = batch[0]
+                replies: list[Any] = [await call.script(keys=call.keys, args=call.args)]
+            elif batch:
+                pipe = self.client.pipeline(transaction=False)
+                for call in batch:  # EVALSHA itself: a pipeline given Script objects asks SCRIPT EXISTS first
+                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                replies = await pipe.execute(raise_on_error=False)
+                for i, (call, reply) in enumerate(zip(batch, replies, strict=True)):
+                    if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts: load, once each
+                        self.round_trips += 1
+                        replies[i] = await call.script(keys=call.keys, args=call.args)
+        except Exception as exc:
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            return
+        except BaseException:  # this task was cancelled (shutdown): so are the calls it carried
+            for call in batch:
+                call.future.cancel()
+            raise
+        for call, reply in zip(batch, replies, strict=True):
+            if not call.future.done():
+                if isinstance(reply, Exception):
+                    call.future.set_exception(reply)
+                else:
+                    call.future.set_result(reply)
+
+    async def _verify(self, cause: TimeoutError) -> None:
+        """After a timeout: skip Redis only if it does not answer a PING either."""
+        from redis.exceptions import RedisError
+
+        client = self._probe_client()
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError):
+            self._trip(cause)
+        else:
+            self.slow += 1
+            log.debug("a redis operation timed out but redis answers; not treated as an outage")
+        finally:
+            self._probe = None
+            await _close_quietly(client)
 
     async def _keep_local(self, key: str, value: bytes, ttl_s: float) -> None:
         """Store in the embedded cache, and remember to copy the answer to Redis when it answers."""
@@ -289,10 +374,27 @@ class RedisBackend:
                 self.url,
                 self.unsynced,
             )
-        try:
-            await self.client.aclose()
-        except Exception:  # closing a dead connection must not fail shutdown
-            log.debug("redis close failed", exc_info=False)
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self.op_timeout_s)
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.wait([self._probe])
+        await _close_quietly(self.client)
+
+
+async def _close_quietly(client: Any) -> None:
+    try:
+        await client.aclose()
+    except Exception:  # closing a dead connection must not fail shutdown
+        log.debug("redis close failed", exc_info=False)
 
 
 _FAILED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _ScriptCall:
+    script: Any  # redis-py's AsyncScript
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any]

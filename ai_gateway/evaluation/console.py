@@ -27,7 +27,6 @@ from ai_gateway.evaluation.runner import (
 from ai_gateway.evaluation.summary import COST_NOTE, EvalSummary
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-EVAL_CACHE_OP_TIMEOUT_S = 1.0  # unless AI_GATEWAY_CACHE_OP_TIMEOUT_S is set
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
 
 
@@ -49,11 +48,6 @@ def run_cli(args: Any, setup: Callable[[Any], Any], build: Callable[..., Any]) -
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     settings, environ = setup(args)
-    if "cache_op_timeout_s" not in settings.model_fields_set:
-        # A batch prefers a slower cache operation to a lost one: with the serving default (0.1 s),
-        # Redis operations time out while a fresh process starts up, and every answer stored during
-        # the cooldown that follows stays in this process only, so a replay misses it.
-        settings.cache_op_timeout_s = EVAL_CACHE_OP_TIMEOUT_S
     server = build(settings, environ)
     view = ProgressView(plan.state, enabled=not args.no_progress)
     try:

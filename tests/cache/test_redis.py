@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ai_gateway.cache.key import KEY_SCHEMA
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, CacheFake
 from tests.fake_provider import Scenario
 from tests.integration.conftest import provider_env
-from tests.redis_harness import RedisTarget
+from tests.redis_harness import RedisProcess, RedisTarget
 
 VENDOR = MODEL.partition("/")[2]
 
@@ -108,3 +109,44 @@ async def test_failures_are_not_stored_in_redis(
     assert failed.only["error"]["code"] == "bad_request"
     assert only.is_error and only.only["error"]["code"] == "cache_miss"
     assert [k for k in redis_target.stored_keys() if k.count(b":") == 2] == []  # no answer entry
+
+
+THREE = ["openai/model-a", "openai/model-b", "openai/model-c"]
+
+
+async def test_the_lookups_of_one_consensus_call_share_one_round_trip(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    for model in THREE:
+        fake.set(model.partition("/")[2], Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        first = await gw.ask(models=THREE, strategy="consensus")
+        backend: Any = gw.gateway.cache.backend
+        before = backend.round_trips
+        again = await gw.ask(models=THREE, strategy="consensus")
+        trips = backend.round_trips - before
+
+    assert [r["cached"] for r in first.results] == [False] * 3
+    assert [r["cached"] for r in again.results] == [True] * 3
+    assert again.answer == "Paris" and again.data["consensus"]["votes"] == 3
+    assert trips == 1  # three lookups, one pipeline
+    assert fake.count() == 3
+
+
+async def test_a_batch_still_answers_after_redis_forgot_its_scripts(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """After a restart or SCRIPT FLUSH every EVALSHA in a pipeline fails with NOSCRIPT: each is loaded and rerun."""
+    target = RedisTarget(private_redis.port, 0)
+    for model in THREE:
+        fake.set(model.partition("/")[2], Scenario(text="Paris"))
+    async with open_gateway(**target.settings()) as gw:
+        await gw.ask(models=THREE, strategy="consensus")
+        with private_redis.client() as r:
+            r.script_flush()
+        again = await gw.ask(models=THREE, strategy="consensus")
+        backend: Any = gw.gateway.cache.backend
+        assert (backend.failures, backend.healthy) == (0, True)
+
+    assert [r["cached"] for r in again.results] == [True] * 3
+    assert fake.count() == 3
