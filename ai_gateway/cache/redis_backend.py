@@ -250,6 +250,9 @@ class RedisBackend:
 
     def _send_queued(self) -> None:
         batch, self._queued = self._queued, []
+        # Stores first: Redis runs a pipeline in order, so a lookup of the answer just made (the same
+        # question asked again at once) finds it rather than the lease, which would make it wait a poll.
+        batch.sort(key=lambda call: call.script is not self._settle)
         task = asyncio.get_running_loop().create_task(self._send(batch), name="cache-pipeline")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from ai_gateway.cache.key import KEY_SCHEMA
+from ai_gateway.cache.memory import MemoryBackend
+from ai_gateway.cache.redis_backend import RedisBackend
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, CacheFake
 from tests.fake_provider import Scenario
@@ -150,3 +153,23 @@ async def test_a_batch_still_answers_after_redis_forgot_its_scripts(
 
     assert [r["cached"] for r in again.results] == [True] * 3
     assert fake.count() == 3
+
+
+async def test_a_store_and_a_lookup_of_the_same_key_in_one_pipeline_store_first(redis_target: RedisTarget) -> None:
+    """A lookup queued in the same turn as the store of the answer it wants (the question asked again the moment
+    it was answered) must find the answer, not the lease the store is about to release, which would make it
+    wait a poll for an answer that is already there."""
+    key = f"{redis_target.namespace}:k"
+    backend = RedisBackend(redis_target.url, MemoryBackend(10, 1 << 20))
+    try:
+        _, taken = await backend.lookup(key, f"{key}:lease", "first", 5.0)
+        assert taken is True
+        (value, lease), _ = await asyncio.gather(
+            backend.lookup(key, f"{key}:lease", "second", 5.0),  # queued first ...
+            backend.settle(key, b"answer", 60, f"{key}:lease", "first", f"{key}:error", None),  # ... sent second
+        )
+        assert backend.round_trips == 2  # the claim, then both in one pipeline
+    finally:
+        await backend.aclose()
+
+    assert (value, lease) == (b"answer", False)
