@@ -65,6 +65,10 @@ class ProviderSpec:
     # "model" where a provider's models fail independently (aggregators route each model to
     # a different backend): then each model gets its own circuit breaker.
     breaker_scope: Literal["provider", "model"] = "provider"
+    # Where the core finds this provider's prices: a provider id of the genai-prices table
+    # ("openai", "google", ...). None: prices unknown (local servers), unless the user sets
+    # AI_GATEWAY_MODEL_PRICES. Only data: the core computes cost, an adapter never does.
+    price_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,6 +214,11 @@ def render_query(result: dict[str, Any]) -> str:
         else:
             detail = ""
         lines.append(f"  {r['status']:<9} {r['model']:<{width}}  {latency:>8}  {detail}")
+    if result.get("cost_usd") is not None or result.get("cost_saved_usd"):
+        from ai_gateway.evaluation.console import usd
+
+        saved = f" (saved {usd(result['cost_saved_usd'])} by the cache)" if result.get("cost_saved_usd") else ""
+        lines.append(f"cost {usd(result.get('cost_usd'))}{saved}")
     return "\n".join(lines)
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Literal
+from typing import Any, Literal
 
 from ai_gateway.adapter import Adapter
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
 from ai_gateway.errors import InvalidArgument
+from ai_gateway.http import WarmUp
+from ai_gateway.pricing import USD_DIGITS, Pricing
 from ai_gateway.registry import Registry, RegistryError
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.schemas import (
     BreakerInfo,
+    CacheStatusInfo,
     Catalogue,
     ChatMessage,
     ConsensusInfo,
@@ -47,13 +50,20 @@ AUTO_HEDGE_FALLBACK_S = 1.0  # hedge_after_s="auto" before a model has enough la
 
 class Gateway:
     def __init__(
-        self, settings: Settings, registry: Registry, client: ClientSource, resilience: Resilience | None = None
+        self,
+        settings: Settings,
+        registry: Registry,
+        client: ClientSource,
+        resilience: Resilience | None = None,
+        warm: WarmUp | None = None,
     ) -> None:
         self.settings = settings
+        self.warm = warm  # the heavy imports, done off the loop; the first query waits for them
         self.registry = registry
         self.resilience = resilience or Resilience.from_settings(settings)
         self.cache = build_cache(settings)
         self.dispatcher = Dispatcher(client, self.resilience, cache=self.cache)
+        self.pricing = Pricing(settings.model_prices, lambda provider: registry.spec(provider).price_source)
         self._adapters: dict[str, Adapter] = {}
 
     # -- the request path ----------------------------------------------------------
@@ -86,8 +96,11 @@ class Gateway:
         if sample is not None and sample < 0:
             raise InvalidArgument("sample", "must be 0 or more (the index of a repeated sample)")
         policy = CachePolicy(cache, sample)
+        if self.warm is not None and not self.warm.done:
+            await self.warm.wait()
         result = await run(targets, self.dispatcher.bind(request, deadline, policy), hedge_delay)
-        return build_result(strategy, result, self.registry.secrets(), time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        return build_result(strategy, result, self.registry.secrets(), elapsed_s, self.pricing)
 
     def _hedge_delay(self, strategy: StrategyName, choice: HedgeChoice) -> HedgeDelay:
         """How long each model may run before the next one joins it (first_available only)."""
@@ -110,7 +123,7 @@ class Gateway:
         await self.cache.aclose()
 
     def status(self) -> StatusReport:
-        """Breakers, recent errors and latency, retry budgets and load: what gateway_status shows."""
+        """Breakers, recent errors and latency, retry budgets, load and the cache: what gateway_status shows."""
         r = self.resilience
         health = r.health.snapshot()
         providers = sorted(set(health) | set(r.budgets) | set(r.limiter.in_flight))
@@ -138,6 +151,30 @@ class Gateway:
             breakers=breakers,
             open_circuits=[b.name for b in breakers if b.state == "open"],
             limits={"total": r.limiter.total, "per_provider": r.limiter.per_provider},
+            cache=self.cache_status(),
+        )
+
+    def cache_status(self) -> CacheStatusInfo:
+        """The cache's backend (for Redis: its redacted URL and health), embedded LRU size and counters."""
+        backend: Any = self.cache.backend
+        remote = backend.name == "redis"
+        embedded = getattr(backend, "fallback", backend)  # Redis answers from the embedded LRU while failing
+        stats = self.cache.stats
+        return CacheStatusInfo(
+            backend=backend.name,
+            url=backend.url if remote else None,  # RedisBackend keeps it redacted: never the password
+            healthy=backend.healthy if remote else None,
+            failures=backend.failures if remote else None,
+            unsynced=getattr(backend, "unsynced", None) if remote else None,
+            memory_entries=len(embedded) if isinstance(embedded, MemoryBackend) else None,
+            memory_bytes=embedded.bytes if isinstance(embedded, MemoryBackend) else None,
+            hits=stats.hits,
+            misses=stats.misses,
+            writes=stats.writes,
+            not_stored=stats.not_stored,
+            coalesced=stats.coalesced,
+            peer_waits=stats.peer_waits,
+            peer_waits_in_flight=stats.peer_waits_in_flight,
         )
 
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
@@ -252,9 +289,13 @@ def build_chat_request(
 
 
 def build_result(
-    strategy: StrategyName, result: StrategyResult, secrets: Sequence[str], elapsed_s: float
+    strategy: StrategyName,
+    result: StrategyResult,
+    secrets: Sequence[str],
+    elapsed_s: float,
+    pricing: Pricing | None = None,
 ) -> QueryResult:
-    results = [_model_result(outcome, secrets) for outcome in result.outcomes]
+    results = [_model_result(outcome, secrets, pricing) for outcome in result.outcomes]
     winner = result.winner
     consensus = None
     if result.tally is not None:
@@ -283,6 +324,9 @@ def build_result(
         if usages
         else None
     )
+    # A partial sum would understate: one unpriced answer makes the total unknown.
+    paid = [r.cost_usd for r in results if r.status == "ok" and not r.cached]
+    saved = [r.cost_saved_usd for r in results if r.cached]
     return QueryResult(
         strategy=strategy,
         answer=results[winner].text if winner is not None else None,
@@ -291,12 +335,29 @@ def build_result(
         consensus=consensus,
         latency_ms=round(elapsed_s * 1000, 3),
         usage=total,
+        cost_usd=_total_usd(paid),
+        cost_saved_usd=_total_usd(saved),
     )
 
 
-def _model_result(outcome: Outcome, secrets: Sequence[str]) -> ModelResult:
+def _total_usd(costs: list[float | None]) -> float | None:
+    """The sum, or None when any part is unknown."""
+    total = 0.0
+    for cost in costs:
+        if cost is None:
+            return None
+        total += cost
+    return round(total, USD_DIGITS)
+
+
+def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | None = None) -> ModelResult:
     completion, error = outcome.completion, outcome.error
     usage = completion.usage if completion else None
+    # Priced here, after the cache: a cached answer's envelope carries its usage, never a cost.
+    price = None
+    if usage is not None and pricing is not None and outcome.status == "ok":
+        price = pricing.cost(outcome.target.provider, outcome.target.model, usage)
+        price = None if price is None else round(price, USD_DIGITS)
     provider_model = completion.model if completion and completion.model != outcome.target.model else None
     return ModelResult(
         model=outcome.target.id,
@@ -317,4 +378,6 @@ def _model_result(outcome: Outcome, secrets: Sequence[str]) -> ModelResult:
         attempts=outcome.attempts,
         hedge=outcome.hedge,
         cached=outcome.cached,
+        cost_usd=0.0 if outcome.cached else price,
+        cost_saved_usd=price if outcome.cached else None,
     )

@@ -12,6 +12,8 @@ list tools, so it is imported when the first provider call needs the client:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from ai_gateway import __version__
@@ -59,10 +61,11 @@ WARM_UP_DELAY_S = 0.5
 
 
 async def warm_up(delay_s: float = WARM_UP_DELAY_S) -> None:
-    """Import the HTTP stack (and the breaker library) in a worker thread, so the first provider
-    call does not stall the loop.
+    """Import the HTTP stack (and the breaker library) and load the price table in a worker thread,
+    so the first provider call does not stall the loop.
 
-    Building the client imports ~200 ms of modules; done inline, that would block
+    Building the client imports ~200 ms of modules, and pricing the first answer
+    ~200 ms more (genai-prices and its table); done inline, either would block
     every other request on the event loop during the first call. The short delay
     lets the server answer its client's first handshake and tool listing before
     the import thread competes with it for the interpreter.
@@ -70,9 +73,63 @@ async def warm_up(delay_s: float = WARM_UP_DELAY_S) -> None:
     import asyncio
     import importlib
 
+    from ai_gateway.pricing import preload
+
     await asyncio.sleep(delay_s)
     for module in ("ai_gateway.transport", "pybreaker"):  # the breaker's library pulls in redis
         await asyncio.to_thread(importlib.import_module, module)
+    await asyncio.to_thread(preload)
+
+
+class WarmUp:
+    """The warm-up of one server: started with a delay by its lifespan, hurried by the first query.
+
+    A query that arrives before the warm-up finished waits for it (the imports run in a thread,
+    the loop stays free) rather than importing inline: inline, the imports blocked the loop for
+    ~0.5 s on a busy machine, and every Redis operation in flight timed out behind them.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.done = False
+        self._hurry = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, delay_s: float = WARM_UP_DELAY_S) -> None:
+        import asyncio
+
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(delay_s), name="warm-up-http")
+
+    async def _run(self, delay_s: float) -> None:
+        import asyncio
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), delay_s)
+        try:
+            await warm_up(0)
+        except Exception as exc:  # the first call will import inline (and report whatever is broken)
+            logging.getLogger(__name__).warning("warm-up failed (%s)", type(exc).__name__)
+        self.done = True
+
+    async def wait(self) -> None:
+        """Until the warm-up is done (starting it now if nobody did)."""
+        import asyncio
+
+        if self.done:
+            return
+        self.start(0)
+        self._hurry.set()
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
+    async def aclose(self) -> None:
+        import asyncio
+
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
 
 
 class SharedClient:

@@ -187,6 +187,7 @@ class Registry:
                 key_required=custom.api_key_env is not None,
                 description=custom.description or f"{custom.dialect}-compatible host from settings",
                 options=custom.options,
+                price_source=custom.price_source,
             )
 
         return load

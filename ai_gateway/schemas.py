@@ -51,6 +51,15 @@ class ModelResult(BaseModel):
     attempts: int = Field(0, description="Provider attempts made for this model (retries included).")
     hedge: bool = Field(False, description="True when this model was started as a hedge (first_available).")
     cached: bool = Field(False, description="True when the answer came from the cache (it cost nothing).")
+    cost_usd: float | None = Field(
+        None,
+        description="What this call cost in USD: 0 for a cached answer; null when the model has no known price "
+        "(see AI_GATEWAY_MODEL_PRICES), the provider reported no usage, or the call did not succeed.",
+    )
+    cost_saved_usd: float | None = Field(
+        None,
+        description="Cached answers only: what the answer would have cost in USD (null when not cached or unpriced).",
+    )
 
 
 class VoteGroup(BaseModel):
@@ -80,6 +89,14 @@ class QueryResult(BaseModel):
     usage: UsageInfo | None = Field(
         None, description="Tokens summed over the models that answered from a provider (cached answers cost nothing)."
     )
+    cost_usd: float | None = Field(
+        None,
+        description="USD summed over the models that answered from a provider (0 when none did); null when any of "
+        "them has no known cost. Failed and cancelled calls report no usage and are not counted.",
+    )
+    cost_saved_usd: float | None = Field(
+        None, description="USD the cached answers would have cost (0 when none); null when any of them is unpriced."
+    )
 
 
 class BreakerInfo(BaseModel):
@@ -107,11 +124,33 @@ class ProviderStatusInfo(BaseModel):
     retry_budget: RetryBudgetInfo | None = None
 
 
+class CacheStatusInfo(BaseModel):
+    backend: str = Field(description="memory (the embedded LRU) or redis (shared; the embedded LRU is its fallback).")
+    url: str | None = Field(None, description="Redis only: its URL, with any password shown as ****.")
+    healthy: bool | None = Field(
+        None, description="Redis only: false while Redis is left alone after a failure (the embedded cache answers)."
+    )
+    failures: int | None = Field(None, description="Redis only: failed operations in the current outage (0 when fine).")
+    unsynced: int | None = Field(
+        None, description="Redis only: answers stored while Redis was failing, held here until it answers again."
+    )
+    memory_entries: int | None = Field(None, description="Entries in the embedded LRU.")
+    memory_bytes: int | None = Field(None, description="Bytes of values in the embedded LRU.")
+    hits: int = Field(0, description="Answers served from the cache (or from another process's call), since start.")
+    misses: int = Field(0, description="Reads that found no usable entry.")
+    writes: int = Field(0, description="Answers stored.")
+    not_stored: int = Field(0, description="Answers not stored: incomplete, refused, or too large.")
+    coalesced: int = Field(0, description="Calls that waited for an identical call in this process.")
+    peer_waits: int = Field(0, description="Calls that waited for an identical call another process held the lease on.")
+    peer_waits_in_flight: int = Field(0, description="Calls waiting on another process's lease now.")
+
+
 class StatusReport(BaseModel):
     providers: list[ProviderStatusInfo]
     breakers: list[BreakerInfo]
     open_circuits: list[str] = Field(description="Circuits refusing calls now.")
     limits: dict[str, int] = Field(description="Concurrency caps: total and per provider.")
+    cache: CacheStatusInfo | None = Field(None, description="The response cache: its backend and counters.")
 
 
 class ModelInfo(BaseModel):

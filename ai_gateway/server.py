@@ -7,8 +7,6 @@ client is opened and closed by the server's lifespan.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -31,7 +29,7 @@ from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway
-from ai_gateway.http import SharedClient, warm_up
+from ai_gateway.http import SharedClient, WarmUp
 from ai_gateway.registry import Registry
 from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StatusReport, StrategyName, compact_nullables
 from ai_gateway.settings import Settings
@@ -80,13 +78,14 @@ def build_server(
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         client = SharedClient(settings)
-        holder.gateway = Gateway(settings, registry, client)
-        warming = asyncio.create_task(warm_up(), name="warm-up-http")
+        warm = WarmUp()
+        holder.gateway = Gateway(settings, registry, client, warm=warm)
+        warm.start()
         try:
             yield {"gateway": holder.gateway}
         finally:
             gateway, holder.gateway = holder.gateway, None
-            await cancel_quietly(warming)
+            await warm.aclose()
             await gateway.aclose()
             await client.aclose()
 
@@ -176,7 +175,8 @@ def build_server(
 
     @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
     async def gateway_status() -> StatusReport:
-        """Each provider's circuit breaker state, recent error codes, latency percentiles, retry-budget use and load."""
+        """Each provider's circuit breaker state, recent error codes, latency percentiles, retry-budget use and load;
+        the response cache's backend (and its health) and counters."""
         return holder.get().status()
 
     # -- run_eval (ai_gateway/evaluation, docs/evaluation.md) ------------------------------ begin
@@ -211,7 +211,7 @@ def build_server(
 
     @mcp.resource("gateway://status", name="gateway-status", mime_type="application/json")
     async def status_resource() -> str:
-        """Circuit breakers, recent errors, latency percentiles and retry budgets, as gateway_status returns them."""
+        """Breakers, recent errors, latency percentiles, retry budgets and the cache, as gateway_status returns them."""
         return holder.get().status().model_dump_json(indent=2)
 
     @mcp.resource("gateway://models", name="model-catalogue", mime_type="application/json")
@@ -260,12 +260,6 @@ def build_server(
         )
 
     return mcp
-
-
-async def cancel_quietly(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, ImportError):
-        await task
 
 
 def _all_failed(result: QueryResult) -> ToolResult:

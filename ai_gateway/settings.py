@@ -30,6 +30,9 @@ class CustomProvider(BaseModel):
         default_factory=dict,
         description='Dialect options, e.g. {"max_tokens_field": "max_completion_tokens", "extra_headers": {...}}',
     )
+    price_source: str | None = Field(
+        None, description="A genai-prices provider id whose prices apply (e.g. openai for a proxy); None: unpriced"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -37,6 +40,66 @@ class CustomProvider(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class ModelPrice(BaseModel):
+    """A price in USD per million tokens, from AI_GATEWAY_MODEL_PRICES: local models, negotiated rates."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens read from the provider's prompt cache; default: input"
+    )
+
+
+_PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
+_PRICE_EXAMPLE = '{"ollama/*": {"input_per_mtok": 0, "output_per_mtok": 0}}'
+
+
+def _check_model_prices(value: Any) -> Any:
+    """Parse and check AI_GATEWAY_MODEL_PRICES, saying which key is wrong and how to write it."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc}); write a JSON object such as {_PRICE_EXAMPLE}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object of provider/model keys, such as {_PRICE_EXAMPLE}")
+    for key, price in value.items():
+        provider, sep, model = str(key).partition("/")
+        if not sep or not provider or not model or any(c in provider for c in "*?["):
+            raise ValueError(
+                f"key {key!r}: write provider/model (e.g. openai/gpt-4o-mini) or provider/* for all its models"
+            )
+        if isinstance(price, ModelPrice):
+            continue
+        if not isinstance(price, dict):
+            raise ValueError(
+                f"key {key!r}: the price must be an object such as "
+                '{"input_per_mtok": 0.15, "output_per_mtok": 0.6} (USD per million tokens)'
+            )
+        unknown = sorted(set(price) - set(_PRICE_FIELDS))
+        if unknown:
+            raise ValueError(f"key {key!r}: unknown field {unknown[0]!r}; the fields are {', '.join(_PRICE_FIELDS)}")
+        for name in _PRICE_FIELDS:
+            if name not in price:
+                if name == "cached_input_per_mtok":
+                    continue
+                raise ValueError(f"key {key!r}: {name} is missing; give input_per_mtok and output_per_mtok")
+            number = price[name]
+            if number is None and name == "cached_input_per_mtok":
+                continue
+            if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < float("inf"):
+                raise ValueError(
+                    f"key {key!r}: {name} must be a number of USD per million tokens, 0 or more; got {number!r}"
+                )
+    return value
 
 
 def _split_list(value: Any) -> Any:
@@ -145,6 +208,11 @@ class Settings(BaseSettings):
     disabled_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Provider names to hide and refuse (comma-separated)."
     )
+    model_prices: Annotated[dict[str, ModelPrice], NoDecode] = Field(
+        default_factory=dict,
+        description='Prices over the built-in table, USD per million tokens: {"provider/model" or "provider/*": '
+        '{"input_per_mtok": ..., "output_per_mtok": ..., "cached_input_per_mtok": ...}}.',
+    )
 
     # -- serving -----------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address for the HTTP transport.")
@@ -165,6 +233,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _model_prices(cls, value: Any) -> Any:
+        return _check_model_prices(value)
 
     @field_validator("path")
     @classmethod

@@ -81,7 +81,8 @@ class Usage:
     """Token counts as the provider reported them.
 
     ``input_tokens`` includes cached input tokens (``cached_input_tokens`` is the
-    part of it served from the provider's prompt cache); ``None`` means the
+    part of it served from the provider's prompt cache), and ``output_tokens``
+    includes reasoning tokens (the core prices them so); ``None`` means the
     provider did not say, never zero. Where a wire format omits a count to mean
     zero (Gemini, Ollama), adapters report 0.
     """

@@ -140,4 +140,5 @@ ANTHROPIC = ProviderSpec(
     base_url_env=("ANTHROPIC_BASE_URL",),
     description="Anthropic's Claude models via the Messages API.",
     example_models=("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1"),
+    price_source="anthropic",
 )

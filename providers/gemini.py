@@ -202,4 +202,5 @@ GEMINI = ProviderSpec(
     base_url_env=("GEMINI_BASE_URL",),
     description="Google's Gemini models via the Gemini API (Google AI Studio keys).",
     example_models=("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite"),
+    price_source="google",  # genai-prices' id for the Gemini API
 )

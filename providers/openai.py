@@ -198,6 +198,7 @@ def _row(
     key_required: bool = True,
     options: Mapping[str, Any] | None = None,
     breaker_scope: Literal["provider", "model"] = "provider",
+    price_source: str | None = None,
 ) -> ProviderSpec:
     env = name.upper()
     return ProviderSpec(
@@ -211,6 +212,7 @@ def _row(
         example_models=example_models,
         options=dict(options or {}),
         breaker_scope=breaker_scope,
+        price_source=price_source,
     )
 
 
@@ -220,6 +222,7 @@ OPENAI = _row(
     "OpenAI's GPT models via the Chat Completions API.",
     ("gpt-4o-mini", "gpt-4.1", "gpt-5-mini"),
     options={"max_tokens_field": "max_completion_tokens"},
+    price_source="openai",
 )
 TOGETHER = _row(
     "together",
@@ -227,12 +230,14 @@ TOGETHER = _row(
     "Together AI: hosted open-weight models.",
     ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "deepseek-ai/DeepSeek-V3", "Qwen/Qwen2.5-72B-Instruct-Turbo"),
     breaker_scope="model",  # an aggregator: each model is served by a different backend
+    price_source="together",
 )
 GROQ = _row(
     "groq",
     "https://api.groq.com/openai/v1",
     "Groq: very fast inference of open-weight models on LPUs.",
     ("llama-3.3-70b-versatile", "llama-3.1-8b-instant", "openai/gpt-oss-120b"),
+    price_source="groq",
 )
 OPENROUTER = _row(
     "openrouter",
@@ -240,18 +245,21 @@ OPENROUTER = _row(
     "OpenRouter: one key for hundreds of models from many vendors.",
     ("meta-llama/llama-3.3-70b-instruct", "anthropic/claude-sonnet-4.5", "google/gemini-2.5-flash"),
     breaker_scope="model",  # an aggregator: each model is served by a different backend
+    price_source="openrouter",
 )
 DEEPSEEK = _row(
     "deepseek",
     "https://api.deepseek.com/v1",
     "DeepSeek's own API for its chat and reasoning models.",
     ("deepseek-chat", "deepseek-reasoner"),
+    price_source="deepseek",
 )
 MISTRAL = _row(
     "mistral",
     "https://api.mistral.ai/v1",
     "Mistral AI's hosted models (La Plateforme).",
     ("mistral-large-latest", "mistral-small-latest", "codestral-latest"),
+    price_source="mistral",
 )
 FIREWORKS = _row(
     "fireworks",
@@ -259,6 +267,7 @@ FIREWORKS = _row(
     "Fireworks AI: hosted open-weight models.",
     ("accounts/fireworks/models/llama-v3p3-70b-instruct", "accounts/fireworks/models/deepseek-v3"),
     breaker_scope="model",  # an aggregator: each model is served by a different backend
+    price_source="fireworks",
 )
 VLLM = _row(
     "vllm",

@@ -81,3 +81,22 @@ def test_env_example_as_a_dotenv_gives_exactly_the_defaults(tmp_path, monkeypatc
 def test_configuration_docs_list_every_setting() -> None:
     documented = set(re.findall(r"`AI_GATEWAY_([A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text()))
     assert {name.upper() for name in Settings.model_fields} <= documented
+
+
+def test_cost_is_the_cores_never_an_adapters() -> None:
+    """Adapters and the contract know nothing of prices: a spec names its price source, the core computes cost."""
+    paths = [*sorted((ROOT / "providers").rglob("*.py")), *(ROOT / (n.replace(".", "/") + ".py") for n in CONTRACT)]
+    for path in paths:
+        pricing = {m for m in imported_modules(path) if m in ("ai_gateway.pricing", "genai_prices")}
+        pricing |= {m for m in imported_modules(path) if m.startswith("genai_prices.")}
+        assert not pricing, f"{path.name} imports {sorted(pricing)}"
+
+
+def test_the_price_table_is_not_imported_at_start_up() -> None:
+    """genai-prices takes ~200 ms to import: the server's warm-up loads it in a thread, after start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, ai_gateway.server, ai_gateway.cli; print('genai_prices' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

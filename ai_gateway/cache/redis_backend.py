@@ -179,6 +179,20 @@ class RedisBackend:
         found, payload = reply  # type: ignore[misc]
         return (payload, False) if found else (None, bool(payload) if token else None)
 
+    async def peer_state(self, key: str) -> tuple[bytes | None, bytes | None, bool]:
+        """The answer, the error marker and whether the lease is still held, read at one instant (MGET).
+
+        The holder settles atomically (result stored, lease dropped), so a lease seen gone here means
+        its result, if it had one, is seen too. Redis failing: whatever the fallback has, lease gone.
+        """
+        if not self.healthy:
+            return await self.fallback.get(key), None, False
+        reply = await self._guard(self.client.mget(key, f"{key}:error", f"{key}:lease"))
+        if reply is _FAILED:
+            return await self.fallback.get(key), None, False
+        value, error, lease = reply  # type: ignore[misc]
+        return value, error, lease is not None
+
     async def settle(
         self,
         key: str,

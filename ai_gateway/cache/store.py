@@ -84,6 +84,8 @@ class CacheStats:
     writes: int = 0
     not_stored: int = 0
     coalesced: int = 0
+    peer_waits: int = 0  # calls that waited on another process's lease (await_peer), since start
+    peer_waits_in_flight: int = 0  # ... and those waiting now
 
 
 @dataclass
@@ -213,22 +215,29 @@ class ResponseCache:
         """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed."""
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + max(give_up_s, 0.0)
-        while loop.time() < stop_at:
-            await asyncio.sleep(LEASE_POLL_S)
-            raw = await self.backend.get(key)
-            if raw is not None and (completion := decode(raw)) is not None:
-                self.stats.hits += 1
-                return completion
-            failure = await self.backend.get(f"{key}:error")
-            if failure is not None:
-                try:
-                    data = json.loads(failure)
-                    return PeerFailure(str(ErrorCode(data["code"])), str(data["message"]))
-                except (ValueError, KeyError, TypeError, RecursionError):
-                    return None  # an unknown or garbled marker: make the call ourselves
-            if await self.backend.get(f"{key}:lease") is None:
-                return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
-        return None
+        self.stats.peer_waits += 1
+        self.stats.peer_waits_in_flight += 1
+        try:
+            peer_state = getattr(self.backend, "peer_state", None)
+            while peer_state is not None and loop.time() < stop_at:
+                await asyncio.sleep(LEASE_POLL_S)
+                # One snapshot of all three keys: read one by one, the holder's settle (answer stored and
+                # lease dropped at once) could land between the reads and look like a holder that gave up.
+                raw, failure, leased = await peer_state(key)
+                if raw is not None and (completion := decode(raw)) is not None:
+                    self.stats.hits += 1
+                    return completion
+                if failure is not None:
+                    try:
+                        data = json.loads(failure)
+                        return PeerFailure(str(ErrorCode(data["code"])), str(data["message"]))
+                    except (ValueError, KeyError, TypeError, RecursionError):
+                        return None  # an unknown or garbled marker: make the call ourselves
+                if not leased:
+                    return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
+            return None
+        finally:
+            self.stats.peer_waits_in_flight -= 1
 
     async def flush(self) -> None:
         """Wait for the writes under way (tests, shutdown)."""

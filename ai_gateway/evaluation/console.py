@@ -7,6 +7,7 @@ answer at all, 2 bad input (nothing was called), 130 interrupted (finished rows 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ai_gateway.evaluation.runner import (
     prepare,
     tool_query,
 )
-from ai_gateway.evaluation.summary import COST_NOTE, EvalSummary
+from ai_gateway.evaluation.summary import EvalSummary
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
@@ -84,6 +85,10 @@ async def _run(server: Any, plan: Plan, via: str, on_record: Callable[[RunState]
             from ai_gateway.http import warm_up
 
             await warm_up(0)
+        else:  # no provider is called, but cached answers are priced (the cost they saved)
+            from ai_gateway.pricing import preload
+
+            await asyncio.to_thread(preload)
         query = tool_query(client) if via == "tool" else gateway_query(gateway)
         return await execute(plan, query, on_record)
 
@@ -102,7 +107,7 @@ def lifespan_gateway(server: Any) -> Any:
 
 class ProgressView:
     """A rich progress bar on stderr (queries done, rate, elapsed) over a line of running totals:
-    cache hits and tokens so far, and no invented cost."""
+    cache hits, tokens, cost and cost saved so far (answers with no known price counted, never guessed)."""
 
     def __init__(self, state: RunState, *, enabled: bool = True) -> None:
         from rich.console import Console
@@ -139,7 +144,8 @@ class ProgressView:
         self._shown_at = now
         self.progress.totals = (
             f"cache hits {state.cache_hits:,} · tokens {state.input_tokens:,} in / {state.output_tokens:,} out"
-            f" · cost: {COST_NOTE}"
+            f" · cost {usd(state.cost_usd)}{_unpriced(state.unpriced)}"
+            f" (saved {usd(state.cost_saved_usd)}{_unpriced(state.unpriced_cache_hits)})"
         )
         self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
 
@@ -160,7 +166,18 @@ def print_summary(summary: EvalSummary) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"ai-gateway eval: {summary.strategy}, {summary.samples} sample(s) per row", box=box.SIMPLE)
     table.add_column("model", no_wrap=True)
-    for name in ("answered", "errors", "cached", "tokens in/out", "saved in/out", "p50/p95 ms", "accuracy"):
+    columns = (
+        "answered",
+        "errors",
+        "cached",
+        "tokens in/out",
+        "saved in/out",
+        "cost",
+        "saved",
+        "p50/p95 ms",
+        "accuracy",
+    )
+    for name in columns:
         table.add_column(name, justify="left" if name == "errors" else "right")
     for m in summary.per_model:
         table.add_row(
@@ -170,6 +187,8 @@ def print_summary(summary: EvalSummary) -> None:
             f"{m.cache_hits} {_pct(m.cache_hit_rate, 0)}",
             f"{m.input_tokens:,}/{m.output_tokens:,}",
             f"{m.saved_input_tokens:,}/{m.saved_output_tokens:,}",
+            _cost(m.cost_usd, m.unpriced, "unpriced"),
+            _cost(m.cost_saved_usd, m.unpriced_cache_hits, "unpriced"),
             f"{_ms(m.latency_p50_ms)}/{_ms(m.latency_p95_ms)}",
             f"{_pct(m.accuracy)} {m.correct}/{m.graded}" if m.graded else "-",
         )
@@ -187,11 +206,38 @@ def print_summary(summary: EvalSummary) -> None:
         f"{summary.saved_input_tokens:,} in / {summary.saved_output_tokens:,} out"
     )
     rate = f", {summary.queries_per_s:,.0f} queries/s" if summary.queries_per_s else ""
-    lines.append(f"cost: {COST_NOTE}")
+    lines.append(
+        f"cost: {_cost(summary.cost_usd, summary.unpriced, 'answers with no known price')}; saved by the cache: "
+        f"{_cost(summary.cost_saved_usd, summary.unpriced_cache_hits, 'cached answers with no known price')}"
+    )
+    if summary.unpriced or summary.unpriced_cache_hits:
+        lines.append("  (set prices for models with none in AI_GATEWAY_MODEL_PRICES: see docs/configuration.md)")
     lines.append(f"time: {summary.elapsed_s:.2f}s{rate}")
     lines.append(f"results: {summary.results_path}")
     for line in lines:
         console.print(line, highlight=False, markup=False)
+
+
+def usd(value: float | None) -> str:
+    """Dollars with three significant digits below $1 ($0.000450, $0.0123), cents above; "?" when unknown."""
+    if value is None:
+        return "?"
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.{max(4, 2 - math.floor(math.log10(value)))}f}"
+
+
+def _unpriced(count: int) -> str:
+    return f" + {count:,} unpriced" if count else ""
+
+
+def _cost(total: float | None, unpriced: int, what: str) -> str:
+    """A known sum and how many answers it leaves out: "$0.0123 + 4 unpriced", or "4 unpriced" alone."""
+    if total is None:
+        return f"{unpriced:,} {what}"
+    return usd(total) + (f" + {unpriced:,} {what}" if unpriced else "")
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

@@ -100,18 +100,35 @@ class RunState:
     cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0  # answers from providers whose cost is known
+    cost_saved_usd: float = 0.0  # answers from the cache whose price is known
+    unpriced: int = 0  # answers from providers with no known cost
+    unpriced_cache_hits: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, record: dict[str, Any]) -> None:
         self.done += 1
         self.ran += 1
         for r in record["results"]:
+            if r.get("status") != "ok":
+                continue
             usage = r.get("usage")
             if r.get("cached"):
                 self.cache_hits += 1
-            elif usage:
+                saved = r.get("cost_saved_usd")
+                if saved is None:
+                    self.unpriced_cache_hits += 1
+                else:
+                    self.cost_saved_usd += saved
+                continue
+            if usage:
                 self.input_tokens += usage.get("input_tokens") or 0
                 self.output_tokens += usage.get("output_tokens") or 0
+            cost = r.get("cost_usd")
+            if cost is None:
+                self.unpriced += 1
+            else:
+                self.cost_usd += cost
 
     @property
     def rate(self) -> float:
@@ -248,6 +265,8 @@ def _model_result(r: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": r.get("latency_ms"),
         "usage": {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]} if usage else None,
         "cached": r.get("cached", False),
+        "cost_usd": r.get("cost_usd"),
+        "cost_saved_usd": r.get("cost_saved_usd"),
         "attempts": r.get("attempts", 0),
         "error": error["code"] if error else None,
     }

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ai_gateway.pricing import USD_DIGITS
 from ai_gateway.resilience.health import percentile
 from ai_gateway.strategies.voting import normalise
 
-COST_NOTE = "n/a (no price table)"
 # Answers are graded by normalised equality (as consensus votes are); each expected answer is normalised once.
 expected_form = functools.lru_cache(maxsize=8192)(normalise)
 
@@ -33,6 +33,16 @@ class ModelStats(BaseModel):
     output_tokens: int = Field(0, description="Tokens the provider generated (answers from the cache excluded).")
     saved_input_tokens: int = Field(0, description="Input tokens of the answers served from the cache.")
     saved_output_tokens: int = Field(0, description="Output tokens of the answers served from the cache.")
+    cost_usd: float | None = Field(
+        0.0, description="USD of its answers from a provider whose cost is known; null when none of them is priced."
+    )
+    cost_saved_usd: float | None = Field(
+        0.0, description="USD its answers served from the cache would have cost; null when none of them is priced."
+    )
+    unpriced: int = Field(0, description="Answers from a provider with no known cost (not in cost_usd).")
+    unpriced_cache_hits: int = Field(
+        0, description="Answers from the cache with no known price (not in cost_saved_usd)."
+    )
     latency_p50_ms: float | None = Field(None, description="Nearest-rank p50 latency of its answers.")
     latency_p95_ms: float | None = Field(None, description="Nearest-rank p95 latency of its answers.")
     graded: int = Field(0, description="Its answers to rows with an expected answer.")
@@ -62,7 +72,16 @@ class EvalSummary(BaseModel):
     output_tokens: int = 0
     saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
     saved_output_tokens: int = 0
-    cost_usd: float | None = Field(None, description=f"Always null for now: {COST_NOTE}.")
+    cost_usd: float | None = Field(
+        0.0, description="USD of the answers from providers whose cost is known; null when none of them is priced."
+    )
+    cost_saved_usd: float | None = Field(
+        0.0, description="USD the answers served from the cache would have cost; null when none of them is priced."
+    )
+    unpriced: int = Field(0, description="Answers from providers with no known cost (not in cost_usd).")
+    unpriced_cache_hits: int = Field(
+        0, description="Answers from the cache with no known price (not in cost_saved_usd)."
+    )
     elapsed_s: float = Field(description="Wall-clock time of this run.")
     queries_per_s: float | None = Field(None, description="ran / elapsed_s.")
     per_model: list[ModelStats]
@@ -72,14 +91,21 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def _usd(total: float, priced: int, unpriced: int) -> float | None:
+    """A sum of known costs; None when there were costs and none of them was known."""
+    return None if unpriced and not priced else round(total, USD_DIGITS)
+
+
 class _ModelTally:
-    __slots__ = ("correct", "errors", "graded", "latencies", "stats")
+    __slots__ = ("correct", "cost", "errors", "graded", "latencies", "priced", "priced_hits", "saved", "stats")
 
     def __init__(self, model: str) -> None:
         self.stats = ModelStats(model=model, answered=0)
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.graded = self.correct = 0
+        self.cost = self.saved = 0.0
+        self.priced = self.priced_hits = 0
 
 
 def summarise(
@@ -120,11 +146,17 @@ def summarise(
             s.latency_p50_ms = round(percentile(ordered, 50), 3)
             s.latency_p95_ms = round(percentile(ordered, 95), 3)
         s.graded, s.correct, s.accuracy = tally.graded, tally.correct, _ratio(tally.correct, tally.graded)
+        s.cost_usd = _usd(tally.cost, tally.priced, s.unpriced)
+        s.cost_saved_usd = _usd(tally.saved, tally.priced_hits, s.unpriced_cache_hits)
         per_model.append(s)
-    total = {
-        name: sum(getattr(s, name) for s in per_model)
-        for name in ("cache_hits", "input_tokens", "output_tokens", "saved_input_tokens", "saved_output_tokens")
-    }
+    counts = ("cache_hits", "input_tokens", "output_tokens", "saved_input_tokens", "saved_output_tokens", "unpriced",
+              "unpriced_cache_hits")  # fmt: skip
+    total: dict[str, Any] = {name: sum(getattr(s, name) for s in per_model) for name in counts}
+    every = list(tallies.values())
+    total["cost_usd"] = _usd(sum(t.cost for t in every), sum(t.priced for t in every), total["unpriced"])
+    total["cost_saved_usd"] = _usd(
+        sum(t.saved for t in every), sum(t.priced_hits for t in every), total["unpriced_cache_hits"]
+    )
     elapsed = fields["elapsed_s"]
     return EvalSummary(
         **fields,
@@ -160,9 +192,21 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
         s.cache_hits += 1
         s.saved_input_tokens += n_in
         s.saved_output_tokens += n_out
+        saved = r.get("cost_saved_usd")  # absent from lines written before costs were recorded: unknown
+        if saved is None:
+            s.unpriced_cache_hits += 1
+        else:
+            tally.saved += saved
+            tally.priced_hits += 1
     else:
         s.input_tokens += n_in
         s.output_tokens += n_out
+        cost = r.get("cost_usd")
+        if cost is None:
+            s.unpriced += 1
+        else:
+            tally.cost += cost
+            tally.priced += 1
     if r.get("latency_ms") is not None:
         tally.latencies.append(r["latency_ms"])
     if want is not None:

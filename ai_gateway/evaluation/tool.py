@@ -7,6 +7,7 @@ from typing import Any
 
 from fastmcp.exceptions import ToolError
 
+from ai_gateway.evaluation.console import usd
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, Plan, RunState, check_models, execute, gateway_query, prepare
 from ai_gateway.evaluation.summary import EvalSummary
@@ -24,9 +25,9 @@ async def run_eval_tool(gateway: Any, ctx: Any, *, path: str, out: str | None, *
     plan = plan_eval(gateway, path, out, options)
 
     async def report(state: RunState) -> None:
-        await ctx.report_progress(
-            state.done, state.total, f"{state.done}/{state.total} queries, cache hits {state.cache_hits}"
-        )
+        cost = f"cost {usd(state.cost_usd)}" + (f" + {state.unpriced} unpriced" if state.unpriced else "")
+        message = f"{state.done}/{state.total} queries, cache hits {state.cache_hits}, {cost}"
+        await ctx.report_progress(state.done, state.total, message)
 
     return await execute(plan, gateway_query(gateway), report)
 

@@ -190,15 +190,14 @@ async def test_an_earlier_failure_is_not_reported_to_waiters_of_a_later_successf
         await fake.wait_for_calls(2, VENDOR)  # gateway two holds the lease; its call is in flight
         polled = asyncio.Event()
         backend: Any = one.gateway.cache.backend
-        real_get = backend.get
+        real_peer_state = backend.peer_state
 
-        async def get(key: str) -> bytes | None:
-            value = await real_get(key)
-            if key.endswith(":error"):
-                polled.set()
-            return value
+        async def peer_state(key: str) -> tuple[bytes | None, bytes | None, bool]:
+            state = await real_peer_state(key)
+            polled.set()
+            return state
 
-        monkeypatch.setattr(backend, "get", get)
+        monkeypatch.setattr(backend, "peer_state", peer_state)
         waiter = direct(one)
         await asyncio.wait_for(polled.wait(), 5)  # gateway one is waiting on two's lease and has looked for errors
         release.set()

@@ -8,7 +8,8 @@ import socket
 import httpx
 import pytest
 
-from ai_gateway.http import build_client
+from ai_gateway import http as http_module
+from ai_gateway.http import WarmUp, build_client
 from ai_gateway.settings import Settings
 
 
@@ -39,3 +40,28 @@ async def test_server_hanging_up_is_a_protocol_error() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------- the warm-up
+async def test_the_first_query_hurries_a_delayed_warm_up_instead_of_importing_on_the_loop() -> None:
+    warm = WarmUp()
+    warm.start(delay_s=3600)  # as if the server had just started
+    assert not warm.done
+    await warm.wait()  # returns as soon as the imports are done in their thread, not after the delay
+    assert warm.done
+    await warm.wait()  # and at once afterwards
+    await warm.aclose()
+
+
+async def test_a_failing_warm_up_is_logged_and_does_not_hold_queries(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(delay_s: float = 0) -> None:
+        raise ImportError("no module named 'aiohttp'")
+
+    monkeypatch.setattr(http_module, "warm_up", broken)
+    warm = WarmUp()
+    await warm.wait()
+    assert warm.done
+    assert "warm-up failed (ImportError)" in caplog.text
+    await warm.aclose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ RUNS: dict[str, tuple[list[str], dict[str, str]]] = {
             "--max-tokens",
             "50",
         ],
-        {},
+        {"AI_GATEWAY_MODEL_PRICES": '{"gemini/*": {"input_per_mtok": 1000000, "output_per_mtok": 0}}'},
     ),
     "models": (["models"], {}),
     "unknown": (["query", "hi", "--models", "nope/some-model"], {}),
@@ -120,6 +121,8 @@ async def test_query_prints_a_readable_summary(cli: Runs) -> None:
     rows = {line.split()[1]: line.split()[0] for line in lines if line.startswith("  ")}
     assert rows == {"openai/s-first": "error", "gemini/s-paris": "ok", "anthropic/s-never": "skipped"}
     assert "rate_limited: Rate limit reached" in run.out
+    (cost,) = [line for line in lines if line.startswith("cost ")]  # $1 per input token of the answer
+    assert re.fullmatch(r"cost \$[1-9][0-9]*\.00", cost), cost
     (gemini_call,) = cli.calls("s-paris")
     assert gemini_call.json["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert gemini_call.json["generationConfig"] == {"maxOutputTokens": 50}

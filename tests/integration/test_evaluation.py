@@ -19,7 +19,7 @@ from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
 
 from ai_gateway.cli import build_parser
-from ai_gateway.evaluation.console import lifespan_gateway, run_cli
+from ai_gateway.evaluation.console import lifespan_gateway, run_cli, usd
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
 from ai_gateway.evaluation.summary import EvalSummary
@@ -333,7 +333,8 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert run("mock/fixed:4", "ok.jsonl") == 0
     printed = capsys.readouterr().out
     assert "mock/fixed:4" in printed and "accuracy: 100.0% (1 of 1 graded queries)" in printed
-    assert f"results: {tmp_path / 'ok.jsonl'}" in printed and "cost: n/a (no price table)" in printed
+    assert f"results: {tmp_path / 'ok.jsonl'}" in printed
+    assert "cost: 2 answers with no known price; saved by the cache: $0" in printed  # mock has no price
     assert run("mock/fail:auth", "fail.jsonl", "--json-summary") == 1
     summary = json.loads(capsys.readouterr().out)
     assert (summary["answered"], summary["unanswered"], summary["per_model"][0]["errors"]) == (0, 2, {"auth": 2})
@@ -351,12 +352,14 @@ async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
-    async with Client(make_server(), progress_handler=on_progress) as client:
+    dollar_a_token = {"openai/*": {"input_per_mtok": 1e6, "output_per_mtok": 0}}
+    async with Client(make_server(model_prices=dollar_a_token), progress_handler=on_progress) as client:
         result = await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A, B], "concurrency": 3})
 
-    assert [p[:2] for p in progress] == [(float(i), 10.0) for i in range(1, 11)]
-    assert progress[-1][2] == "10/10 queries, cache hits 0"
     summary = result.structured_content
+    assert [p[:2] for p in progress] == [(float(i), 10.0) for i in range(1, 11)]
+    assert summary["cost_usd"] == summary["input_tokens"] > 0  # A answers every row: $1 per input token
+    assert progress[-1][2] == f"10/10 queries, cache hits 0, cost {usd(summary['cost_usd'])}"
     assert (summary["rows"], summary["answered"], summary["accuracy"]) == (10, 10, 0.75)
     assert summary["results_path"] == "data.results.jsonl"
     assert len(read_records(tmp_path / "data.results.jsonl")) == 10

@@ -8,7 +8,9 @@ and ref-counted), so both see the same breakers.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,8 @@ import httpx
 from fastmcp import Client, FastMCP
 
 from tests.fake_provider import Scenario
-from tests.integration.conftest import GatedFake
+from tests.integration.conftest import GatedFake, free_port
+from tests.redis_harness import RedisTarget
 
 PROMPT = "What is the capital of France?"
 FAST: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
@@ -139,3 +142,119 @@ async def test_an_open_circuit_shows_in_status_resource_and_health(
     assert degraded["status"] == "degraded"
     assert degraded["circuits"] == {"open": ["openai"], "half_open": []}
     assert "openai" in degraded["providers"]["configured"]
+
+
+# ---------------------------------------------------------------------------- the cache section
+MODEL = "openai/gpt-4o-mini"
+
+
+async def cache_status_when(
+    client: Client,
+    holds: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Poll gateway_status until its cache section satisfies ``holds`` (bounded); return that section."""
+    stop_at = time.monotonic() + timeout
+    while not holds(cache := (await tool_status(client))["cache"]):
+        if time.monotonic() > stop_at:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; the cache section: {cache}")
+        await asyncio.sleep(0.01)  # poll interval, not a "wait and see"
+    return cache
+
+
+async def test_status_shows_the_embedded_cache_and_its_counters(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    fake.set("gpt-4o-mini", Scenario(text="Paris"))
+    async with Client(make_server(**FAST)) as client:
+        before = await tool_status(client)
+        first = await query(client, models=[MODEL], cache="use")
+        await cache_status_when(client, lambda c: c["writes"] == 1, "the answer to be stored (off the response path)")
+        second = await query(client, models=[MODEL], cache="use")
+        report = await tool_status(client)
+        resource = await resource_status(client)
+
+    assert before["cache"] == {
+        "backend": "memory",
+        "url": None,
+        "healthy": None,
+        "failures": None,
+        "unsynced": None,
+        "memory_entries": 0,
+        "memory_bytes": 0,
+        "hits": 0,
+        "misses": 0,
+        "writes": 0,
+        "not_stored": 0,
+        "coalesced": 0,
+        "peer_waits": 0,
+        "peer_waits_in_flight": 0,
+    }
+    assert not first.is_error and not second.is_error
+    assert second.structured_content["results"][0]["cached"] is True
+    assert fake.count() == 1
+    cache = report["cache"]
+    assert (cache["memory_entries"], cache["hits"], cache["misses"], cache["writes"]) == (1, 1, 1, 1)
+    assert cache["memory_bytes"] > len("Paris")
+    assert resource["cache"] == cache
+
+
+async def test_status_shows_a_shared_redis_and_its_health(
+    make_server: Callable[..., FastMCP], fake: GatedFake, redis_target: RedisTarget
+) -> None:
+    fake.set("gpt-4o-mini", Scenario(text="Paris"))
+    async with Client(make_server(**FAST, **redis_target.settings())) as client:
+        reply = await query(client, models=[MODEL], cache="use")
+        cache = await cache_status_when(client, lambda c: c["writes"] == 1, "the answer to be stored in Redis")
+
+    assert not reply.is_error
+    assert (cache["backend"], cache["url"], cache["healthy"], cache["failures"]) == ("redis", redis_target.url, True, 0)
+    assert (cache["misses"], cache["peer_waits"], cache["peer_waits_in_flight"]) == (1, 0, 0)
+
+
+async def test_status_shows_a_failing_redis_without_its_password(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    password = "pw-STATUS-0123456789abcdef"
+    port = free_port()  # nothing listens there: every connection is refused
+    fake.set("gpt-4o-mini", Scenario(text="Paris"))
+    settings = {**FAST, "redis_url": f"redis://:{password}@127.0.0.1:{port}/0", "cache_cooldown_s": 600}
+    async with Client(make_server(**settings)) as client:
+        reply = await query(client, models=[MODEL], cache="use")
+        # Stored off the response path: in the embedded cache, remembered for Redis once it answers.
+        await cache_status_when(client, lambda c: c["unsynced"] == 1, "the answer to be kept in this process")
+        report = await tool_status(client)
+        (resource,) = await client.read_resource("gateway://status")
+
+    assert not reply.is_error  # the cache is never a dependency
+    cache = report["cache"]
+    assert cache["url"] == f"redis://:****@127.0.0.1:{port}/0"
+    assert cache["healthy"] is False and cache["failures"] >= 1
+    assert (cache["unsynced"], cache["memory_entries"]) == (1, 1)
+    assert password not in json.dumps(report) and password not in resource.text
+
+
+async def test_status_counts_calls_waiting_on_another_gateways_lease(
+    make_server: Callable[..., FastMCP], fake: GatedFake, redis_target: RedisTarget
+) -> None:
+    fake.set("gpt-4o-mini", Scenario(text="Paris"))
+    release = fake.hold("gpt-4o-mini")
+    settings = {**FAST, **redis_target.settings()}
+    async with Client(make_server(**settings)) as one, Client(make_server(**settings)) as two:
+        holder = asyncio.create_task(query(one, models=[MODEL], cache="use"))
+        await fake.wait_for_calls(1)  # gateway one holds the lease; its call is held at the fake
+        waiters = [asyncio.create_task(query(two, models=[MODEL], cache="use")) for _ in range(3)]
+        waiting = await cache_status_when(
+            two,
+            lambda c: c["peer_waits_in_flight"] == 1 and c["coalesced"] == 2,
+            "gateway two to wait on one's lease (one caller) and its other callers on that caller",
+        )
+        assert (await tool_status(one))["cache"]["peer_waits_in_flight"] == 0
+        release.set()
+        results = await asyncio.gather(holder, *waiters)
+        after = (await tool_status(two))["cache"]
+
+    assert all(not r.is_error for r in results)
+    assert waiting["peer_waits"] == 1
+    assert (after["peer_waits"], after["peer_waits_in_flight"]) == (1, 0)  # one upstream call: test_cache_processes
