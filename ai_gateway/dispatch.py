@@ -204,8 +204,13 @@ class Dispatcher:
         async def lead() -> Outcome:
             """Only the first caller in this process reads, claims the call across processes, and calls."""
             assert store is not None and key is not None
+            # A replay (cache only) must not turn a slow Redis reply into a miss: it waits for Redis's verdict.
             hit, lease = await store.lookup(
-                key, read=policy.reads, claim=policy.writes, lease_ttl_s=max(deadline.remaining(), 0.1)
+                key,
+                read=policy.reads,
+                claim=policy.writes,
+                lease_ttl_s=max(deadline.remaining(), 0.1),
+                patient=policy.mode == "only",
             )
             if hit is not None:
                 return self._cached(target, hit, started, hedge)

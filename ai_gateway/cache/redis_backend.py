@@ -163,17 +163,24 @@ class RedisBackend:
             await self._guard(self.client.delete(key))
 
     async def lookup(
-        self, key: str, lease_key: str, token: str | None, ttl_s: float
+        self, key: str, lease_key: str, token: str | None, ttl_s: float, *, patient: bool = False
     ) -> tuple[bytes | None, bool | None]:
         """The stored value, or (when ``token`` is given) an attempt to take the lease: in one round trip.
 
         Returns (value, lease taken). ``lease taken`` is None when Redis could not say.
+
+        ``patient`` (a read that must not miss for want of waiting: a replay, where a miss fails the
+        model): after a timeout, wait for the probe's verdict and, if Redis is well, read once more
+        with the probe's patience. Only without ``token``: a retry must not race its own lease.
         """
         if not self.healthy:
             return await self.fallback.get(key), None
         lease_ms = max(1, int(ttl_s * 1000))
         error_key = lease_key.removesuffix(":lease") + ":error"
-        reply = await self._guard(self._script(self._lookup, [key, lease_key, error_key], [token or "", lease_ms]))
+        keys, args = [key, lease_key, error_key], [token or "", lease_ms]
+        reply = await self._guard(self._script(self._lookup, keys, args))
+        if reply is _FAILED and patient and token is None and await self._verdict():
+            reply = await self._guard(self._script(self._lookup, keys, args), timeout_s=self.probe_timeout_s)
         if reply is _FAILED:
             return await self.fallback.get(key), None
         found, payload = reply  # type: ignore[misc]
@@ -233,11 +240,17 @@ class RedisBackend:
         taken = await self._guard(self.client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
         return None if taken is _FAILED else bool(taken)
 
-    async def _guard(self, operation: Awaitable[T]) -> T | object:
+    async def _verdict(self) -> bool:
+        """Whether Redis is well, once the probe started by a timeout (if any) has decided."""
+        if self._probe is not None:
+            await asyncio.shield(self._probe)
+        return self.healthy
+
+    async def _guard(self, operation: Awaitable[T], timeout_s: float | None = None) -> T | object:
         from redis.exceptions import RedisError
 
         try:
-            async with asyncio.timeout(self.op_timeout_s):
+            async with asyncio.timeout(timeout_s or self.op_timeout_s):
                 result = await operation
         except TimeoutError as exc:
             if self._probe is None and self.healthy:

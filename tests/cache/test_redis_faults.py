@@ -241,6 +241,42 @@ async def test_a_timeout_while_redis_answers_a_probe_does_not_trip_it(redis_targ
             await backend.aclose()
 
 
+async def test_a_replay_waits_for_the_probe_and_reads_again_instead_of_missing(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """With cache=only a miss fails the model, so a lookup that timed out while Redis is well is read again."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as filler:
+        assert_ok(await filler.ask())
+    async with MuteFirstConnection(redis_target.port) as proxy:
+        muted = {"redis_url": proxy.url(redis_target.db), "cache_namespace": redis_target.namespace}
+        async with open_gateway(**muted) as gw:
+            replay = await gw.ask(cache="only")
+            backend = redis_backend(gw)
+            assert (backend.slow, backend.failures, backend.healthy) == (1, 0, True)
+
+    assert_ok(replay)
+    assert (replay.answer, replay.only["cached"]) == ("Paris", True)
+    assert fake.count(VENDOR) == 1
+
+
+async def test_an_ordinary_lookup_that_times_out_does_not_wait_for_the_probe(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """cache=use: a lookup gets one short timeout, then the provider answers (fail open, never a long wait)."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as filler:
+        assert_ok(await filler.ask())
+    async with MuteFirstConnection(redis_target.port) as proxy:
+        muted = {"redis_url": proxy.url(redis_target.db), "cache_namespace": redis_target.namespace}
+        async with open_gateway(**muted) as gw:
+            reply = await gw.ask()
+
+    assert_ok(reply)
+    assert reply.only["cached"] is False
+    assert fake.count(VENDOR) == 2
+
+
 async def test_a_timeout_where_the_probe_times_out_too_trips_redis(hung_redis: HungRedis) -> None:
     backend = RedisBackend(hung_redis.url, MemoryBackend(10, 1 << 20), op_timeout_s=0.05, cooldown_s=30)
     try:
