@@ -96,8 +96,9 @@ class Gateway:
         if sample is not None and sample < 0:
             raise InvalidArgument("sample", "must be 0 or more (the index of a repeated sample)")
         policy = CachePolicy(cache, sample)
-        if self.warm is not None and not self.warm.done:
-            await self.warm.wait()
+        warm, need_http = self.warm, policy.mode != "only"  # a replay calls no provider
+        if warm is not None and not warm.ready(http=need_http):
+            await warm.wait(http=need_http)
         result = await run(targets, self.dispatcher.bind(request, deadline, policy), hedge_delay)
         elapsed_s = time.perf_counter() - started
         return build_result(strategy, result, self.registry.secrets(), elapsed_s, self.pricing)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ai_gateway import __version__
 from ai_gateway.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncio
+
     import httpx
 
 USER_AGENT = f"ai-gateway/{__version__}"
@@ -60,69 +63,79 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
 WARM_UP_DELAY_S = 0.5
 
 
-async def warm_up(delay_s: float = WARM_UP_DELAY_S) -> None:
-    """Import the HTTP stack (and the breaker library) and load the price table in a worker thread,
-    so the first provider call does not stall the loop.
-
-    Building the client imports ~200 ms of modules, and pricing the first answer
-    ~200 ms more (genai-prices and its table); done inline, either would block
-    every other request on the event loop during the first call. The short delay
-    lets the server answer its client's first handshake and tool listing before
-    the import thread competes with it for the interpreter.
-    """
-    import asyncio
+def import_http_stack() -> None:
+    """The modules the first provider call needs (~200 ms): the transport, and the breaker's library
+    (which pulls in redis)."""
     import importlib
 
-    from ai_gateway.pricing import preload
-
-    await asyncio.sleep(delay_s)
-    for module in ("ai_gateway.transport", "pybreaker"):  # the breaker's library pulls in redis
-        await asyncio.to_thread(importlib.import_module, module)
-    await asyncio.to_thread(preload)
+    for module in ("ai_gateway.transport", "pybreaker"):
+        importlib.import_module(module)
 
 
 class WarmUp:
-    """The warm-up of one server: started with a delay by its lifespan, hurried by the first query.
+    """Heavy imports of one server, done in a worker thread: started with a delay by its lifespan,
+    hurried by the first query that needs them.
 
-    A query that arrives before the warm-up finished waits for it (the imports run in a thread,
-    the loop stays free) rather than importing inline: inline, the imports blocked the loop for
-    ~0.5 s on a busy machine, and every Redis operation in flight timed out behind them.
+    Two parts: the price table (genai-prices, ~200 ms), which every answered query needs, then the
+    HTTP stack (~200 ms), which only a provider call needs. A query that arrives before what it needs
+    is loaded waits for it, with the loop free; done inline, the imports blocked the loop for ~0.5 s
+    on a busy machine, and every Redis operation in flight timed out behind them. The delay lets the
+    server answer its client's handshake and tool listing before the thread competes with it for the
+    interpreter. A replay (no provider call) can say it does not want the HTTP stack at all.
     """
 
     def __init__(self) -> None:
         import asyncio
 
-        self.done = False
+        self.prices_ready = asyncio.Event()
+        self.http_ready = asyncio.Event()
+        self.http_wanted = True
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def ready(self, *, http: bool = True) -> bool:
+        return (self.http_ready if http else self.prices_ready).is_set()
 
     def start(self, delay_s: float = WARM_UP_DELAY_S) -> None:
         import asyncio
 
         if self._task is None:
-            self._task = asyncio.create_task(self._run(delay_s), name="warm-up-http")
+            self._task = asyncio.create_task(self._run(delay_s), name="warm-up")
 
     async def _run(self, delay_s: float) -> None:
         import asyncio
 
+        from ai_gateway.pricing import preload
+
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._hurry.wait(), delay_s)
-        try:
-            await warm_up(0)
-        except Exception as exc:  # the first call will import inline (and report whatever is broken)
-            logging.getLogger(__name__).warning("warm-up failed (%s)", type(exc).__name__)
-        self.done = True
+        if not self.prices_ready.is_set():
+            await self._step(preload, self.prices_ready)
+        if self.http_wanted and not self.http_ready.is_set():
+            await self._step(import_http_stack, self.http_ready)
 
-    async def wait(self) -> None:
-        """Until the warm-up is done (starting it now if nobody did)."""
+    @staticmethod
+    async def _step(load: Callable[[], None], ready: asyncio.Event) -> None:
         import asyncio
 
-        if self.done:
+        try:
+            await asyncio.to_thread(load)
+        except Exception as exc:  # the first call will import inline (and report whatever is broken)
+            logging.getLogger(__name__).warning("warm-up failed (%s)", type(exc).__name__)
+        ready.set()
+
+    async def wait(self, *, http: bool = True) -> None:
+        """Until the price table (and, with ``http``, the HTTP stack) is loaded, starting now if need be."""
+        import asyncio
+
+        ready = self.http_ready if http else self.prices_ready
+        if ready.is_set():
             return
-        self.start(0)
+        self.http_wanted = self.http_wanted or http
+        if self._task is None or self._task.done():  # never started, or finished without what we need
+            self._task = asyncio.create_task(self._run(0), name="warm-up")
         self._hurry.set()
-        assert self._task is not None
-        await asyncio.shield(self._task)
+        await ready.wait()
 
     async def aclose(self) -> None:
         import asyncio

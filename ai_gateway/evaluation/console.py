@@ -79,16 +79,13 @@ async def _run(server: Any, plan: Plan, via: str, on_record: Callable[[RunState]
     async with Client(server) as client:
         gateway = lifespan_gateway(server)
         check_models(gateway, plan.config)
-        if plan.config.cache != "only":
-            # Import the HTTP stack off the loop now: done inline by the first provider call it
-            # blocks the loop ~200 ms, long enough for Redis cache operations in flight to time out.
-            from ai_gateway.http import warm_up
-
-            await warm_up(0)
-        else:  # no provider is called, but cached answers are priced (the cost they saved)
-            from ai_gateway.pricing import preload
-
-            await asyncio.to_thread(preload)
+        if gateway.warm is not None:
+            # Load what the run needs before its first row, off the loop: a replay (cache only) calls no
+            # provider, so it needs only the price table (for the cost it saved), not the HTTP stack.
+            replay = plan.config.cache == "only"
+            if replay:
+                gateway.warm.http_wanted = False
+            await gateway.warm.wait(http=not replay)
         query = tool_query(client) if via == "tool" else gateway_query(gateway)
         return await execute(plan, query, on_record)
 

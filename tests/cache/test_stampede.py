@@ -235,9 +235,9 @@ async def test_concurrent_calls_in_one_redis_backed_gateway_do_not_deadlock(
         backend: Any = gw.gateway.cache.backend
         real_lookup, lookups = backend.lookup, []
 
-        async def lookup(*args: Any) -> Any:
+        async def lookup(*args: Any, **options: Any) -> Any:
             lookups.append(args[0])
-            return await real_lookup(*args)
+            return await real_lookup(*args, **options)
 
         monkeypatch.setattr(backend, "lookup", lookup)
         results = await asyncio.gather(*(direct(gw, timeout_s=5) for _ in range(10)))

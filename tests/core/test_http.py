@@ -46,22 +46,40 @@ async def test_server_hanging_up_is_a_protocol_error() -> None:
 async def test_the_first_query_hurries_a_delayed_warm_up_instead_of_importing_on_the_loop() -> None:
     warm = WarmUp()
     warm.start(delay_s=3600)  # as if the server had just started
-    assert not warm.done
+    assert not warm.ready(http=False) and not warm.ready()
     await warm.wait()  # returns as soon as the imports are done in their thread, not after the delay
-    assert warm.done
+    assert warm.ready(http=False) and warm.ready()
     await warm.wait()  # and at once afterwards
     await warm.aclose()
+
+
+async def test_a_replay_loads_the_price_table_without_the_http_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    monkeypatch.setattr(http_module, "import_http_stack", lambda: loaded.append("http"))
+    monkeypatch.setattr("ai_gateway.pricing.preload", lambda: loaded.append("prices"))
+    warm = WarmUp()
+    warm.http_wanted = False
+    warm.start(delay_s=3600)
+    await warm.wait(http=False)
+    await warm.aclose()  # the run is over: nothing more is loaded
+    assert loaded == ["prices"] and not warm.ready()
+
+    later = WarmUp()  # a provider call after all: the HTTP stack is loaded then
+    later.http_wanted = False
+    await later.wait(http=False)
+    await later.wait()
+    assert loaded == ["prices", "prices", "http"]
 
 
 async def test_a_failing_warm_up_is_logged_and_does_not_hold_queries(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(delay_s: float = 0) -> None:
+    def broken() -> None:
         raise ImportError("no module named 'aiohttp'")
 
-    monkeypatch.setattr(http_module, "warm_up", broken)
+    monkeypatch.setattr(http_module, "import_http_stack", broken)
     warm = WarmUp()
     await warm.wait()
-    assert warm.done
+    assert warm.ready()
     assert "warm-up failed (ImportError)" in caplog.text
     await warm.aclose()
