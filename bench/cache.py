@@ -4,7 +4,10 @@ Prints figures and ratios from one run, never a pass/fail exit code:
 1. a raw ``redis.asyncio`` GET of a stored envelope (the floor);
 2. a cache hit inside the gateway (``Gateway.query`` answered from the cache), embedded and Redis;
 3. a hit through fastmcp's in-memory Client next to a trivial tool on the same server;
-4. the miss penalty: unique prompts with the cache on (Redis) against ``cache: bypass``.
+4. the miss penalty: unique prompts with the cache on (Redis) against ``cache: bypass``;
+5. (section ``eval``, bench/eval_replay.py) rows/s of ``ai-gateway eval`` replaying a fully cached
+   dataset with ``--cache only``: new processes, and the runner in this process; ``--profile``
+   also profiles one replay (py-spy if found, else cProfile).
 Needs Redis on 127.0.0.1:6379 (or ``--redis URL``); the fake provider runs as its own process.
 """
 
@@ -15,6 +18,7 @@ import asyncio
 import gc
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,6 +28,7 @@ os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
 
+import eval_replay
 import redis.asyncio as aioredis
 from benchlib import Figures, rotated, start_child, summary_ms
 from fastmcp import Client
@@ -52,8 +57,59 @@ def settings(redis_url: str | None, namespace: str) -> Settings:
     return Settings(_env_file=None, redis_url=redis_url, cache_namespace=namespace)
 
 
-async def main(redis_url: str, n: int) -> Figures:
+async def main(ns: argparse.Namespace) -> Figures:
+    # Every model answers "Paris" at once; the fake counts its requests (GET /_admin/calls).
     fake, url = await start_child("-m", "tests.fake_provider", "--port", "0", "--scenario", '*={"text": "Paris"}')
+    fig: Figures = {}
+    try:
+        if ns.section in ("all", "hits"):
+            fig |= await hits(url, ns.redis, 300 if ns.quick else 1500)
+        if ns.section in ("all", "eval"):
+            fig["eval"] = await eval_section(url, ns)
+    finally:
+        fake.terminate()
+        await fake.wait()
+    targets = fig.pop("_targets", [])
+    if "eval" in fig:
+        targets += eval_replay.report(fig["eval"])
+    print("\n== summary ==" + (f" (stored value {fig['value_bytes']} bytes; a peer gateway's hit: ~51x a raw GET, "
+                                 "3.3 ms)" if "value_bytes" in fig else ""))  # fmt: skip
+    if "hit_ratios" in fig:
+        print(fig["hit_ratios"])
+    for name, met, detail in targets:
+        print(f"[{'met' if met else 'NOT met':>7}] {name}: {detail}")
+    fig["targets"] = {name: met for name, met, _ in targets}
+    return fig
+
+
+async def eval_section(url: str, ns: argparse.Namespace) -> Figures:
+    """Fill Redis and replay through ``ai-gateway eval`` (bench/eval_replay.py); keys deleted after."""
+    namespace = f"bench-eval-{uuid.uuid4().hex[:8]}"
+    raw = aioredis.Redis.from_url(ns.redis)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+            setup = eval_replay.Setup(
+                url=url,
+                redis_url=ns.redis,
+                namespace=namespace,
+                tmp=Path(tmp),
+                rows=ns.rows or (500 if ns.quick else 2000),
+                rounds=1 if ns.quick else ns.rounds,
+                high=ns.high_concurrency,
+                op_timeout_s=ns.cache_op_timeout,
+            )
+            fig = await eval_replay.replay(setup)
+            if ns.profile:
+                py_spy = eval_replay.find_py_spy(ns.py_spy)
+                fig["profile"] = await eval_replay.profile_replay(setup, py_spy, ns.profile_dir)
+    finally:
+        async for key in raw.scan_iter(f"{namespace}:*", count=1000):
+            await raw.delete(key)
+        await raw.aclose()
+    return fig
+
+
+async def hits(url: str, redis_url: str, n: int) -> Figures:
     environ = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"{url}/v1"}
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     raw = aioredis.Redis.from_url(redis_url)
@@ -113,8 +169,6 @@ async def main(redis_url: str, n: int) -> Figures:
         async for key in raw.scan_iter(f"{namespace}:*"):
             await raw.delete(key)
         await raw.aclose()
-        fake.terminate()
-        await fake.wait()
     return report(fig)
 
 
@@ -137,21 +191,28 @@ def report(fig: Figures) -> Figures:
         ("miss penalty (Redis on vs bypass) <= 2 x raw GET", penalty <= 2 * get,
          f"{penalty:+.3f} ms vs {2 * get:.3f} ms"),
     ]  # fmt: skip
-    print(f"\n== summary == (stored value {out['value_bytes']} bytes; a peer gateway's hit: ~51x a raw GET, 3.3 ms)")
-    print(f"hit / raw GET: embedded {out['hit_embedded']['median_ms'] / get:.1f}x, "
-          f"redis {out['hit_redis']['median_ms'] / get:.1f}x")  # fmt: skip
-    for name, met, detail in rows:
-        print(f"[{'met' if met else 'NOT met':>7}] {name}: {detail}")
-    out["targets"] = {name: met for name, met, _ in rows}
+    out["hit_ratios"] = (f"hit / raw GET: embedded {out['hit_embedded']['median_ms'] / get:.1f}x, "
+                         f"redis {out['hit_redis']['median_ms'] / get:.1f}x")  # fmt: skip
+    out["_targets"] = rows
     return out
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL (default: local DB 15)")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations, 500 eval rows, one round")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--section", choices=("all", "hits", "eval"), default="all",
+                        help="hits: figures 1-4; eval: the eval replay throughput (default: both)")  # fmt: skip
+    parser.add_argument("--rows", type=int, help="eval dataset rows (default 2000, 500 with --quick)")
+    parser.add_argument("--rounds", type=int, default=3, help="eval replay rounds (default 3, 1 with --quick)")
+    parser.add_argument("--high-concurrency", type=int, default=16, help="the eval's higher --concurrency (16)")
+    parser.add_argument("--cache-op-timeout", type=float, metavar="S",
+                        help="eval: set AI_GATEWAY_CACHE_OP_TIMEOUT_S (default: the gateway's own)")  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="eval: also profile the consensus replay over Redis")
+    parser.add_argument("--profile-dir", type=Path, metavar="DIR", help="keep the profiles there (py-spy raw stacks)")
+    parser.add_argument("--py-spy", metavar="PATH", help="py-spy executable (default: next to python, or on PATH)")
     ns = parser.parse_args()
-    figures = asyncio.run(main(ns.redis, 300 if ns.quick else 1500))
+    figures = asyncio.run(main(ns))
     if ns.json:
         Path(ns.json).write_text(json.dumps(figures, indent=2) + "\n")
