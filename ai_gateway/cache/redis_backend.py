@@ -122,7 +122,7 @@ class RedisBackend:
         self._probe: asyncio.Task[None] | None = None
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
-        self._queued: list[_ScriptCall] = []  # script calls waiting for this turn's pipeline
+        self._queued: list[_Queued] = []  # calls waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # lookups and settles sent (each pipeline counts once)
         self._down_until = 0.0
@@ -175,16 +175,20 @@ class RedisBackend:
         """
         if not self.healthy:
             return await self.fallback.get(key), None
+        if token is None:  # a plain read: batched into one MGET with the other reads of this turn
+            value = await self._guard(self._queue(None, [key], []))
+            if value is _FAILED and patient and await self._verdict():
+                value = await self._guard(self._queue(None, [key], []), timeout_s=self.probe_timeout_s)
+            if value is _FAILED:
+                return await self.fallback.get(key), None
+            return (value, False) if value is not None else (None, None)  # type: ignore[return-value]
         lease_ms = max(1, int(ttl_s * 1000))
         error_key = lease_key.removesuffix(":lease") + ":error"
-        keys, args = [key, lease_key, error_key], [token or "", lease_ms]
-        reply = await self._guard(self._script(self._lookup, keys, args))
-        if reply is _FAILED and patient and token is None and await self._verdict():
-            reply = await self._guard(self._script(self._lookup, keys, args), timeout_s=self.probe_timeout_s)
+        reply = await self._guard(self._queue(self._lookup, [key, lease_key, error_key], [token, lease_ms]))
         if reply is _FAILED:
             return await self.fallback.get(key), None
         found, payload = reply  # type: ignore[misc]
-        return (payload, False) if found else (None, bool(payload) if token else None)
+        return (payload, False) if found else (None, bool(payload))
 
     async def peer_state(self, key: str) -> tuple[bytes | None, bytes | None, bool]:
         """The answer, the error marker and whether the lease is still held, read at one instant (MGET).
@@ -216,7 +220,7 @@ class RedisBackend:
                 await self._keep_local(key, value, ttl_s)
             return
         args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
-        if await self._guard(self._script(self._settle, [key, lease_key, error_key], args)) is _FAILED:
+        if await self._guard(self._queue(self._settle, [key, lease_key, error_key], args)) is _FAILED:
             if value:
                 await self._keep_local(key, value, ttl_s)
             await self._release(lease_key, token)
@@ -266,10 +270,11 @@ class RedisBackend:
             self._resync_task = asyncio.create_task(self._resync(), name="cache-resync")
         return result
 
-    def _script(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one script call for the pipeline sent at the end of this turn of the loop."""
+    def _queue(self, script: Any | None, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one script call (or, with ``script`` None, a GET of ``keys[0]``) for the pipeline
+        sent at the end of this turn of the loop."""
         loop = asyncio.get_running_loop()
-        call = _ScriptCall(script, keys, args, loop.create_future())
+        call = _Queued(script, keys, args, loop.create_future())
         self._queued.append(call)
         if len(self._queued) == 1:
             loop.call_soon(self._send_queued)
@@ -284,30 +289,42 @@ class RedisBackend:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[_ScriptCall]) -> None:
+    async def _send(self, batch: list[_Queued]) -> None:
         """One round trip for the batch; each caller gets its own reply or error.
 
+        Scripts go first (stores before lookups), then every plain read of the batch as one MGET.
         A call whose caller gave up before it was sent (timed out, cancelled) is not sent
         at all: a lease taken for nobody would stall other gateways until it expired.
         """
         from redis.exceptions import NoScriptError
 
         batch = [call for call in batch if not call.future.done()]
-        if batch:
-            self.round_trips += 1
+        if not batch:
+            return
+        self.round_trips += 1
+        scripts = [call for call in batch if call.script is not None]
+        reads = [call for call in batch if call.script is None]
         try:
-            if len(batch) == 1:
-                call = batch[0]
-                replies: list[Any] = [await call.script(keys=call.keys, args=call.args)]
-            elif batch:
+            if not scripts:
+                replies: list[Any] = await self.client.mget([call.keys[0] for call in reads])
+            elif len(scripts) == 1 and not reads:
+                call = scripts[0]
+                replies = [await call.script(keys=call.keys, args=call.args)]
+            else:
                 pipe = self.client.pipeline(transaction=False)
-                for call in batch:  # EVALSHA itself: a pipeline given Script objects asks SCRIPT EXISTS first
+                for call in scripts:  # EVALSHA itself: a pipeline given Script objects asks SCRIPT EXISTS first
                     pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
-                for i, (call, reply) in enumerate(zip(batch, replies, strict=True)):
+                if reads:
+                    pipe.mget([call.keys[0] for call in reads])
+                out = await pipe.execute(raise_on_error=False)
+                replies = out[: len(scripts)]
+                for i, (call, reply) in enumerate(zip(scripts, replies, strict=True)):
                     if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts: load, once each
                         self.round_trips += 1
                         replies[i] = await call.script(keys=call.keys, args=call.args)
+                if reads:
+                    values = out[-1]
+                    replies += [values] * len(reads) if isinstance(values, Exception) else values
         except Exception as exc:
             for call in batch:
                 if not call.future.done():
@@ -317,7 +334,7 @@ class RedisBackend:
             for call in batch:
                 call.future.cancel()
             raise
-        for call, reply in zip(batch, replies, strict=True):
+        for call, reply in zip(scripts + reads, replies, strict=True):
             if not call.future.done():
                 if isinstance(reply, Exception):
                     call.future.set_exception(reply)
@@ -423,8 +440,8 @@ _FAILED = object()
 
 
 @dataclass(frozen=True, slots=True)
-class _ScriptCall:
-    script: Any  # redis-py's AsyncScript
+class _Queued:
+    script: Any | None  # redis-py's AsyncScript, or None for a plain read (GET keys[0])
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]

@@ -136,6 +136,27 @@ async def test_the_lookups_of_one_consensus_call_share_one_round_trip(
     assert fake.count() == 3
 
 
+async def test_a_replay_reads_a_consensus_calls_three_answers_with_one_mget(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    for model in THREE:
+        fake.set(model.partition("/")[2], Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        first = await gw.ask(models=THREE, strategy="consensus")
+        backend: Any = gw.gateway.cache.backend
+        before = backend.round_trips
+        replay = await gw.ask(models=THREE, strategy="consensus", cache="only")
+        trips = backend.round_trips - before
+        missing = await gw.ask(models=[*THREE[:2], "openai/model-d"], strategy="consensus", cache="only")
+
+    assert [r["cached"] for r in replay.results] == [True] * 3
+    assert [r["text"] for r in replay.results] == [r["text"] for r in first.results]
+    assert trips == 1
+    assert [r["status"] for r in missing.results] == ["ok", "ok", "error"]
+    assert missing.results[2]["error"]["code"] == "cache_miss"
+    assert fake.count() == 3
+
+
 async def test_a_batch_still_answers_after_redis_forgot_its_scripts(
     open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
 ) -> None:
