@@ -211,6 +211,7 @@ class Dispatcher:
                 claim=policy.writes,
                 lease_ttl_s=max(deadline.remaining(), 0.1),
                 patient=policy.mode == "only",
+                together=policy.together,
             )
             if hit is not None:
                 return self._cached(target, hit, started, hedge)

@@ -95,7 +95,7 @@ class Gateway:
 
         if sample is not None and sample < 0:
             raise InvalidArgument("sample", "must be 0 or more (the index of a repeated sample)")
-        policy = CachePolicy(cache, sample)
+        policy = CachePolicy(cache, sample, together=len(targets) > 1)
         warm, need_http = self.warm, policy.mode != "only"  # a replay calls no provider
         if warm is not None and not warm.ready(http=need_http):
             await warm.wait(http=need_http)

@@ -163,7 +163,14 @@ class RedisBackend:
             await self._guard(self.client.delete(key))
 
     async def lookup(
-        self, key: str, lease_key: str, token: str | None, ttl_s: float, *, patient: bool = False
+        self,
+        key: str,
+        lease_key: str,
+        token: str | None,
+        ttl_s: float,
+        *,
+        patient: bool = False,
+        together: bool = True,
     ) -> tuple[bytes | None, bool | None]:
         """The stored value, or (when ``token`` is given) an attempt to take the lease: in one round trip.
 
@@ -172,19 +179,22 @@ class RedisBackend:
         ``patient`` (a read that must not miss for want of waiting: a replay, where a miss fails the
         model): after a timeout, wait for the probe's verdict and, if Redis is well, read once more
         with the probe's patience. Only without ``token``: a retry must not race its own lease.
+
+        ``together`` (one of several models of a call): batched with this turn's other calls. A lone
+        model's lookup is sent at once from the caller's task, saving the batch's two loop turns.
         """
         if not self.healthy:
             return await self.fallback.get(key), None
         if token is None:  # a plain read: batched into one MGET with the other reads of this turn
-            value = await self._guard(self._queue(None, [key], []))
+            value = await self._guard(self._queue(None, [key], [], together))
             if value is _FAILED and patient and await self._verdict():
-                value = await self._guard(self._queue(None, [key], []), timeout_s=self.probe_timeout_s)
+                value = await self._guard(self._queue(None, [key], [], together), timeout_s=self.probe_timeout_s)
             if value is _FAILED:
                 return await self.fallback.get(key), None
             return (value, False) if value is not None else (None, None)  # type: ignore[return-value]
         lease_ms = max(1, int(ttl_s * 1000))
         error_key = lease_key.removesuffix(":lease") + ":error"
-        reply = await self._guard(self._queue(self._lookup, [key, lease_key, error_key], [token, lease_ms]))
+        reply = await self._guard(self._queue(self._lookup, [key, lease_key, error_key], [token, lease_ms], together))
         if reply is _FAILED:
             return await self.fallback.get(key), None
         found, payload = reply  # type: ignore[misc]
@@ -270,9 +280,13 @@ class RedisBackend:
             self._resync_task = asyncio.create_task(self._resync(), name="cache-resync")
         return result
 
-    def _queue(self, script: Any | None, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one script call (or, with ``script`` None, a GET of ``keys[0]``) for the pipeline
-        sent at the end of this turn of the loop."""
+    def _queue(self, script: Any | None, keys: list[str], args: list[Any], batch: bool = True) -> Awaitable[Any]:
+        """One script call (or, with ``script`` None, a GET of ``keys[0]``), for the pipeline sent at the
+        end of this turn of the loop; without ``batch``, sent at once unless calls are already queued
+        (which go first: one of them may be the store of the answer this call looks for)."""
+        if not batch and not self._queued:
+            self.round_trips += 1
+            return script(keys=keys, args=args) if script is not None else self.client.get(keys[0])
         loop = asyncio.get_running_loop()
         call = _Queued(script, keys, args, loop.create_future())
         self._queued.append(call)

@@ -67,6 +67,9 @@ class CachePolicy:
 
     mode: CacheMode = "use"
     sample: int | None = None
+    # Several models: their lookups share one round trip and their answers arrive together, so a
+    # replayed consensus decides on the same answers every time. A lone model's lookup goes at once.
+    together: bool = False
 
     @property
     def reads(self) -> bool:
@@ -109,7 +112,7 @@ class ResponseCache:
         return cache_key(self.namespace, provider, base_url, model, request, policy.sample)
 
     async def lookup(
-        self, key: str, *, read: bool, claim: bool, lease_ttl_s: float, patient: bool = False
+        self, key: str, *, read: bool, claim: bool, lease_ttl_s: float, patient: bool = False, together: bool = True
     ) -> tuple[Completion | None, str | None]:
         """Read the entry and/or claim the call, in one round trip where the backend allows.
 
@@ -121,7 +124,11 @@ class ResponseCache:
         if combined is None:  # the embedded cache: nobody outside this process to coordinate with
             hit = await self.read(key) if read else None
             return hit, (None if hit is not None else token)
-        raw, taken = await combined(key, f"{key}:lease", token, lease_ttl_s, patient=patient) if read else (None, None)
+        raw, taken = (
+            await combined(key, f"{key}:lease", token, lease_ttl_s, patient=patient, together=together)
+            if read
+            else (None, None)
+        )
         if not read and claim:
             taken = await self.backend.lease(f"{key}:lease", token, lease_ttl_s)  # type: ignore[attr-defined]
         completion = decode(raw) if raw is not None else None
