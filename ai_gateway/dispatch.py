@@ -183,11 +183,16 @@ class Dispatcher:
         *,
         hedge: bool = False,
         policy: CachePolicy = DEFAULT_POLICY,
+        raise_cancel: bool = False,
     ) -> Outcome:
         """One model, to an Outcome: from the cache when it may, else from the provider.
 
         Runs as a task of its own: when a strategy cancels it, it answers with a
-        ``cancelled`` Outcome that still says how many attempts were sent.
+        ``cancelled`` Outcome that still says how many attempts were sent. With
+        ``raise_cancel`` (a strategy calling it in its own task) the cancellation,
+        which is then the caller's, is raised instead, after the same clean-up:
+        swallowed, it would be lost, and a replacement CancelledError is not one
+        that anyio's cancel scopes recognise as theirs.
         """
         store = self.cache
         key = None
@@ -199,7 +204,9 @@ class Dispatcher:
                 why = "a sampled request (temperature > 0) is cached only with a sample index"
                 error = CacheMiss(f"cache only: {why}; no provider was called", provider=target.provider)
                 return Outcome(target, "error", error=error, hedge=hedge)
-            return await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+            return await self._call_provider(
+                target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
+            )
 
         async def lead() -> Outcome:
             """Only the first caller in this process reads, claims the call across processes, and calls."""
@@ -223,7 +230,14 @@ class Dispatcher:
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
                 _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))
-            outcome = await self._call_provider(target, request, deadline, can_fail_over, hedge=hedge)
+            try:
+                outcome = await self._call_provider(
+                    target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
+                )
+            except asyncio.CancelledError:
+                if policy.writes:  # release the lease: other processes make the call themselves
+                    store.store_later(key, None, lease, None, replace=policy.mode == "refresh")
+                raise
             if policy.writes:
                 # Only what the provider said is shared with other processes; this caller's own deadline,
                 # cancellation or load shedding is not their failure: they make the call themselves.
@@ -248,6 +262,8 @@ class Dispatcher:
             )
             return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
         except asyncio.CancelledError:
+            if raise_cancel:
+                raise
             now = self.clock()
             cancelled = Cancelled("cancelled", provider=target.provider)
             return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
@@ -279,6 +295,7 @@ class Dispatcher:
         can_fail_over: Callable[[], bool] = never,
         *,
         hedge: bool = False,
+        raise_cancel: bool = False,
     ) -> Outcome:
         """One model from its provider, through every resilience layer."""
         r = self.resilience
@@ -338,6 +355,8 @@ class Dispatcher:
             return Outcome(target, "error", error=exc, latency_s=now - started, finished_at=now,
                            attempts=attempts, hedge=hedge)  # fmt: skip
         except asyncio.CancelledError:
+            if raise_cancel:
+                raise
             # This is a leaf task its strategy cancelled and awaits: report, don't propagate.
             now = self.clock()
             cancelled = Cancelled("cancelled", provider=target.provider)
@@ -400,10 +419,21 @@ class BoundCall:
     policy: CachePolicy = DEFAULT_POLICY
 
     async def __call__(
-        self, target: ModelTarget, can_fail_over: Callable[[], bool] = never, *, hedge: bool = False
+        self,
+        target: ModelTarget,
+        can_fail_over: Callable[[], bool] = never,
+        *,
+        hedge: bool = False,
+        raise_cancel: bool = False,
     ) -> Outcome:
         return await self.dispatcher.call(
-            target, self.request, self.deadline, can_fail_over, hedge=hedge, policy=self.policy
+            target,
+            self.request,
+            self.deadline,
+            can_fail_over,
+            hedge=hedge,
+            policy=self.policy,
+            raise_cancel=raise_cancel,
         )
 
     def available(self, target: ModelTarget) -> bool:

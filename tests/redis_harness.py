@@ -142,9 +142,13 @@ class RedisTarget:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{HOST}:{self.port}/{self.db}"
 
-    def settings(self) -> dict[str, str]:
-        """The gateway settings that point its cache here."""
-        return {"redis_url": self.url, "cache_namespace": self.namespace}
+    def settings(self) -> dict[str, str | float]:
+        """The gateway settings that point its cache here.
+
+        With a 1 s operation timeout: on a loaded CI machine the 0.1 s default can expire, and the
+        cache then fails open (a miss, a provider call) by design. Tests of timeouts set their own.
+        """
+        return {"redis_url": self.url, "cache_namespace": self.namespace, "cache_op_timeout_s": 1.0}
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=HOST, port=self.port, db=self.db, password=self.password, socket_timeout=5)

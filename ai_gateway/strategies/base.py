@@ -17,7 +17,7 @@ class CallModel(Protocol):
     """Runs one model to an Outcome; ``can_fail_over`` says whether another candidate could still answer."""
 
     async def __call__(
-        self, target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False
+        self, target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False, raise_cancel: bool = False
     ) -> Outcome: ...
 
     def available(self, target: ModelTarget) -> bool:

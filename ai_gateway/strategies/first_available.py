@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from ai_gateway.dispatch import ModelTarget, Outcome
+from ai_gateway.dispatch import ModelTarget, Outcome, never
 from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult, cancel_and_wait, collect, no_hedge
 
 
@@ -39,6 +39,11 @@ async def first_available(
         running[task] = started[task] = position
         return hedge_delay(target)
 
+    if len(targets) == 1 and hedge_delay(targets[0]) is None:
+        # One model, no hedging: called in this task, which saves a task and two turns of the event loop
+        # (a fifth of a cache hit's cost); a cancellation is then this task's own and is raised as is.
+        outcome = await call(targets[0], never, raise_cancel=True)
+        return StrategyResult([outcome], 0 if outcome.ok else None)
     try:
         delay = start_next(hedge=False)
         while running and winner is None:

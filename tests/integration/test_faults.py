@@ -355,14 +355,10 @@ async def test_cancelling_during_backoff_stops_the_retry(
         call = asyncio.create_task(query(client, models=["openai/flaky"], timeout_s=60))
         await asyncio.wait_for(sleeps.started.wait(), 5)  # the gateway is now waiting to retry
         assert sleeps.waits == [10]
-        running = model_tasks()
-        assert len(running) == 1
         call.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError):  # the cancellation is the caller's: never swallowed
             await call
-        _, still_running = await asyncio.wait(running, timeout=5)
-        assert not still_running
-        assert model_tasks() == []
+        assert model_tasks() == []  # a lone model runs in the tool's own task: nothing is left behind
         with pytest.raises(TimeoutError):
             await fake.wait_for_calls(2, model="flaky", timeout=0.3)  # the retry never comes
     assert fake.count("flaky") == 1
@@ -375,14 +371,11 @@ async def test_cancelling_an_in_flight_request_closes_it_and_is_not_a_failure(
     async with gateway() as client:
         call = asyncio.create_task(query(client, models=["openai/hang"]))
         await fake.wait_for_calls(1, model="hang")
-        running = model_tasks()
-        assert len(running) == 1
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         await fake.wait_for_disconnects(1)
-        _, still_running = await asyncio.wait(running, timeout=5)
-        assert not still_running and model_tasks() == []
+        assert model_tasks() == []
         report = await status(client)
     b = breaker(report, "openai")
     assert b["state"] == "closed" and b["failures"] == 0 and b["last_error"] is None
