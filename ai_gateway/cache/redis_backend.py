@@ -19,9 +19,10 @@ costing money later:
   answers then) they are copied to it, so other processes, and the replay of a
   batch run, find them instead of paying for them again.
 
-Lookups and settles issued in the same turn of the event loop (the models of
-one consensus call, the rows an evaluation runs at once) go to Redis as one
-pipeline: one round trip and one connection instead of one each.
+The lookups of a call with several models, and the stores, go to Redis in one
+pipeline per turn of the event loop (with the other calls of that turn, such
+as the rows an evaluation runs at once): one round trip and one connection
+instead of one each. A lone model's lookup is sent at once.
 """
 
 from __future__ import annotations
