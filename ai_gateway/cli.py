@@ -215,7 +215,7 @@ def render_query(result: dict[str, Any]) -> str:
             detail = ""
         lines.append(f"  {r['status']:<9} {r['model']:<{width}}  {latency:>8}  {detail}")
     if result.get("cost_usd") is not None or result.get("cost_saved_usd"):
-        from ai_gateway.evaluation.console import usd
+        from ai_gateway.pricing import usd
 
         saved = f" (saved {usd(result['cost_saved_usd'])} by the cache)" if result.get("cost_saved_usd") else ""
         lines.append(f"cost {usd(result.get('cost_usd'))}{saved}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -259,3 +260,22 @@ def _plan_values(price: Any) -> dict[str, Price] | None:
         else:
             values[name] = float(value)
     return values
+
+
+# -- for people reading a cost (progress lines, summaries, the CLI) --------------------------
+
+
+def usd(value: float | None) -> str:
+    """Dollars with three significant digits below $1 ($0.000450, $0.0123), cents above; "?" when unknown."""
+    if value is None:
+        return "?"
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.{max(4, 2 - math.floor(math.log10(value)))}f}"
+
+
+def plus_unpriced(count: int) -> str:
+    """How many answers a shown sum leaves out, as a suffix (nothing when none)."""
+    return f" + {count:,} unpriced" if count else ""

@@ -7,7 +7,6 @@ answer at all, 2 bad input (nothing was called), 130 interrupted (finished rows 
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from ai_gateway.evaluation.runner import (
     tool_query,
 )
 from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.pricing import plus_unpriced, usd
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
@@ -141,8 +141,8 @@ class ProgressView:
         self._shown_at = now
         self.progress.totals = (
             f"cache hits {state.cache_hits:,} · tokens {state.input_tokens:,} in / {state.output_tokens:,} out"
-            f" · cost {usd(state.cost_usd)}{_unpriced(state.unpriced)}"
-            f" (saved {usd(state.cost_saved_usd)}{_unpriced(state.unpriced_cache_hits)})"
+            f" · cost {usd(state.cost_usd)}{plus_unpriced(state.unpriced)}"
+            f" (saved {usd(state.cost_saved_usd)}{plus_unpriced(state.unpriced_cache_hits)})"
         )
         self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
 
@@ -213,21 +213,6 @@ def print_summary(summary: EvalSummary) -> None:
     lines.append(f"results: {summary.results_path}")
     for line in lines:
         console.print(line, highlight=False, markup=False)
-
-
-def usd(value: float | None) -> str:
-    """Dollars with three significant digits below $1 ($0.000450, $0.0123), cents above; "?" when unknown."""
-    if value is None:
-        return "?"
-    if value == 0:
-        return "$0"
-    if value >= 1:
-        return f"${value:,.2f}"
-    return f"${value:.{max(4, 2 - math.floor(math.log10(value)))}f}"
-
-
-def _unpriced(count: int) -> str:
-    return f" + {count:,} unpriced" if count else ""
 
 
 def _cost(total: float | None, unpriced: int, what: str) -> str:

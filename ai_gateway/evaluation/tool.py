@@ -7,10 +7,10 @@ from typing import Any
 
 from fastmcp.exceptions import ToolError
 
-from ai_gateway.evaluation.console import usd
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, Plan, RunState, check_models, execute, gateway_query, prepare
 from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.pricing import plus_unpriced, usd
 
 _FIELDS = {"dataset": "path", "timeout": "timeout_s"}  # CLI option -> run_eval argument
 
@@ -25,8 +25,8 @@ async def run_eval_tool(gateway: Any, ctx: Any, *, path: str, out: str | None, *
     plan = plan_eval(gateway, path, out, options)
 
     async def report(state: RunState) -> None:
-        cost = f"cost {usd(state.cost_usd)}" + (f" + {state.unpriced} unpriced" if state.unpriced else "")
-        message = f"{state.done}/{state.total} queries, cache hits {state.cache_hits}, {cost}"
+        cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)
+        message = f"{state.done}/{state.total} queries, cache hits {state.cache_hits}, cost {cost}"
         await ctx.report_progress(state.done, state.total, message)
 
     return await execute(plan, gateway_query(gateway), report)

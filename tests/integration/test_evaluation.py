@@ -19,10 +19,11 @@ from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
 
 from ai_gateway.cli import build_parser
-from ai_gateway.evaluation.console import lifespan_gateway, run_cli, usd
+from ai_gateway.evaluation.console import lifespan_gateway, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
 from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.pricing import usd
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
 from tests.fake_provider import Scenario
