@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 import pytest
 import redis
@@ -182,24 +183,19 @@ def shared_redis() -> Iterator[tuple[int, int]]:
         server.stop()
 
 
-class HungRedis:
-    """A TCP server that accepts connections and never answers: a Redis that hangs."""
+class _LocalServer:
+    """A TCP server of the test's own on a free port: started, then closed with every connection it held."""
 
     def __init__(self) -> None:
         self.port = 0
-        self.accepted = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.append(writer)  # held open, never written to
+        raise NotImplementedError
 
-    async def __aenter__(self) -> HungRedis:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._accept, HOST, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -209,13 +205,32 @@ class HungRedis:
         self._server.close()
         for writer in self._writers:
             writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for writer in self._writers:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         await self._server.wait_closed()
 
 
-class MuteFirstConnection:
+class HungRedis(_LocalServer):
+    """A TCP server that accepts connections and never answers: a Redis that hangs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.append(writer)  # held open, never written to
+
+
+class MuteFirstConnection(_LocalServer):
     """A proxy to a real Redis that swallows every reply on its first connection only.
 
     To the gateway that connection looks hung while Redis itself (any other connection,
@@ -223,12 +238,9 @@ class MuteFirstConnection:
     """
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.upstream_port = port
-        self.port = 0
         self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
 
     def url(self, db: int) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
@@ -252,18 +264,3 @@ class MuteFirstConnection:
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def __aenter__(self) -> MuteFirstConnection:
-        self._server = await asyncio.start_server(self._accept, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()

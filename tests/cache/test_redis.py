@@ -10,7 +10,7 @@ from ai_gateway.cache.key import KEY_SCHEMA
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.redis_backend import RedisBackend
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, CacheFake
+from tests.cache.support import MODEL, CacheFake, Reply, Running
 from tests.fake_provider import Scenario
 from tests.integration.conftest import provider_env
 from tests.redis_harness import RedisProcess, RedisTarget
@@ -117,13 +117,18 @@ async def test_failures_are_not_stored_in_redis(
 THREE = ["openai/model-a", "openai/model-b", "openai/model-c"]
 
 
+async def ask_three(gw: Running, fake: CacheFake) -> Reply:
+    """A consensus call over THREE models that all answer "Paris" (stored once settled)."""
+    for model in THREE:
+        fake.set(model.partition("/")[2], Scenario(text="Paris"))
+    return await gw.ask(models=THREE, strategy="consensus")
+
+
 async def test_the_lookups_of_one_consensus_call_share_one_round_trip(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
 ) -> None:
-    for model in THREE:
-        fake.set(model.partition("/")[2], Scenario(text="Paris"))
     async with open_gateway(**redis_target.settings()) as gw:
-        first = await gw.ask(models=THREE, strategy="consensus")
+        first = await ask_three(gw, fake)
         backend: Any = gw.gateway.cache.backend
         before = backend.round_trips
         again = await gw.ask(models=THREE, strategy="consensus")
@@ -139,10 +144,8 @@ async def test_the_lookups_of_one_consensus_call_share_one_round_trip(
 async def test_a_replay_reads_a_consensus_calls_three_answers_with_one_mget(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
 ) -> None:
-    for model in THREE:
-        fake.set(model.partition("/")[2], Scenario(text="Paris"))
     async with open_gateway(**redis_target.settings()) as gw:
-        first = await gw.ask(models=THREE, strategy="consensus")
+        first = await ask_three(gw, fake)
         backend: Any = gw.gateway.cache.backend
         before = backend.round_trips
         replay = await gw.ask(models=THREE, strategy="consensus", cache="only")

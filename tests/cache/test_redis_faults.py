@@ -7,9 +7,11 @@ In every test each tool call answers. What happened to Redis is read from the ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import pickle
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -178,10 +180,7 @@ GARBAGE: list[Any] = [
     pytest.param(json.dumps({"v": 2, "text": "from the future"}).encode(), id="other-version"),
     pytest.param(pickle.dumps({"text": "pickled"}), id="pickle"),
     pytest.param(json.dumps({"v": 1, "text": "", "finish_reason": "stop", "usage": None}).encode(), id="empty-text"),
-    pytest.param(
-        b"[" * 100_000,
-        id="deeply-nested-json"
-    ),
+    pytest.param(b"[" * 100_000, id="deeply-nested-json"),
 ]
 
 
@@ -241,19 +240,28 @@ async def test_a_timeout_while_redis_answers_a_probe_does_not_trip_it(redis_targ
             await backend.aclose()
 
 
-async def test_a_replay_waits_for_the_probe_and_reads_again_instead_of_missing(
+@contextlib.asynccontextmanager
+async def answer_stored_then_muted(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
-) -> None:
-    """With cache=only a miss fails the model, so a lookup that timed out while Redis is well is read again."""
+) -> AsyncIterator[Running]:
+    """PROMPT's answer in Redis, then a fresh gateway whose first Redis connection never gets a reply."""
     fake.set(VENDOR, Scenario(text="Paris"))
     async with open_gateway(**redis_target.settings()) as filler:
         assert_ok(await filler.ask())
     async with MuteFirstConnection(redis_target.port) as proxy:
         muted = {"redis_url": proxy.url(redis_target.db), "cache_namespace": redis_target.namespace}
         async with open_gateway(**muted) as gw:
-            replay = await gw.ask(cache="only")
-            backend = redis_backend(gw)
-            assert (backend.slow, backend.failures, backend.healthy) == (1, 0, True)
+            yield gw
+
+
+async def test_a_replay_waits_for_the_probe_and_reads_again_instead_of_missing(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """With cache=only a miss fails the model, so a lookup that timed out while Redis is well is read again."""
+    async with answer_stored_then_muted(open_gateway, fake, redis_target) as gw:
+        replay = await gw.ask(cache="only")
+        backend = redis_backend(gw)
+        assert (backend.slow, backend.failures, backend.healthy) == (1, 0, True)
 
     assert_ok(replay)
     assert (replay.answer, replay.only["cached"]) == ("Paris", True)
@@ -264,13 +272,8 @@ async def test_an_ordinary_lookup_that_times_out_does_not_wait_for_the_probe(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
 ) -> None:
     """cache=use: a lookup gets one short timeout, then the provider answers (fail open, never a long wait)."""
-    fake.set(VENDOR, Scenario(text="Paris"))
-    async with open_gateway(**redis_target.settings()) as filler:
-        assert_ok(await filler.ask())
-    async with MuteFirstConnection(redis_target.port) as proxy:
-        muted = {"redis_url": proxy.url(redis_target.db), "cache_namespace": redis_target.namespace}
-        async with open_gateway(**muted) as gw:
-            reply = await gw.ask()
+    async with answer_stored_then_muted(open_gateway, fake, redis_target) as gw:
+        reply = await gw.ask()
 
     assert_ok(reply)
     assert reply.only["cached"] is False
