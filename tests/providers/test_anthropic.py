@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx_aiohttp
 import pytest
 import respx
 
@@ -31,15 +28,14 @@ from ai_gateway.errors import (
 from ai_gateway.secrets import Secret
 from ai_gateway.types import ChatRequest, FinishReason, Message, Usage
 from providers.anthropic import ANTHROPIC, AnthropicAdapter
+from tests.providers.conftest import fixture_loader
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
 KEY = "test-anthropic-key-4d2e8b6a0c"  # deliberately not key-shaped, so only the adapter's own redaction can hide it
 BASE = "https://api.anthropic.com"
 URL = f"{BASE}/v1/messages"
 
 
-def load(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+load = fixture_loader("anthropic")
 
 
 def make(base_url: str = BASE, key: str | None = KEY, **options: Any) -> AnthropicAdapter:
@@ -214,18 +210,6 @@ def test_row() -> None:
 
 
 # -- the adapter over HTTP (respx intercepting the production aiohttp transport) -----
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport()) as c:
-        yield c
-
-
-@pytest.fixture
-def api() -> Iterator[respx.MockRouter]:
-    with respx.mock(using="httpx", assert_all_called=True, assert_all_mocked=True) as router:
-        yield router
 
 
 async def test_complete_sends_vendor_request(api: respx.MockRouter, client: httpx.AsyncClient) -> None:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
-import httpx_aiohttp
 import pytest
 import respx
 
@@ -26,14 +22,13 @@ from ai_gateway.errors import (
 from ai_gateway.secrets import Secret
 from ai_gateway.types import ChatRequest, FinishReason, Message, Usage
 from providers.ollama import OLLAMA, OllamaAdapter, normalise_host
+from tests.providers.conftest import fixture_loader
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "ollama"
 BASE = "http://localhost:11434"
 URL = f"{BASE}/api/chat"
 
 
-def load(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+load = fixture_loader("ollama")
 
 
 def make(base_url: str = BASE, key: str | None = None) -> OllamaAdapter:
@@ -179,18 +174,6 @@ def test_row() -> None:
 
 
 # -- the adapter over HTTP (respx intercepting the production aiohttp transport) -----
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport()) as c:
-        yield c
-
-
-@pytest.fixture
-def api() -> Iterator[respx.MockRouter]:
-    with respx.mock(using="httpx", assert_all_called=True, assert_all_mocked=True) as router:
-        yield router
 
 
 async def test_complete_sends_vendor_request(api: respx.MockRouter, client: httpx.AsyncClient) -> None:

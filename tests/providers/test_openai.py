@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx_aiohttp
 import pytest
 import respx
 
@@ -32,15 +29,14 @@ from ai_gateway.secrets import Secret
 from ai_gateway.types import ChatRequest, FinishReason, Message, Usage
 from providers import openai as mod
 from providers.openai import OpenAIChatAdapter
+from tests.providers.conftest import fixture_loader
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
 KEY = "test-openai-key-7f3a9c1e5b"  # deliberately not key-shaped, so only the adapter's own redaction can hide it
 BASE = "https://api.openai.com/v1"
 URL = f"{BASE}/chat/completions"
 
 
-def load(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+load = fixture_loader("openai")
 
 
 def make(base_url: str = BASE, key: str | None = KEY, **options: Any) -> OpenAIChatAdapter:
@@ -286,18 +282,6 @@ def test_openai_row_uses_max_completion_tokens() -> None:
 
 
 # -- the adapter over HTTP (respx intercepting the production aiohttp transport) -----
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport()) as c:
-        yield c
-
-
-@pytest.fixture
-def api() -> Iterator[respx.MockRouter]:
-    with respx.mock(using="httpx", assert_all_called=True, assert_all_mocked=True) as router:
-        yield router
 
 
 async def test_complete_sends_vendor_request(api: respx.MockRouter, client: httpx.AsyncClient) -> None:
