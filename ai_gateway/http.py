@@ -89,7 +89,7 @@ class WarmUp:
 
         self.prices_ready = asyncio.Event()
         self.http_ready = asyncio.Event()
-        self.http_wanted = True
+        self._http_wanted = True
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -111,7 +111,7 @@ class WarmUp:
             await asyncio.wait_for(self._hurry.wait(), delay_s)
         if not self.prices_ready.is_set():
             await self._step(preload, self.prices_ready)
-        if self.http_wanted and not self.http_ready.is_set():
+        if self._http_wanted and not self.http_ready.is_set():
             await self._step(import_http_stack, self.http_ready)
 
     @staticmethod
@@ -124,6 +124,10 @@ class WarmUp:
             logging.getLogger(__name__).warning("warm-up failed (%s)", type(exc).__name__)
         ready.set()
 
+    def skip_http(self) -> None:
+        """This run calls no provider (a replay): load the HTTP stack only if a query asks for it after all."""
+        self._http_wanted = False
+
     async def wait(self, *, http: bool = True) -> None:
         """Until the price table (and, with ``http``, the HTTP stack) is loaded, starting now if need be."""
         import asyncio
@@ -131,7 +135,7 @@ class WarmUp:
         ready = self.http_ready if http else self.prices_ready
         if ready.is_set():
             return
-        self.http_wanted = self.http_wanted or http
+        self._http_wanted = self._http_wanted or http
         if self._task is None or self._task.done():  # never started, or finished without what we need
             self._task = asyncio.create_task(self._run(0), name="warm-up")
         self._hurry.set()

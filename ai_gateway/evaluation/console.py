@@ -84,7 +84,7 @@ async def _run(server: Any, plan: Plan, via: str, on_record: Callable[[RunState]
             # provider, so it needs only the price table (for the cost it saved), not the HTTP stack.
             replay = plan.config.cache == "only"
             if replay:
-                gateway.warm.http_wanted = False
+                gateway.warm.skip_http()
             await gateway.warm.wait(http=not replay)
         query = tool_query(client) if via == "tool" else gateway_query(gateway)
         return await execute(plan, query, on_record)

@@ -58,14 +58,14 @@ async def test_a_replay_loads_the_price_table_without_the_http_stack(monkeypatch
     monkeypatch.setattr(http_module, "import_http_stack", lambda: loaded.append("http"))
     monkeypatch.setattr("ai_gateway.pricing.preload", lambda: loaded.append("prices"))
     warm = WarmUp()
-    warm.http_wanted = False
+    warm.skip_http()
     warm.start(delay_s=3600)
     await warm.wait(http=False)
     await warm.aclose()  # the run is over: nothing more is loaded
     assert loaded == ["prices"] and not warm.ready()
 
     later = WarmUp()  # a provider call after all: the HTTP stack is loaded then
-    later.http_wanted = False
+    later.skip_http()
     await later.wait(http=False)
     await later.wait()
     assert loaded == ["prices", "prices", "http"]
