@@ -230,23 +230,22 @@ class Dispatcher:
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
                 _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))
+            outcome: Outcome | None = None  # stays None if this caller is cancelled (raise_cancel)
             try:
                 outcome = await self._call_provider(
                     target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
                 )
-            except asyncio.CancelledError:
-                if policy.writes:  # release the lease: other processes make the call themselves
-                    store.store_later(key, None, lease, None, replace=policy.mode == "refresh")
-                raise
-            if policy.writes:
-                # Only what the provider said is shared with other processes; this caller's own deadline,
-                # cancellation or load shedding is not their failure: they make the call themselves.
-                failure = None
-                if outcome.status == "error" and outcome.error is not None and not caller_specific(outcome.error):
-                    failure = PeerFailure(str(outcome.error.code), outcome.error.message)
-                stored = outcome.completion if outcome.ok else None
-                store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh")
-            return outcome
+                return outcome
+            finally:
+                if policy.writes:  # store the answer, or release the lease, in any case
+                    # Only what the provider said is shared with other processes; this caller's own deadline,
+                    # cancellation or load shedding is not their failure: they make the call themselves.
+                    failure = None
+                    error = outcome.error if outcome is not None and outcome.status == "error" else None
+                    if error is not None and not caller_specific(error):
+                        failure = PeerFailure(str(error.code), error.message)
+                    stored = outcome.completion if outcome is not None and outcome.ok else None
+                    store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh")
 
         def not_for_others(outcome: Outcome) -> bool:
             return outcome.error is not None and caller_specific(outcome.error)
