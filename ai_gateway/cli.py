@@ -72,6 +72,16 @@ def _build(settings: Any, environ: dict[str, str]) -> Any:
         sys.exit(f"ai-gateway: {exc}")
 
 
+def _registry(settings: Any, environ: dict[str, str]) -> Any:
+    """The providers alone, for a command that needs no MCP server (eval)."""
+    from ai_gateway.registry import Registry, RegistryError
+
+    try:
+        return Registry.from_settings(settings, environ)
+    except RegistryError as exc:
+        sys.exit(f"ai-gateway: {exc}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings, environ = _setup(args)
     if args.host:
@@ -150,7 +160,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ai_gateway.evaluation.console import run_cli
 
-    return run_cli(args, _setup, _build)
+    return run_cli(args, _setup, _build, _registry)
 
 
 def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:

@@ -28,8 +28,7 @@ from ai_gateway import __version__
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
-from ai_gateway.gateway import Gateway
-from ai_gateway.http import SharedClient, WarmUp
+from ai_gateway.gateway import Gateway, running_gateway
 from ai_gateway.registry import Registry
 from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StatusReport, StrategyName, compact_nullables
 from ai_gateway.settings import Settings
@@ -77,17 +76,12 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
-        client = SharedClient(settings)
-        warm = WarmUp()
-        holder.gateway = Gateway(settings, registry, client, warm=warm)
-        warm.start()
-        try:
-            yield {"gateway": holder.gateway}
-        finally:
-            gateway, holder.gateway = holder.gateway, None
-            await warm.aclose()
-            await gateway.aclose()
-            await client.aclose()
+        async with running_gateway(settings, registry) as gateway:
+            holder.gateway = gateway
+            try:
+                yield {"gateway": gateway}
+            finally:
+                holder.gateway = None
 
     auth = BearerTokenVerifier(settings.auth_token.get_secret_value()) if settings.auth_token else None
     mcp = FastMCP(

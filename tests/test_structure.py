@@ -100,3 +100,26 @@ def test_the_price_table_is_not_imported_at_start_up() -> None:
     code = "import sys, ai_gateway.server, ai_gateway.cli; print('genai_prices' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_eval_runs_without_importing_the_mcp_stack(tmp_path: Path) -> None:
+    """fastmcp and mcp take ~0.5 s to import: ``ai-gateway eval`` runs its rows through Gateway.query
+    without them (only ``--via tool`` needs the MCP server), so a replay of 2,000 rows is not half start-up."""
+    import json
+    import subprocess
+    import sys
+
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text('{"prompt": "2+2?", "expected": "4"}\n')
+    out = tmp_path / "out.jsonl"
+    code = (
+        "import sys; from ai_gateway.cli import main\n"
+        f"code = main(['eval', {str(dataset)!r}, '--models', 'mock/fixed:4', '--out', {str(out)!r}, '--no-progress'])\n"
+        "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'fastmcp', 'mcp', 'starlette'}))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FASTMCP_CHECK_FOR_UPDATES": "off"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "0 []"
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["answer"] == "4"
