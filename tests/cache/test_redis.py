@@ -197,3 +197,25 @@ async def test_a_store_and_a_lookup_of_the_same_key_in_one_pipeline_store_first(
         await backend.aclose()
 
     assert (value, lease) == (b"answer", False)
+
+
+async def test_more_operations_than_connections_wait_for_one_rather_than_fail(redis_target: RedisTarget) -> None:
+    """Past max_connections an operation waits for a free connection: redis-py's own pool raises "Too many
+    connections" there, which would fail the lookup over to the embedded cache and trip the cooldown."""
+    key = f"{redis_target.namespace}:k"
+    fallback = MemoryBackend(10, 1 << 20)
+    backend = RedisBackend(redis_target.url, fallback, op_timeout_s=1.0, max_connections=2)
+    try:
+        await backend.set(key, b"answer", 60)
+        replies = await asyncio.gather(
+            *(backend.lookup(key, f"{key}:lease", f"t{i}", 5.0, together=False) for i in range(40))
+        )
+        pool: Any = backend.client.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        assert (backend.failures, backend.slow, backend.healthy) == (0, 0, True)
+    finally:
+        await backend.aclose()
+
+    assert replies == [(b"answer", False)] * 40  # each one answered by Redis ...
+    assert len(fallback) == 0  # ... none by the embedded cache
+    assert opened == 2
