@@ -438,3 +438,30 @@ async def test_cli_replays_offline_from_a_shared_cache(fake: GatedFake, redis_ta
     assert fake.count() == calls == 20
     assert (replay["cache_hits"], replay["input_tokens"], replay["accuracy"]) == (20, 0, first["accuracy"])
     assert replay["saved_input_tokens"] == first["input_tokens"] > 0
+
+
+def test_cli_via_tool_writes_the_same_records_as_the_default_path(tmp_path: Path) -> None:
+    """--via tool runs each row through the query_models tool of an in-memory server; the default path runs
+    Gateway.query on a gateway with no server. Same dataset, same answers and grading, record for record."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "prompt": "2+2?", "expected": "4"},
+                                                     {"id": "b", "prompt": "hi", "expected": "5"}])  # fmt: skip
+    built: list[Any] = []
+
+    def build(settings: Settings, environ: dict[str, str]) -> Any:
+        built.append(settings)
+        return build_server(settings, environ)
+
+    def run(out: str, *extra: str) -> list[dict[str, Any]]:
+        args = cli_args(str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / out), *extra)
+        assert run_cli(args, offline_setup, build) == 0  # every row answered (a wrong answer is graded, not failed)
+        return [json.loads(line) for line in (tmp_path / out).read_text().splitlines()]
+
+    direct = run("direct.jsonl")
+    assert built == []  # the default path built no MCP server
+    via_tool = run("tool.jsonl", "--via", "tool")
+    assert len(built) == 1
+
+    def essentials(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((r["id"], r["answer"], r["correct"]) for r in records)
+
+    assert essentials(direct) == essentials(via_tool) == [("a", "4", True), ("b", "4", False)]
