@@ -240,7 +240,6 @@ class Gateway:
         )
 
 
-
 @asynccontextmanager
 async def running_gateway(settings: Settings, registry: Registry) -> AsyncIterator[Gateway]:
     """A gateway with its shared HTTP client and warm-up, closed (cache writes flushed) on exit.
@@ -258,6 +257,7 @@ async def running_gateway(settings: Settings, registry: Registry) -> AsyncIterat
         await warm.aclose()
         await gateway.aclose()
         await client.aclose()
+
 
 def build_cache(settings: Settings) -> ResponseCache:
     """The embedded LRU, or Redis in front of it when a URL is configured (it falls back on failure)."""

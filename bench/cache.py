@@ -156,9 +156,7 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
             for round_no in range(3):
                 for kind in rotated(list(kinds), round_no):
                     call, name, arguments = kinds[kind]
-                    fig.setdefault(kind, []).extend(
-                        await timed(lambda c=call, n_=name, a=arguments: c(n_, a), n // 3)
-                    )
+                    fig.setdefault(kind, []).extend(await timed(lambda c=call, n_=name, a=arguments: c(n_, a), n // 3))
 
         # The miss penalty: unique prompts, cache on (Redis) against bypass, interleaved. A Redis round trip
         # between provider calls costs more than one in a tight loop of GETs (Redis, woken for each, and
@@ -175,9 +173,7 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
 
         for round_no in range(3):
             for mode in rotated(["use", "bypass", "bypass+get"], round_no):
-                fig.setdefault(f"miss_{mode.replace('+', '_')}", []).extend(
-                    await timed(lambda m=mode: miss(m), n // 3)
-                )
+                fig.setdefault(f"miss_{mode.replace('+', '_')}", []).extend(await timed(lambda m=mode: miss(m), n // 3))
         fig["value_bytes"] = len(value or b"")
     finally:
         for gateway, client in gateways:
