@@ -245,7 +245,7 @@ async def running_gateway(settings: Settings, registry: Registry) -> AsyncIterat
     """A gateway with its shared HTTP client and warm-up, closed (cache writes flushed) on exit.
 
     The MCP server's lifespan runs one of these; so does ``ai-gateway eval``, which needs no MCP
-    server for its rows and so does not pay fastmcp's imports (~0.5 s) at every start.
+    server for its rows and so does not pay fastmcp's imports (~0.8 s here) at every start.
     """
     client = SharedClient(settings)
     warm = WarmUp()
