@@ -19,6 +19,7 @@ from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.tools import Tool, ToolResult
+from fastmcp.utilities.json_schema import dereference_refs
 from mcp.types import TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
@@ -159,7 +160,9 @@ def build_server(
         return result
 
     tool = Tool.from_function(query_models, annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
-    tool.output_schema = compact_nullables(tool.output_schema)
+    # Inlined first (fastmcp would inline the $defs when listing anyway), so the nullable nested
+    # objects (usage, error, consensus) are compacted too, not only the fields beside them.
+    tool.output_schema = compact_nullables(dereference_refs(tool.output_schema))
     mcp.add_tool(tool)
 
     @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
+from fastmcp.utilities.json_schema import dereference_refs
 from jsonschema import Draft202012Validator
 
 from ai_gateway.schemas import QueryResult, compact_nullables
@@ -25,14 +27,25 @@ RESULT = {
 
 
 def _schemas() -> tuple[dict, dict]:
+    """The pydantic schema as is, and as the server lists it: inlined, then compacted."""
     original = QueryResult.model_json_schema()
-    return original, compact_nullables(copy.deepcopy(original))
+    return original, compact_nullables(dereference_refs(copy.deepcopy(original)))
 
 
 def test_nullable_unions_become_type_arrays() -> None:
     _, compact = _schemas()
     assert compact["properties"]["answer"]["type"] == ["string", "null"]
     assert "anyOf" not in compact["properties"]["answer"]
+
+
+def test_nullable_nested_objects_become_type_arrays_too() -> None:
+    _, compact = _schemas()
+    model_result = compact["properties"]["results"]["items"]["properties"]
+    assert model_result["usage"]["type"] == ["object", "null"]
+    assert model_result["usage"]["required"] == ["input_tokens", "output_tokens"]
+    assert model_result["error"]["type"] == ["object", "null"]
+    assert compact["properties"]["consensus"]["type"] == ["object", "null"]
+    assert "anyOf" not in json.dumps(compact)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +58,12 @@ def test_nullable_unions_become_type_arrays() -> None:
         (lambda r: r["results"][1]["error"].update(code=None), False),
         (lambda r: r.update(latency_ms="fast"), False),
         (lambda r: r["results"][0].update(usage={"input_tokens": "many", "output_tokens": 1}), False),
+        (lambda r: r["results"][0].update(usage={"input_tokens": 1}), False),
+        (lambda r: r["results"][1].update(error="slow down"), False),
+        (lambda r: r["results"][1].update(error={}), False),
+        (lambda r: r.update(consensus={"reached": "yes"}), False),
+        (lambda r: r.update(consensus={"reached": True, "agreement": 1.0, "votes": 1, "answered": 1,
+                                       "requested": 1, "groups": []}), True),  # fmt: skip
     ],
 )
 def test_same_verdicts_as_the_original(change, valid: bool) -> None:

@@ -106,6 +106,10 @@ async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) ->
     assert {"query_models", "list_models", "gateway_status"} <= set(tools)
     qm = tools["query_models"]
     assert "results" in qm.output_schema["properties"]
+    # Inlined and compacted: every nullable field, nested objects included, is a type array, not an anyOf
+    # (the one an MCP client validates each result against; see compact_nullables).
+    assert "anyOf" not in json.dumps(qm.output_schema) and "$defs" not in qm.output_schema
+    assert qm.output_schema["properties"]["results"]["items"]["properties"]["error"]["type"] == ["object", "null"]
     assert {"prompt", "messages", "models", "strategy", "timeout_s", "hedge_after_s"} <= set(
         qm.input_schema["properties"]
     )
