@@ -24,6 +24,7 @@ RESULT = {
     "consensus": None,
     "latency_ms": 813.0,
 }  # fmt: skip
+CONSENSUS = {"reached": True, "agreement": 1.0, "votes": 1, "answered": 1, "requested": 1, "groups": []}
 
 
 def _schemas() -> tuple[dict, dict]:
@@ -62,8 +63,7 @@ def test_nullable_nested_objects_become_type_arrays_too() -> None:
         (lambda r: r["results"][1].update(error="slow down"), False),
         (lambda r: r["results"][1].update(error={}), False),
         (lambda r: r.update(consensus={"reached": "yes"}), False),
-        (lambda r: r.update(consensus={"reached": True, "agreement": 1.0, "votes": 1, "answered": 1,
-                                       "requested": 1, "groups": []}), True),  # fmt: skip
+        (lambda r: r.update(consensus=CONSENSUS), True),
     ],
 )
 def test_same_verdicts_as_the_original(change, valid: bool) -> None:
