@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from ai_gateway.adapter import Adapter
+from ai_gateway.cache.key import answer_prefix
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
@@ -162,12 +163,15 @@ class Gateway:
         remote = backend.name == "redis"
         embedded = getattr(backend, "fallback", backend)  # Redis answers from the embedded LRU while failing
         stats = self.cache.stats
+        near = getattr(backend, "near", None)
         return CacheStatusInfo(
             backend=backend.name,
             url=backend.url if remote else None,  # RedisBackend keeps it redacted: never the password
             healthy=backend.healthy if remote else None,
             failures=backend.failures if remote else None,
             unsynced=getattr(backend, "unsynced", None) if remote else None,
+            near=near.live if near is not None and not near.refused else None,
+            near_entries=len(near.entries) if near is not None else None,
             memory_entries=len(embedded) if isinstance(embedded, MemoryBackend) else None,
             memory_bytes=embedded.bytes if isinstance(embedded, MemoryBackend) else None,
             hits=stats.hits,
@@ -272,6 +276,9 @@ def build_cache(settings: Settings) -> ResponseCache:
             op_timeout_s=settings.cache_op_timeout_s,
             cooldown_s=settings.cache_cooldown_s,
             max_connections=settings.cache_max_connections,
+            near_prefix=answer_prefix(settings.cache_namespace),
+            near_entries=settings.cache_near_entries,
+            near_bytes=settings.cache_near_bytes,
         )
     return ResponseCache(
         backend,

@@ -134,6 +134,12 @@ class CacheStatusInfo(BaseModel):
     unsynced: int | None = Field(
         None, description="Redis only: answers stored while Redis was failing, held here until it answers again."
     )
+    near: bool | None = Field(
+        None,
+        description="Redis only: whether the near cache answers (Redis's invalidation messages are arriving); "
+        "null when it is turned off or Redis refused client-side tracking.",
+    )
+    near_entries: int | None = Field(None, description="Redis only: answers held in the near cache.")
     memory_entries: int | None = Field(None, description="Entries in the embedded LRU.")
     memory_bytes: int | None = Field(None, description="Bytes of values in the embedded LRU.")
     hits: int = Field(0, description="Answers served from the cache (or from another process's call), since start.")

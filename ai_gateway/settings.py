@@ -186,6 +186,10 @@ class Settings(BaseSettings):
         64, ge=1, description="Redis connections at most; past it an operation waits within its timeout."
     )
     cache_cooldown_s: float = Field(5.0, gt=0, description="After a Redis failure, how long to use the embedded cache.")
+    cache_near_entries: int = Field(
+        1000, ge=0, description="Redis only: answers also kept here, dropped when Redis says they changed; 0: off."
+    )
+    cache_near_bytes: int = Field(8 * 1024 * 1024, ge=0, description="Redis only: most bytes the near cache keeps.")
 
     # -- outbound HTTP (one shared client) ---------------------------------------
     http_transport: Literal["aiohttp", "httpx"] = Field(

@@ -249,11 +249,11 @@ async def replay(setup: Setup) -> Figures:
 async def count_entries(redis_url: str, namespace: str) -> int:
     import redis.asyncio as aioredis
 
+    from ai_gateway.cache.key import answer_prefix
+
     raw = aioredis.Redis.from_url(redis_url)
     try:
-        return sum(
-            [1 async for k in raw.scan_iter(f"{namespace}:v*", count=1000) if not k.endswith((b":lease", b":error"))]
-        )
+        return sum([1 async for _ in raw.scan_iter(f"{answer_prefix(namespace)}*", count=1000)])
     finally:
         await raw.aclose()
 
@@ -269,6 +269,7 @@ async def in_process(setup: Setup) -> Figures:
     from fastmcp import Client
 
     import ai_gateway.transport  # noqa: F401
+    from ai_gateway.cache.key import answer_prefix
     from ai_gateway.evaluation.console import lifespan_gateway
     from ai_gateway.evaluation.dataset import load_dataset
     from ai_gateway.evaluation.runner import EvalConfig, execute, gateway_query, prepare, tool_query
@@ -305,8 +306,8 @@ async def in_process(setup: Setup) -> Figures:
         raw = aioredis.Redis.from_url(setup.redis_url)
         try:  # the embedded cache gets a copy of every stored answer
             backend, ttl = gateways["embedded"].cache.backend, gateways["embedded"].cache.ttl_s
-            async for key in raw.scan_iter(f"{namespace}:v*", count=1000):
-                if not key.endswith((b":lease", b":error")) and (value := await raw.get(key)) is not None:
+            async for key in raw.scan_iter(f"{answer_prefix(namespace)}*", count=1000):
+                if (value := await raw.get(key)) is not None:
                     await backend.set(key.decode(), value, ttl)
         finally:
             await raw.aclose()

@@ -49,4 +49,25 @@ def cache_key(
     namespace: str, provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None
 ) -> str:
     digest = hashlib.sha256(canonical(provider, base_url, model, request, sample).encode()).hexdigest()
-    return f"{namespace}:v{KEY_SCHEMA}:{digest}"
+    return f"{answer_prefix(namespace)}{digest}"
+
+
+def answer_prefix(namespace: str) -> str:
+    """The prefix of every answer's key, and of nothing else (the near cache asks Redis to watch it)."""
+    return f"{namespace}:v{KEY_SCHEMA}:"
+
+
+def lease_key(key: str) -> str:
+    """Who is making the call for ``key`` now (cross-process single-flight)."""
+    return _beside(key, "lease")
+
+
+def error_key(key: str) -> str:
+    """The error that call ended in, published briefly for the processes that waited on it."""
+    return _beside(key, "error")
+
+
+def _beside(key: str, kind: str) -> str:
+    # Outside the answers' prefix, so taking a lease or publishing an error sends no invalidation message.
+    head, _, digest = key.rpartition(":")
+    return f"{head.removesuffix(f':v{KEY_SCHEMA}')}:{kind}:v{KEY_SCHEMA}:{digest}"

@@ -57,6 +57,9 @@ class MemoryBackend:
         value, _ = self._items.pop(key)
         self.bytes -= len(value)
 
-    async def aclose(self) -> None:
+    def clear(self) -> None:
         self._items.clear()
         self.bytes = 0
+
+    async def aclose(self) -> None:
+        self.clear()

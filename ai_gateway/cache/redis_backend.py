@@ -23,6 +23,10 @@ The lookups of a call with several models, and the stores, go to Redis in one
 pipeline per turn of the event loop (with the other calls of that turn, such
 as the rows an evaluation runs at once): one round trip and one connection
 instead of one each. A lone model's lookup is sent at once.
+
+An answer found in Redis is also kept in this process's near cache
+(``near.py``), which Redis keeps in step by its invalidation messages: the same
+question asked again is answered without a round trip.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ai_gateway.cache import key as key_layout
 from ai_gateway.cache.memory import MemoryBackend
+from ai_gateway.cache.near import NearCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +56,7 @@ RESYNC_AT_CLOSE_S = 2.0  # the most shutdown waits for that copy
 # One round trip for a lookup: the answer if there is one, else try to take the lease.
 _LOOKUP = """
 local value = redis.call('GET', KEYS[1])
-if value then return {1, value} end
+if value then return {1, value, redis.call('PTTL', KEYS[1])} end
 if ARGV[1] == '' then return {0, 0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('DEL', KEYS[3])  -- a new call: an earlier caller's error marker is not about it
@@ -87,6 +93,9 @@ class RedisBackend:
         cooldown_s: float = 5.0,
         max_connections: int = 64,
         max_unsynced: int = 10_000,
+        near_prefix: str | None = None,
+        near_entries: int = 0,
+        near_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import redis.asyncio as aioredis
@@ -119,6 +128,30 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         self._probe: asyncio.Task[None] | None = None
+        self.near: NearCache | None = None
+        if near_prefix and near_entries > 0 and near_bytes > 0:
+
+            async def connect() -> Any:  # RESP2: invalidations arrive as messages of a plain subscription
+                pool = aioredis.ConnectionPool.from_url(
+                    url,
+                    protocol=2,
+                    socket_timeout=self.probe_timeout_s,
+                    socket_connect_timeout=self.probe_timeout_s,
+                    health_check_interval=0,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                conn = pool.make_connection()
+                await conn.connect()
+                return conn
+
+            self.near = NearCache(
+                connect,
+                near_prefix,
+                near_entries,
+                near_bytes,
+                timeout_s=self.probe_timeout_s,
+                retry_s=cooldown_s,
+            )
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
         self._queued: list[_Queued] = []  # calls waiting for this turn's pipeline
@@ -144,10 +177,14 @@ class RedisBackend:
     async def get(self, key: str) -> bytes | None:
         if not self.healthy:
             return await self.fallback.get(key)
+        if self.near is not None and (near := await self.near.get(key)) is not None:
+            return near
         value = await self._guard(self.client.get(key))
         return await self.fallback.get(key) if value is _FAILED else value  # type: ignore[return-value]
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if self.near is not None:
+            await self.near.forget(key)
         if not self.healthy:
             await self._keep_local(key, value, ttl_s)
             return
@@ -156,6 +193,8 @@ class RedisBackend:
             await self._keep_local(key, value, ttl_s)
 
     async def delete(self, key: str) -> None:
+        if self.near is not None:
+            await self.near.forget(key)
         await self.fallback.delete(key)
         self._unsynced.pop(key, None)
         if self.healthy:
@@ -181,23 +220,43 @@ class RedisBackend:
 
         ``together`` (one of several models of a call): batched with this turn's other calls. A lone
         model's lookup is sent at once from the caller's task, saving the batch's two loop turns.
+
+        The near cache answers first; an answer found in Redis is kept there.
         """
         if not self.healthy:
             return await self.fallback.get(key), None
+        if self.near is None:
+            return (await self._lookup_remote(key, lease_key, token, ttl_s, patient, together))[:2]
+        if (near := await self.near.get(key)) is not None:
+            return near, False
+        read = self.near.begin_read(key)
+        value, taken, ttl_left_s = None, None, None
+        try:
+            value, taken, ttl_left_s = await self._lookup_remote(key, lease_key, token, ttl_s, patient, together)
+            return value, taken
+        finally:
+            await self.near.end_read(read, value, ttl_left_s)
+
+    async def _lookup_remote(
+        self, key: str, lease_key: str, token: str | None, ttl_s: float, patient: bool, together: bool
+    ) -> tuple[bytes | None, bool | None, float | None]:
+        """:meth:`lookup` in Redis: (value, lease taken, the value's seconds left in Redis if known)."""
         if token is None:  # a plain read: batched into one MGET with the other reads of this turn
             value = await self._guard(self._queue(None, [key], [], together))
             if value is _FAILED and patient and await self._verdict():
                 value = await self._guard(self._queue(None, [key], [], together), timeout_s=self.probe_timeout_s)
             if value is _FAILED:
-                return await self.fallback.get(key), None
-            return (value, False) if value is not None else (None, None)  # type: ignore[return-value]
+                return await self.fallback.get(key), None, None
+            return (value, False, None) if value is not None else (None, None, None)  # type: ignore[return-value]
         lease_ms = max(1, int(ttl_s * 1000))
-        error_key = lease_key.removesuffix(":lease") + ":error"
-        reply = await self._guard(self._queue(self._lookup, [key, lease_key, error_key], [token, lease_ms], together))
+        script_keys = [key, lease_key, key_layout.error_key(key)]
+        reply = await self._guard(self._queue(self._lookup, script_keys, [token, lease_ms], together))
         if reply is _FAILED:
-            return await self.fallback.get(key), None
-        found, payload = reply  # type: ignore[misc]
-        return (payload, False) if found else (None, bool(payload))
+            return await self.fallback.get(key), None, None
+        if reply[0]:  # type: ignore[index]
+            _, payload, ttl_ms = reply  # type: ignore[misc]
+            return payload, False, ttl_ms / 1000 if ttl_ms > 0 else None
+        return None, bool(reply[1]), None  # type: ignore[index]
 
     async def peer_state(self, key: str) -> tuple[bytes | None, bytes | None, bool]:
         """The answer, the error marker and whether the lease is still held, read at one instant (MGET).
@@ -207,7 +266,7 @@ class RedisBackend:
         """
         if not self.healthy:
             return await self.fallback.get(key), None, False
-        reply = await self._guard(self.client.mget(key, f"{key}:error", f"{key}:lease"))
+        reply = await self._guard(self.client.mget(key, key_layout.error_key(key), key_layout.lease_key(key)))
         if reply is _FAILED:
             return await self.fallback.get(key), None, False
         value, error, lease = reply  # type: ignore[misc]
@@ -224,6 +283,8 @@ class RedisBackend:
         error: bytes | None,
     ) -> None:
         """Store the answer (or publish the error briefly) and release the lease if it is still ours."""
+        if self.near is not None and value is not None:
+            await self.near.forget(key)
         if not self.healthy:
             if value is not None:
                 await self._keep_local(key, value, ttl_s)
@@ -423,6 +484,8 @@ class RedisBackend:
             )
         self.failures += 1
         self._down_until = self._clock() + self.cooldown_s
+        if self.near is not None:  # not consulted until Redis answers again; start afresh then
+            self.near.clear()
 
     async def aclose(self) -> None:
         """Copy what is still held locally (one try, even in a cooldown: a batch that ended during a
@@ -447,6 +510,8 @@ class RedisBackend:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.wait([self._probe])
+        if self.near is not None:
+            await self.near.aclose()
         await _close_quietly(self.client)
 
 

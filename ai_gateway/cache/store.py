@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from ai_gateway.cache.envelope import decode, encode
-from ai_gateway.cache.key import cache_key
+from ai_gateway.cache.key import cache_key, error_key, lease_key
 from ai_gateway.errors import ErrorCode
 from ai_gateway.types import ChatRequest, Completion, FinishReason
 
@@ -125,12 +125,12 @@ class ResponseCache:
             hit = await self.read(key) if read else None
             return hit, (None if hit is not None else token)
         raw, taken = (
-            await combined(key, f"{key}:lease", token, lease_ttl_s, patient=patient, together=together)
+            await combined(key, lease_key(key), token, lease_ttl_s, patient=patient, together=together)
             if read
             else (None, None)
         )
         if not read and claim:
-            taken = await self.backend.lease(f"{key}:lease", token, lease_ttl_s)  # type: ignore[attr-defined]
+            taken = await self.backend.lease(lease_key(key), token, lease_ttl_s)  # type: ignore[attr-defined]
         completion = decode(raw) if raw is not None else None
         if read:
             if completion is not None:
@@ -185,7 +185,7 @@ class ResponseCache:
             settle = getattr(self.backend, "settle", None)
             if lease is not None and settle is not None:
                 error = None if failure is None else json.dumps({"code": failure.code, "message": failure.message})
-                await settle(key, value, self.ttl_s, f"{key}:lease", lease, f"{key}:error", error and error.encode())
+                await settle(key, value, self.ttl_s, lease_key(key), lease, error_key(key), error and error.encode())
                 self.stats.writes += value is not None
                 return
             if value is not None:

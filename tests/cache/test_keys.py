@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ai_gateway.cache.key import KEY_SCHEMA, cache_key, canonical
+from ai_gateway.cache.key import KEY_SCHEMA, answer_prefix, cache_key, canonical, error_key, lease_key
 from ai_gateway.types import ChatRequest, Message
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, PROMPT, CacheFake
@@ -87,6 +87,17 @@ def test_the_key_is_namespaced_versioned_and_hashed() -> None:
     assert re.fullmatch(rf"ns:v{KEY_SCHEMA}:[0-9a-f]{{64}}", key())
     assert key(namespace="other") != key()
     assert key(namespace="other").startswith("other:")
+
+
+def test_lease_and_error_keys_sit_beside_the_answers_not_under_their_prefix() -> None:
+    """The near cache watches the answers' prefix: taking a lease must not send every process a message."""
+    answer = key(namespace="a:b")
+    digest = answer.rpartition(":")[2]
+    assert answer.startswith(answer_prefix("a:b"))
+    assert lease_key(answer) == f"a:b:lease:v{KEY_SCHEMA}:{digest}"
+    assert error_key(answer) == f"a:b:error:v{KEY_SCHEMA}:{digest}"
+    assert not lease_key(answer).startswith(answer_prefix("a:b"))
+    assert not error_key(answer).startswith(answer_prefix("a:b"))
 
 
 def test_an_omitted_temperature_is_not_temperature_zero() -> None:

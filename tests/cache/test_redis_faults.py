@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from ai_gateway.cache.key import cache_key
+from ai_gateway.cache.key import answer_prefix, cache_key, error_key, lease_key
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.redis_backend import RedisBackend
 from ai_gateway.types import ChatRequest, Message
@@ -37,8 +37,8 @@ def redis_backend(gw: Running) -> RedisBackend:
 
 
 def answer_keys(target: RedisTarget) -> list[bytes]:
-    """Stored answers only (not the single-flight ``:lease`` / ``:error`` keys)."""
-    return [k for k in target.stored_keys() if not k.endswith((b":lease", b":error"))]
+    """Stored answers only (not the single-flight lease and error keys)."""
+    return [k for k in target.stored_keys() if k.startswith(answer_prefix(target.namespace).encode())]
 
 
 def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -216,8 +216,8 @@ async def test_a_foreign_peer_error_under_a_held_lease_does_not_fail_the_call(
 ) -> None:
     key = live_key(redis_target.namespace, fake)
     with redis_target.client() as r:
-        r.set(f"{key}:lease", b"someone-else", px=3000)
-        r.set(f"{key}:error", json.dumps({"code": "not-a-code", "message": "?"}).encode(), px=3000)
+        r.set(lease_key(key), b"someone-else", px=3000)
+        r.set(error_key(key), json.dumps({"code": "not-a-code", "message": "?"}).encode(), px=3000)
     async with open_gateway(**redis_target.settings()) as gw:
         reply = await gw.ask(timeout_s=5)
 

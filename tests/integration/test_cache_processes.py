@@ -27,6 +27,7 @@ from fastmcp import Client as FastMCPClient
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from ai_gateway.cache.key import answer_prefix
 from tests.fake_provider import Scenario
 from tests.integration.conftest import GatedFake, http_servers, subprocess_env, vendor
 from tests.redis_harness import RedisTarget
@@ -172,8 +173,8 @@ async def test_identical_calls_across_two_gateway_processes_make_one_upstream_ca
             0,
         )
     keys = redis_target.stored_keys()
-    assert [k for k in keys if k.endswith(b":lease")] == []  # the holder released its lease
-    assert len([k for k in keys if not k.endswith((b":lease", b":error"))]) == 1  # one entry, shared
+    assert [k for k in keys if b":lease:" in k] == []  # the holder released its lease
+    assert len([k for k in keys if k.startswith(answer_prefix(redis_target.namespace).encode())]) == 1  # one, shared
 
 
 async def test_when_the_lease_holder_fails_the_other_process_fails_alike_and_nothing_is_cached(
@@ -183,7 +184,7 @@ async def test_when_the_lease_holder_fails_the_other_process_fails_alike_and_not
     async with two_gateways(fake, redis_target, tmp_path) as sides:
         holder, waiter, answers = await stampede(fake, sides)
         assert fake.count(VENDOR) == 1, (outcomes(answers), f"{holder.name} held the lease")
-        stored = [k for k in redis_target.stored_keys() if not k.endswith((b":lease", b":error"))]
+        stored = [k for k in redis_target.stored_keys() if k.startswith(answer_prefix(redis_target.namespace).encode())]
 
         fake.set(VENDOR, Scenario(text="Paris"))
         retried = await waiter.ask()  # nothing was cached: the next call goes upstream again

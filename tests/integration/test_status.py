@@ -181,6 +181,8 @@ async def test_status_shows_the_embedded_cache_and_its_counters(
         "healthy": None,
         "failures": None,
         "unsynced": None,
+        "near": None,
+        "near_entries": None,
         "memory_entries": 0,
         "memory_bytes": 0,
         "hits": 0,
@@ -207,9 +209,11 @@ async def test_status_shows_a_shared_redis_and_its_health(
     async with Client(make_server(**FAST, **redis_target.settings())) as client:
         reply = await query(client, models=[MODEL], cache="use")
         cache = await cache_status_when(client, lambda c: c["writes"] == 1, "the answer to be stored in Redis")
+        near = await cache_status_when(client, lambda c: c["near"] is True, "the near cache's tracking to be up")
 
     assert not reply.is_error
     assert (cache["backend"], cache["url"], cache["healthy"], cache["failures"]) == ("redis", redis_target.url, True, 0)
+    assert near["near_entries"] == 0  # nothing read from Redis yet: the one answer was stored by this process
     assert (cache["misses"], cache["peer_waits"], cache["peer_waits_in_flight"]) == (1, 0, 0)
 
 
@@ -232,6 +236,7 @@ async def test_status_shows_a_failing_redis_without_its_password(
     assert cache["url"] == f"redis://:****@127.0.0.1:{port}/0"
     assert cache["healthy"] is False and cache["failures"] >= 1
     assert (cache["unsynced"], cache["memory_entries"]) == (1, 1)
+    assert (cache["near"], cache["near_entries"]) == (False, 0)  # no tracking without Redis
     assert password not in json.dumps(report) and password not in resource.text
 
 

@@ -1,0 +1,269 @@
+"""The near cache in front of a real Redis: repeated hits stay in the process, and Redis's invalidation
+messages (client-side caching, CLIENT TRACKING) keep them right.
+
+Every wait here is on an event the code sets (tracking up or down) or on :meth:`NearCache.barrier`, a PING
+on the tracking connection whose answer comes after every message Redis queued before it: never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import pytest
+
+from ai_gateway.cache.memory import MemoryBackend
+from ai_gateway.cache.near import NearCache
+from ai_gateway.cache.redis_backend import RedisBackend
+from tests.cache.conftest import OpenGateway
+from tests.cache.support import MODEL, CacheFake
+from tests.fake_provider import Scenario
+from tests.redis_harness import RedisProcess, RedisTarget
+
+VENDOR = MODEL.partition("/")[2]
+T = TypeVar("T")
+
+
+async def soon(awaitable: Awaitable[T], timeout: float = 5.0) -> T:  # noqa: ASYNC109
+    """A wait on an event, bounded so a broken implementation fails instead of hanging."""
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+def make_backend(url: str, namespace: str, **kwargs: float) -> RedisBackend:
+    options = {"op_timeout_s": 1.0, "cooldown_s": 0.05, **kwargs}
+    return RedisBackend(
+        url, MemoryBackend(10, 1 << 20), near_prefix=f"{namespace}:", near_entries=100, near_bytes=1 << 20, **options
+    )
+
+
+@pytest.fixture
+async def backend(redis_target: RedisTarget) -> AsyncIterator[RedisBackend]:
+    backend = make_backend(redis_target.url, redis_target.namespace)
+    yield backend
+    await backend.aclose()
+
+
+async def live_near(backend: RedisBackend) -> NearCache:
+    """The backend's near cache once tracking is up (it starts on the first lookup)."""
+    assert backend.near is not None
+    await backend.near.get("warm-up")
+    await soon(backend.near.wait_live())
+    return backend.near
+
+
+async def look(backend: RedisBackend, key: str) -> bytes | None:
+    value, _ = await backend.lookup(key, f"{key}:lease", None, 5.0)
+    return value
+
+
+async def claim(backend: RedisBackend, key: str) -> tuple[bytes | None, bool | None]:
+    """A lookup as a ``use`` call makes it: the answer, or the lease (the script's path)."""
+    return await backend.lookup(key, f"{key}:lease", "token", 5.0, together=False)
+
+
+async def test_a_repeated_hit_is_answered_in_process_without_a_round_trip(
+    backend: RedisBackend, redis_target: RedisTarget
+) -> None:
+    key = f"{redis_target.namespace}:v1:a"
+    with redis_target.client() as r:
+        r.set(key, b"answer", px=60_000)
+    near = await live_near(backend)
+
+    first = await claim(backend, key)
+    trips = backend.round_trips
+    again = [await claim(backend, key) for _ in range(5)]
+
+    assert first == (b"answer", False)
+    assert again == [(b"answer", False)] * 5
+    assert backend.round_trips == trips  # none of the five went to Redis
+    kept = near.entries.entry(key)
+    assert kept is not None and kept[0] == b"answer"
+    assert 50 < kept[1] <= 60  # no longer than Redis keeps it
+
+
+async def test_a_key_outside_the_tracked_prefix_is_never_kept(backend: RedisBackend, redis_target: RedisTarget) -> None:
+    """Redis sends messages only about keys under the namespace: anything else could go stale unseen."""
+    key = f"elsewhere-{redis_target.namespace}:v1:a"
+    with redis_target.client() as r:
+        r.set(key, b"answer", px=60_000)
+    try:
+        near = await live_near(backend)
+        answers = [await claim(backend, key) for _ in range(2)]
+        assert answers == [(b"answer", False)] * 2
+        assert near.entries.entry(key) is None
+    finally:
+        with redis_target.client() as r:
+            r.delete(key)
+
+
+async def test_a_change_by_another_process_is_seen_at_once(backend: RedisBackend, redis_target: RedisTarget) -> None:
+    key = f"{redis_target.namespace}:v1:a"
+    with redis_target.client() as r:
+        r.set(key, b"old", px=60_000)
+    near = await live_near(backend)
+    assert await claim(backend, key) == (b"old", False)
+
+    with redis_target.client() as r:  # another gateway refreshes the answer
+        r.set(key, b"new", px=60_000)
+    await soon(near.barrier())
+    assert near.messages >= 1
+    assert await claim(backend, key) == (b"new", False)
+
+    with redis_target.client() as r:  # ... or it expires, or is deleted
+        r.delete(key)
+    await soon(near.barrier())
+    assert (await claim(backend, key))[0] is None
+
+
+async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_says_so(
+    backend: RedisBackend, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"{redis_target.namespace}:v1:a"
+    await backend.set(key, b"old", 60)
+    near = await live_near(backend)
+    assert await claim(backend, key) == (b"old", False)
+    held_back: list[list[bytes] | None] = []
+
+    async def late(keys: list[bytes] | None) -> None:  # Redis's message about our own write: not here yet
+        held_back.append(keys)
+
+    monkeypatch.setattr(near, "_invalidate", late)
+
+    await backend.set(key, b"new", 60)  # a refresh in this process: no barrier, the entry must be gone already
+    assert await claim(backend, key) == (b"new", False)
+
+    _, taken = await claim(backend, f"{key}-other")
+    await backend.settle(f"{key}-other", b"stored", 60, f"{key}-other:lease", "token", f"{key}-other:error", None)
+    await backend.settle(key, b"newer", 60, f"{key}:lease", "token", f"{key}:error", None)
+    assert taken is True
+    assert await claim(backend, key) == (b"newer", False)
+    await soon(near.barrier())
+    assert key.encode() in {k for keys in held_back for k in keys or ()}  # the messages did come, later
+
+
+async def test_a_read_overtaken_by_a_change_is_not_kept(backend: RedisBackend, redis_target: RedisTarget) -> None:
+    """The reply to a read and the message about a change travel on different connections: a value read
+    before a change but handed over after its message must not be kept, or it would be served stale."""
+    key = f"{redis_target.namespace}:v1:a"
+    near = await live_near(backend)
+    read = near.begin_read(key)
+    with redis_target.client() as r:
+        r.set(key, b"changed", px=60_000)
+    await soon(near.barrier())
+    await near.end_read(read, b"read before the change", 60)
+
+    assert near.entries.entry(key) is None
+    assert await claim(backend, key) == (b"changed", False)
+    assert near.entries.entry(key) is not None  # a read with no change meanwhile is kept
+
+
+async def test_losing_the_tracking_connection_empties_it_until_tracking_is_back(
+    backend: RedisBackend, redis_target: RedisTarget
+) -> None:
+    key = f"{redis_target.namespace}:v1:a"
+    with redis_target.client() as r:
+        r.set(key, b"answer", px=60_000)
+    near = await live_near(backend)
+    await claim(backend, key)
+    assert near.entries.entry(key) is not None
+
+    with redis_target.client() as r:
+        r.client_kill_filter(_id=near.client_id)
+    await soon(near.wait_live(False))
+    assert len(near.entries) == 0
+    trips = backend.round_trips
+    assert await claim(backend, key) == (b"answer", False)  # from Redis, and not kept: nothing says it is current
+    assert backend.round_trips == trips + 1
+    assert near.entries.entry(key) is None
+
+    await soon(near.wait_live())  # reconnected after its retry delay
+    await claim(backend, key)
+    assert near.entries.entry(key) is not None
+
+
+async def test_a_flush_empties_it_and_redis_stopping_too() -> None:
+    server = RedisProcess(why="this test flushes and stops its Redis").start()
+    backend = make_backend(server.url, "ns")
+    try:
+        near = await live_near(backend)
+        with server.client() as r:
+            r.set("ns:v1:a", b"answer", px=60_000)
+        await soon(near.barrier())  # a read that overlaps the message about this write would not be kept
+        await claim(backend, "ns:v1:a")
+        assert near.entries.entry("ns:v1:a") is not None
+        with server.client() as r:
+            r.flushdb()
+        await soon(near.barrier())
+        assert len(near.entries) == 0
+
+        with server.client() as r:
+            r.set("ns:v1:a", b"answer", px=60_000)
+        await soon(near.barrier())
+        await claim(backend, "ns:v1:a")
+        assert near.entries.entry("ns:v1:a") is not None
+        server.stop()
+        await soon(near.wait_live(False))
+        assert len(near.entries) == 0
+    finally:
+        server.stop()
+        await backend.aclose()
+
+
+async def test_redis_refusing_tracking_turns_it_off_once_and_the_shared_cache_still_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = RedisProcess(why="this test sets an ACL on its Redis").start()
+    with server.client() as r:
+        r.execute_command("ACL", "SETUSER", "plain", "on", "nopass", "~*", "&*", "+@all", "-client|tracking")
+        r.set("ns:v1:a", b"answer")
+    backend = make_backend(f"redis://plain@127.0.0.1:{server.port}/0", "ns")
+    try:
+        assert backend.near is not None
+        with caplog.at_level(logging.WARNING, logger="ai_gateway.cache.near"):
+            await backend.near.get("warm-up")
+            await soon(backend.near.wait_live())  # returns when refused: it gives up for good, not retrying
+        answers = [await claim(backend, "ns:v1:a") for _ in range(3)]
+        trips = backend.round_trips
+    finally:
+        await backend.aclose()
+        server.stop()
+
+    assert backend.near.refused and not backend.near.live
+    assert answers == [(b"answer", False)] * 3
+    assert trips == 3  # each from Redis
+    refusals = [rec for rec in caplog.records if "refused client-side tracking" in rec.getMessage()]
+    assert len(refusals) == 1
+
+
+async def test_a_refresh_by_one_gateway_reaches_the_other_gateways_near_cache(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        await one.ask()
+        backend = two.gateway.cache.backend
+        assert isinstance(backend, RedisBackend)
+        near = await live_near(backend)
+        first, again = await two.ask(), await two.ask()
+        trips = backend.round_trips
+
+        fake.set(VENDOR, Scenario(text="Lyon"))
+        refreshed = await one.ask(cache="refresh")
+        await soon(near.barrier())
+        after = await two.ask()
+
+    assert [first.answer, again.answer, refreshed.answer, after.answer] == ["Paris", "Paris", "Lyon", "Lyon"]
+    assert (first.only["cached"], again.only["cached"], after.only["cached"]) == (True, True, True)
+    assert trips == backend.round_trips - 1  # the second ask stayed in the process; the one after the refresh did not
+    assert fake.count(VENDOR) == 2
+
+
+async def test_it_can_be_turned_off(open_gateway: OpenGateway, redis_target: RedisTarget) -> None:
+    async with open_gateway(**redis_target.settings(), cache_near_entries=0) as gw:
+        backend = gw.gateway.cache.backend
+        await gw.ask()
+        await gw.ask()
+    assert isinstance(backend, RedisBackend) and backend.near is None
