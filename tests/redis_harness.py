@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -211,7 +211,12 @@ class _LocalServer:
         for writer in self._writers:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        await self._server.wait_closed()
+        # Bounded: Python 3.11's wait_closed waits for every accepted transport to detach, and one the
+        # client side abandoned mid-handshake (seen when a test failed with a connection half set up) can
+        # keep it waiting past the test's own timeout, turning a clear failure into a hang.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self._server.wait_closed()
 
 
 class HungRedis(_LocalServer):
@@ -230,37 +235,48 @@ class HungRedis(_LocalServer):
         self._writers.append(writer)  # held open, never written to
 
 
-class MuteFirstConnection(_LocalServer):
-    """A proxy to a real Redis that swallows every reply on its first connection only.
+class RedisProxy(_LocalServer):
+    """A proxy to a real Redis. Setting ``silent`` swallows every reply from then on, on every connection:
+    a Redis (or a network) gone quiet without closing anything."""
 
-    To the gateway that connection looks hung while Redis itself (any other connection,
-    such as the backend's PING probe) answers normally: a one-off timeout, not an outage.
-    """
+    mute_first = False
 
     def __init__(self, port: int) -> None:
         super().__init__()
         self.upstream_port = port
         self.connections = 0
+        self.silent = False
 
     def url(self, db: int) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        mute = self.connections == 1
+        mute = self.mute_first and self.connections == 1
+        self._writers.append(writer)  # before any await: closing the proxy must close every accepted connection
         up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
-        self._writers += [writer, up_writer]
+        self._writers.append(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, drop: bool) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, drop: Callable[[], bool]) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
-                    if not drop:
+                    if not drop():
                         dst.write(data)
                         await dst.drain()
 
         for task in (
-            asyncio.create_task(pipe(reader, up_writer, False)),
-            asyncio.create_task(pipe(up_reader, writer, mute)),
+            asyncio.create_task(pipe(reader, up_writer, lambda: False)),
+            asyncio.create_task(pipe(up_reader, writer, lambda: mute or self.silent)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+class MuteFirstConnection(RedisProxy):
+    """A proxy to a real Redis that swallows every reply on its first connection only.
+
+    To the gateway that connection looks hung while Redis itself (any other connection,
+    such as the backend's PING probe) answers normally: a one-off timeout, not an outage.
+    """
+
+    mute_first = True

@@ -70,10 +70,11 @@ class NearCache:
         self._reads: dict[str, list[_Read]] = {}
         self._pongs: deque[tuple[float, asyncio.Future[None]]] = deque()  # PINGs sent: (answer by, waiter)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._live_changed: asyncio.Event | None = None
 
     async def get(self, key: str) -> bytes | None:
-        if self._task is None and not self.refused:
+        if self._task is None and not self.refused and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._track(), name="cache-near-tracking")
         return await self.entries.get(key) if self.live else None
 
@@ -133,7 +134,7 @@ class NearCache:
         """Keep one subscribed tracking connection, reconnecting after ``retry_s`` when it is lost."""
         from redis.exceptions import RedisError, ResponseError
 
-        while True:
+        while not self._closing:
             try:
                 self._conn = await self._connect()
                 await self._conn.send_command("CLIENT", "ID")
@@ -154,7 +155,8 @@ class NearCache:
                 log.debug("near cache tracking lost (%s); retrying in %gs", type(exc).__name__, self.retry_s)
             finally:
                 await self._lose()
-            await asyncio.sleep(self.retry_s)
+            if not self._closing:
+                await asyncio.sleep(self.retry_s)
 
     async def _reply(self) -> Any:
         reply = await self._conn.read_response(timeout=self.timeout_s)
@@ -212,8 +214,12 @@ class NearCache:
             log.debug("near cache emptied: tracking connection lost")
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+            # Cancelled again until it ends: a cancellation that lands as a read's own timeout fires can be
+            # lost inside redis-py (seen: the task went on to its retry sleep, and shutdown waited on it).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=self.timeout_s)
             self._task = None
         await self._lose()

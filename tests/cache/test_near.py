@@ -8,6 +8,7 @@ on the tracking connection whose answer comes after every message Redis queued b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -20,7 +21,7 @@ from ai_gateway.cache.redis_backend import RedisBackend
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, CacheFake
 from tests.fake_provider import Scenario
-from tests.redis_harness import RedisProcess, RedisTarget
+from tests.redis_harness import RedisProcess, RedisProxy, RedisTarget
 
 VENDOR = MODEL.partition("/")[2]
 T = TypeVar("T")
@@ -182,6 +183,51 @@ async def test_losing_the_tracking_connection_empties_it_until_tracking_is_back(
     await soon(near.wait_live())  # reconnected after its retry delay
     await claim(backend, key)
     assert near.entries.entry(key) is not None
+
+
+async def test_a_tracking_connection_gone_silent_is_noticed_by_its_ping(redis_target: RedisTarget) -> None:
+    """Redis (or the network) stops answering without closing anything: no message could arrive, so the near
+    cache must stop answering once a PING on the quiet connection goes unanswered."""
+    key = f"{redis_target.namespace}:v1:a"
+    with redis_target.client() as r:
+        r.set(key, b"answer", px=60_000)
+    async with RedisProxy(redis_target.port) as proxy:
+        backend = make_backend(proxy.url(redis_target.db), redis_target.namespace, cooldown_s=30)
+        assert backend.near is not None
+        backend.near.ping_every_s, backend.near.timeout_s = 0.05, 0.5  # quiet for 50 ms: PING; no answer: gone
+        try:
+            near = await live_near(backend)
+            await claim(backend, key)
+            assert near.entries.entry(key) is not None
+
+            proxy.silent = True
+            await soon(near.wait_live(False))
+            assert len(near.entries) == 0
+        finally:
+            await backend.aclose()
+
+
+async def test_shutdown_ends_tracking_even_when_a_cancellation_is_lost(redis_target: RedisTarget) -> None:
+    """A cancellation that lands just as one of redis-py's reads times out can be swallowed: the tracking task
+    then went on to its retry sleep and reconnected, and shutdown waited for it forever."""
+    backend = make_backend(redis_target.url, redis_target.namespace)
+    near = backend.near
+    assert near is not None
+    attempts, connecting = 0, asyncio.Event()
+
+    async def connect_losing_a_cancellation() -> None:
+        nonlocal attempts
+        attempts += 1
+        connecting.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as inside redis-py
+            await asyncio.Event().wait()
+        raise OSError("connection reset")
+
+    near._connect = connect_losing_a_cancellation  # type: ignore[method-assign]
+    await near.get("warm-up")  # starts tracking
+    await soon(connecting.wait())
+    await soon(backend.aclose())
+    assert attempts == 1  # and it did not connect again after shutdown began
 
 
 async def test_a_flush_empties_it_and_redis_stopping_too() -> None:
