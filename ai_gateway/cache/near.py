@@ -74,6 +74,7 @@ class NearCache:
         self._live_changed: asyncio.Event | None = None
 
     async def get(self, key: str) -> bytes | None:
+        # Tracking starts with the first lookup: it needs the running loop, which the constructor may not have.
         if self._task is None and not self.refused and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._track(), name="cache-near-tracking")
         return await self.entries.get(key) if self.live else None

@@ -130,17 +130,18 @@ class RedisBackend:
         self._probe: asyncio.Task[None] | None = None
         self.near: NearCache | None = None
         if near_prefix and near_entries > 0 and near_bytes > 0:
+            # Only a factory of connections (RESP2: invalidations arrive as messages of a plain subscription).
+            tracking = aioredis.ConnectionPool.from_url(
+                url,
+                protocol=2,
+                socket_timeout=self.probe_timeout_s,
+                socket_connect_timeout=self.probe_timeout_s,
+                health_check_interval=0,
+                retry=Retry(NoBackoff(), 0),
+            )
 
-            async def connect() -> Any:  # RESP2: invalidations arrive as messages of a plain subscription
-                pool = aioredis.ConnectionPool.from_url(
-                    url,
-                    protocol=2,
-                    socket_timeout=self.probe_timeout_s,
-                    socket_connect_timeout=self.probe_timeout_s,
-                    health_check_interval=0,
-                    retry=Retry(NoBackoff(), 0),
-                )
-                conn = pool.make_connection()
+            async def connect() -> Any:
+                conn = tracking.make_connection()
                 await conn.connect()
                 return conn
 
