@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ai_gateway.dispatch import ModelTarget, Outcome
-from ai_gateway.errors import Cancelled
+from ai_gateway.errors import Cancelled, ErrorCode
 from ai_gateway.strategies.voting import Tally
 
 
@@ -56,6 +56,28 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Outcome]]) -> None:
     except asyncio.CancelledError:
         await asyncio.wait(tasks)
         raise
+
+
+def replay_miss(outcome: Outcome) -> bool:
+    """A replayed model (``cache: only``) with no cached answer: the run being replayed never received one,
+    usually because it cancelled that model. fastest and consensus hold it back as if still outstanding,
+    since in a replay every cached answer arrives at once, and cancel it if the others decide without it."""
+    return outcome.error is not None and outcome.error.code == ErrorCode.CACHE_MISS
+
+
+def release_held(
+    held: dict[int, Outcome],
+    outcomes: list[Outcome | None],
+    targets: Sequence[ModelTarget],
+    started: float,
+    reason: str,
+    *,
+    decided: bool,
+) -> None:
+    """The held-back replay misses: cancelled (for ``reason``) when the call was decided without them."""
+    now = time.perf_counter()
+    for position, outcome in held.items():
+        outcomes[position] = Outcome.cancelled(targets[position], started, now, reason) if decided else outcome
 
 
 def start_all(

@@ -5,6 +5,12 @@ answer still outstanding can change the outcome: the strategy returns then and
 cancels the rest (reported as ``cancelled``). Otherwise it waits for every
 model and reports consensus only when the leading answer holds a strict
 majority of the successful ones (see :mod:`ai_gateway.strategies.voting`).
+
+In a replay (``cache: only``) every cached answer arrives at once, and a model
+the replayed run had cancelled has none (it was never stored). Its
+``cache_miss`` is held back as if it were still outstanding: when the cached
+answers decide early, it is cancelled again, as in the run; otherwise it is
+reported. So a consensus replays exactly, ``decided_early`` included.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from ai_gateway.strategies.base import (
     cancel_and_wait,
     collect,
     no_hedge,
+    release_held,
+    replay_miss,
     start_all,
 )
 from ai_gateway.strategies.voting import Tally
@@ -31,6 +39,7 @@ async def consensus(
     """``hedge_delay`` is ignored, and no model fails over: every vote counts, so each may retry."""
     tasks, started = start_all(targets, call, can_fail_over=never)
     outcomes: list[Outcome | None] = [None] * len(targets)
+    held: dict[int, Outcome] = {}  # replayed models with no cached answer: outstanding until the vote is decided
     tally = Tally(requested=len(targets))
     pending = set(tasks)
     try:
@@ -38,15 +47,19 @@ async def consensus(
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(done, key=tasks.__getitem__):  # request order keeps ties deterministic
                 position, outcome = tasks[task], task.result()
+                if replay_miss(outcome):
+                    held[position] = outcome
+                    continue
                 outcomes[position] = outcome
                 if outcome.ok and outcome.completion is not None:
                     tally.add(position, outcome.completion.text)
-            if pending and tally.has_majority_of_requested():
+            if (pending or held) and tally.has_majority_of_requested():
                 tally.decided_early = True
                 break
     finally:
         await cancel_and_wait(pending)
+    reason = "a majority of the requested models had already agreed"
+    release_held(held, outcomes, targets, started, reason, decided=tally.decided_early)
     leader = tally.leader()
     winner = leader.members[0] if leader is not None and tally.reached() else None
-    reason = "a majority of the requested models had already agreed"
     return StrategyResult(collect(tasks, outcomes, targets, started, reason), winner, tally)

@@ -1,4 +1,9 @@
-"""fastest: call every model at once; the first success answers and the rest are cancelled."""
+"""fastest: call every model at once; the first success answers and the rest are cancelled.
+
+In a replay (``cache: only``) a model with no cached answer is held back as if still
+racing (see :func:`~ai_gateway.strategies.base.replay_miss`): when another answers,
+it is cancelled, as it was in the run being replayed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from ai_gateway.strategies.base import (
     cancel_and_wait,
     collect,
     no_hedge,
+    release_held,
+    replay_miss,
     start_all,
 )
 
@@ -24,18 +31,25 @@ async def fastest(
     # A racer that fails while others still run gives up at once instead of backing off.
     tasks, started = start_all(targets, call, can_fail_over=lambda: sum(not t.done() for t in tasks) > 1)
     outcomes: list[Outcome | None] = [None] * len(targets)
+    held: dict[int, Outcome] = {}
     winner: int | None = None
     pending = set(tasks)
     try:
         while pending and winner is None:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                outcomes[tasks[task]] = task.result()
+                outcome = task.result()
+                if replay_miss(outcome):
+                    held[tasks[task]] = outcome
+                else:
+                    outcomes[tasks[task]] = outcome
             # Several may finish in the same loop tick: the earliest finisher wins,
             # request order breaks an exact tie.
-            finished_ok = [i for i in (tasks[t] for t in done) if outcomes[i].ok]  # type: ignore[union-attr]
+            finished_ok = [i for i in (tasks[t] for t in done) if i not in held and outcomes[i].ok]  # type: ignore[union-attr]
             if finished_ok:
                 winner = min(finished_ok, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
     finally:
         await cancel_and_wait(pending)
-    return StrategyResult(collect(tasks, outcomes, targets, started, "another model answered first"), winner)
+    reason = "another model answered first"
+    release_held(held, outcomes, targets, started, reason, decided=winner is not None)
+    return StrategyResult(collect(tasks, outcomes, targets, started, reason), winner)

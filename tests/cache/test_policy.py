@@ -242,6 +242,48 @@ async def test_strategies_share_entries(open_gateway: OpenGateway, fake: CacheFa
     assert (fake.count("a"), fake.count("b")) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    ("texts", "decided"),
+    [({"a": "Paris", "b": "Paris"}, True), ({"a": "Paris", "b": "Lyon"}, False)],
+)
+async def test_a_consensus_replay_treats_a_model_with_nothing_cached_as_still_outstanding(
+    open_gateway: OpenGateway, fake: CacheFake, texts: dict[str, str], decided: bool
+) -> None:
+    """Only "a" and "b" are cached (a run where "c" was cancelled). When their answers decide the vote, "c" is
+    cancelled, as it was; when they do not, it is the cache_miss it is."""
+    for vendor, text in texts.items():
+        fake.set(vendor, Scenario(text=text))
+    async with open_gateway() as gw:
+        for vendor in texts:
+            await gw.ask(models=[f"openai/{vendor}"])
+        replay = await gw.ask(models=["openai/a", "openai/b", "openai/c"], strategy="consensus", cache="only")
+
+    assert [r["cached"] for r in replay.results] == [True, True, False]
+    assert replay.data["consensus"]["decided_early"] is decided
+    third = replay.results[2]
+    expected = ("cancelled", "cancelled") if decided else ("error", "cache_miss")
+    assert (third["status"], third["error"]["code"]) == expected
+    assert fake.count("c") == 0
+
+
+async def test_a_fastest_replay_cancels_the_models_with_nothing_cached_once_one_answers(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """A fastest run stores the winner's answer only (the others were cancelled); its replay says the same."""
+    fake.set("a", Scenario(text="Paris"))
+    async with open_gateway() as gw:
+        await gw.ask(models=["openai/a"])
+        replay = await gw.ask(models=["openai/b", "openai/a", "openai/c"], strategy="fastest", cache="only")
+        nothing = await gw.ask(models=["openai/b", "openai/c"], strategy="fastest", cache="only")
+
+    assert replay.answer == "Paris" and replay.data["model"] == "openai/a"
+    assert [(r["status"], r["error"]["code"] if r["error"] else None) for r in replay.results] == [
+        ("cancelled", "cancelled"), ("ok", None), ("cancelled", "cancelled")]  # fmt: skip
+    assert nothing.is_error
+    assert [r["error"]["code"] for r in nothing.results] == ["cache_miss", "cache_miss"]
+    assert (fake.count("b"), fake.count("c")) == (0, 0)
+
+
 # ---------------------------------------------------------------------------- TTL
 async def test_the_ttl_setting_is_honoured(
     open_gateway: OpenGateway, fake: CacheFake, monkeypatch: pytest.MonkeyPatch

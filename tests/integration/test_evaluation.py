@@ -27,7 +27,7 @@ from ai_gateway.pricing import usd
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
 from tests.fake_provider import Scenario
-from tests.integration.conftest import CLI, GatedFake, provider_env, stop_process, subprocess_env
+from tests.integration.conftest import CLI, GatedFake, provider_env, stop_process, subprocess_env, vendor
 from tests.integration.conftest import run_cli as run_cli_process
 from tests.redis_harness import RedisTarget
 
@@ -248,6 +248,38 @@ async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple
     assert fake.count() == calls == 20
     assert (replay.answered, replay.accuracy, replay.cache_hits) == (10, first.accuracy, 20)
     assert (replay.input_tokens, replay.saved_input_tokens) == (0, first.input_tokens)
+
+
+async def test_a_replay_of_a_consensus_decided_early_is_exact(running: tuple[Client, Any], fake: GatedFake,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    """Two of three models agree and the third is cancelled, so its answer was never stored. The replay must
+    not turn that into a cache_miss error: it decides early on the same two answers, and the third is
+    cancelled again, exactly as in the run it replays."""
+    _, gateway = running
+    c = "openai/ev-c"
+    fake.hold(vendor(c))  # never released: the third model's answer never comes
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(4))
+    first = await evaluate(gateway, dataset, tmp_path / "run.jsonl", [A, B, c], strategy="consensus", concurrency=4)
+    await gateway.cache.flush()
+    await fake.stop()
+
+    replay = await evaluate(gateway, dataset, tmp_path / "replay.jsonl", [A, B, c], strategy="consensus",
+                            cache="only", concurrency=4)  # fmt: skip
+
+    def per_model(path: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
+        return {
+            (r["id"], m["model"]): (m["status"], m["error"], m["text"])
+            for r in read_records(path)
+            for m in r["results"]
+        }
+
+    original, replayed = per_model(tmp_path / "run.jsonl"), per_model(tmp_path / "replay.jsonl")
+    assert {k: v for k, v in original.items() if k[1] == c} == {(f"q{i}", c): ("cancelled", "cancelled", None) for i in
+                                                                range(1, 5)}  # fmt: skip
+    assert replayed == original
+    assert by_key(read_records(tmp_path / "replay.jsonl")) == by_key(read_records(tmp_path / "run.jsonl"))
+    assert [m.errors for m in replay.per_model] == [m.errors for m in first.per_model]
+    assert replay.answered == first.answered == 4
 
 
 async def test_cache_only_reports_misses_as_errors(running: tuple[Client, Any], fake: GatedFake,
