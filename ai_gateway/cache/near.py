@@ -149,7 +149,11 @@ class NearCache:
                 self._set_live(True)
                 await self._listen()
             except ResponseError as exc:
-                log.warning("redis refused client-side tracking (%s); the near cache is off", exc)
+                log.warning(
+                    "redis refused client-side tracking (%s); the near cache is off, the shared cache works as "
+                    "before (AI_GATEWAY_CACHE_NEAR_ENTRIES=0 turns the near cache off without this warning)",
+                    exc,
+                )
                 self.refused = True
                 return
             except (RedisError, OSError, TimeoutError) as exc:
