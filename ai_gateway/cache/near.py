@@ -158,6 +158,8 @@ class NearCache:
                 return
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("near cache tracking lost (%s); retrying in %gs", type(exc).__name__, self.retry_s)
+            except Exception as exc:  # a message of a shape not foreseen must not end tracking for good
+                log.warning("near cache tracking failed (%s); retrying in %gs", type(exc).__name__, self.retry_s)
             finally:
                 await self._lose()
             if not self._closing:
@@ -195,7 +197,7 @@ class NearCache:
             self.clear()
             return
         for raw in keys:
-            await self.forget(raw.decode())
+            await self.forget(raw.decode(errors="replace"))  # a key not in UTF-8 is none of ours anyway
 
     def _set_live(self, live: bool) -> None:
         self.live = live

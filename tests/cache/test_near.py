@@ -119,6 +119,24 @@ async def test_a_change_by_another_process_is_seen_at_once(backend: RedisBackend
     assert (await claim(backend, key))[0] is None
 
 
+async def test_a_key_that_is_not_utf8_under_the_prefix_does_not_stop_tracking(
+    backend: RedisBackend, redis_target: RedisTarget
+) -> None:
+    key = f"{redis_target.namespace}:v1:a"
+    odd = f"{redis_target.namespace}:v1:".encode() + b"\xff\xfe"
+    with redis_target.client() as r:
+        r.set(key, b"answer", px=60_000)
+    near = await live_near(backend)
+    await claim(backend, key)
+    with redis_target.client() as r:
+        r.set(odd, b"someone else's", px=60_000)
+        r.set(key, b"changed", px=60_000)
+    await soon(near.barrier())
+
+    assert near.live and near.messages >= 2
+    assert await claim(backend, key) == (b"changed", False)
+
+
 async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_says_so(
     backend: RedisBackend, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
