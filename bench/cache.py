@@ -168,7 +168,7 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
         for server in servers.values():
 
             @server.tool
-            def ping() -> str:
+            async def ping() -> str:  # async: a sync tool runs in a worker thread, a hop query_models never pays
                 return "pong"
 
         gc.freeze()
