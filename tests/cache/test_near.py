@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 
+from ai_gateway.cache.key import error_key, lease_key
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.near import NearCache
 from ai_gateway.cache.redis_backend import RedisBackend
@@ -55,22 +56,31 @@ async def live_near(backend: RedisBackend) -> NearCache:
     return backend.near
 
 
-async def look(backend: RedisBackend, key: str) -> bytes | None:
-    value, _ = await backend.lookup(key, f"{key}:lease", None, 5.0)
-    return value
-
-
 async def claim(backend: RedisBackend, key: str) -> tuple[bytes | None, bool | None]:
     """A lookup as a ``use`` call makes it: the answer, or the lease (the script's path)."""
-    return await backend.lookup(key, f"{key}:lease", "token", 5.0, together=False)
+    return await backend.lookup(key, lease_key(key), "token", 5.0, together=False)
+
+
+def answer_key(target: RedisTarget) -> str:
+    return f"{target.namespace}:v1:a"
+
+
+def put(target: RedisTarget, key: str | bytes, value: bytes) -> None:
+    """Another process (a plain client) writes ``value`` under ``key``, with a TTL as the gateway's are."""
+    with target.client() as r:
+        r.set(key, value, px=60_000)
+
+
+async def settle(backend: RedisBackend, key: str, value: bytes) -> None:
+    """This process stores ``value`` under ``key`` and releases its lease, as a ``use`` call does after answering."""
+    await backend.settle(key, value, 60, lease_key(key), "token", error_key(key), None)
 
 
 async def test_a_repeated_hit_is_answered_in_process_without_a_round_trip(
     backend: RedisBackend, redis_target: RedisTarget
 ) -> None:
-    key = f"{redis_target.namespace}:v1:a"
-    with redis_target.client() as r:
-        r.set(key, b"answer", px=60_000)
+    key = answer_key(redis_target)
+    put(redis_target, key, b"answer")
     near = await live_near(backend)
 
     first = await claim(backend, key)
@@ -88,8 +98,7 @@ async def test_a_repeated_hit_is_answered_in_process_without_a_round_trip(
 async def test_a_key_outside_the_tracked_prefix_is_never_kept(backend: RedisBackend, redis_target: RedisTarget) -> None:
     """Redis sends messages only about keys under the namespace: anything else could go stale unseen."""
     key = f"elsewhere-{redis_target.namespace}:v1:a"
-    with redis_target.client() as r:
-        r.set(key, b"answer", px=60_000)
+    put(redis_target, key, b"answer")
     try:
         near = await live_near(backend)
         answers = [await claim(backend, key) for _ in range(2)]
@@ -101,14 +110,12 @@ async def test_a_key_outside_the_tracked_prefix_is_never_kept(backend: RedisBack
 
 
 async def test_a_change_by_another_process_is_seen_at_once(backend: RedisBackend, redis_target: RedisTarget) -> None:
-    key = f"{redis_target.namespace}:v1:a"
-    with redis_target.client() as r:
-        r.set(key, b"old", px=60_000)
+    key = answer_key(redis_target)
+    put(redis_target, key, b"old")
     near = await live_near(backend)
     assert await claim(backend, key) == (b"old", False)
 
-    with redis_target.client() as r:  # another gateway refreshes the answer
-        r.set(key, b"new", px=60_000)
+    put(redis_target, key, b"new")  # another gateway refreshes the answer
     await soon(near.barrier())
     assert near.messages >= 1
     assert await claim(backend, key) == (b"new", False)
@@ -122,15 +129,13 @@ async def test_a_change_by_another_process_is_seen_at_once(backend: RedisBackend
 async def test_a_key_that_is_not_utf8_under_the_prefix_does_not_stop_tracking(
     backend: RedisBackend, redis_target: RedisTarget
 ) -> None:
-    key = f"{redis_target.namespace}:v1:a"
+    key = answer_key(redis_target)
     odd = f"{redis_target.namespace}:v1:".encode() + b"\xff\xfe"
-    with redis_target.client() as r:
-        r.set(key, b"answer", px=60_000)
+    put(redis_target, key, b"answer")
     near = await live_near(backend)
     await claim(backend, key)
-    with redis_target.client() as r:
-        r.set(odd, b"someone else's", px=60_000)
-        r.set(key, b"changed", px=60_000)
+    put(redis_target, odd, b"someone else's")
+    put(redis_target, key, b"changed")
     await soon(near.barrier())
 
     assert near.live and near.messages >= 2
@@ -140,7 +145,7 @@ async def test_a_key_that_is_not_utf8_under_the_prefix_does_not_stop_tracking(
 async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_says_so(
     backend: RedisBackend, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = f"{redis_target.namespace}:v1:a"
+    key = answer_key(redis_target)
     await backend.set(key, b"old", 60)
     near = await live_near(backend)
     assert await claim(backend, key) == (b"old", False)
@@ -155,8 +160,8 @@ async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_say
     assert await claim(backend, key) == (b"new", False)
 
     _, taken = await claim(backend, f"{key}-other")
-    await backend.settle(f"{key}-other", b"stored", 60, f"{key}-other:lease", "token", f"{key}-other:error", None)
-    await backend.settle(key, b"newer", 60, f"{key}:lease", "token", f"{key}:error", None)
+    await settle(backend, f"{key}-other", b"stored")
+    await settle(backend, key, b"newer")
     assert taken is True
     assert await claim(backend, key) == (b"newer", False)
     await soon(near.barrier())
@@ -166,11 +171,10 @@ async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_say
 async def test_a_read_overtaken_by_a_change_is_not_kept(backend: RedisBackend, redis_target: RedisTarget) -> None:
     """The reply to a read and the message about a change travel on different connections: a value read
     before a change but handed over after its message must not be kept, or it would be served stale."""
-    key = f"{redis_target.namespace}:v1:a"
+    key = answer_key(redis_target)
     near = await live_near(backend)
     read = near.begin_read(key)
-    with redis_target.client() as r:
-        r.set(key, b"changed", px=60_000)
+    put(redis_target, key, b"changed")
     await soon(near.barrier())
     await near.end_read(read, b"read before the change", 60)
 
@@ -182,9 +186,8 @@ async def test_a_read_overtaken_by_a_change_is_not_kept(backend: RedisBackend, r
 async def test_losing_the_tracking_connection_empties_it_until_tracking_is_back(
     backend: RedisBackend, redis_target: RedisTarget
 ) -> None:
-    key = f"{redis_target.namespace}:v1:a"
-    with redis_target.client() as r:
-        r.set(key, b"answer", px=60_000)
+    key = answer_key(redis_target)
+    put(redis_target, key, b"answer")
     near = await live_near(backend)
     await claim(backend, key)
     assert near.entries.entry(key) is not None
@@ -206,9 +209,8 @@ async def test_losing_the_tracking_connection_empties_it_until_tracking_is_back(
 async def test_a_tracking_connection_gone_silent_is_noticed_by_its_ping(redis_target: RedisTarget) -> None:
     """Redis (or the network) stops answering without closing anything: no message could arrive, so the near
     cache must stop answering once a PING on the quiet connection goes unanswered."""
-    key = f"{redis_target.namespace}:v1:a"
-    with redis_target.client() as r:
-        r.set(key, b"answer", px=60_000)
+    key = answer_key(redis_target)
+    put(redis_target, key, b"answer")
     async with RedisProxy(redis_target.port) as proxy:
         backend = make_backend(proxy.url(redis_target.db), redis_target.namespace, cooldown_s=30)
         assert backend.near is not None
