@@ -162,7 +162,6 @@ class Gateway:
         backend: Any = self.cache.backend
         remote = backend.name == "redis"
         embedded = getattr(backend, "fallback", backend)  # Redis answers from the embedded LRU while failing
-        stats = self.cache.stats
         near = getattr(backend, "near", None)
         return CacheStatusInfo(
             backend=backend.name,
@@ -174,13 +173,7 @@ class Gateway:
             near_entries=len(near.entries) if near is not None else None,
             memory_entries=len(embedded) if isinstance(embedded, MemoryBackend) else None,
             memory_bytes=embedded.bytes if isinstance(embedded, MemoryBackend) else None,
-            hits=stats.hits,
-            misses=stats.misses,
-            writes=stats.writes,
-            not_stored=stats.not_stored,
-            coalesced=stats.coalesced,
-            peer_waits=stats.peer_waits,
-            peer_waits_in_flight=stats.peer_waits_in_flight,
+            **asdict(self.cache.stats),  # the counters, under the same names
         )
 
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
