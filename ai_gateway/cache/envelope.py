@@ -9,11 +9,12 @@ from typing import Any
 from ai_gateway.types import Completion, FinishReason, Usage
 
 ENVELOPE_VERSION = 1
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # built once, not per call
 
 
 def encode(completion: Completion) -> bytes:
     usage = completion.usage
-    return json.dumps(
+    return _encode(
         {
             "v": ENVELOPE_VERSION,
             "text": completion.text,
@@ -25,9 +26,7 @@ def encode(completion: Completion) -> bytes:
             if usage is None
             else [usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens],
             "stored_at": round(time.time(), 3),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+        }
     ).encode()
 
 

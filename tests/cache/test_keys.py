@@ -108,6 +108,25 @@ def test_an_integer_temperature_is_the_same_entry_as_the_equal_float() -> None:
     assert key(request=replace(BASE_REQUEST, temperature=0)) == key(request=replace(BASE_REQUEST, temperature=0.0))
 
 
+def test_a_key_is_stable_across_releases() -> None:
+    """Pinned: a change to the encoding would orphan every stored answer, so it must come with a new KEY_SCHEMA."""
+    request = ChatRequest(
+        messages=(Message("system", "Be brief."), Message("user", "Wie heißt die Hauptstadt?")),
+        system="You are a geographer.",
+        temperature=0.0,
+        max_tokens=50,
+    )
+    args = ("openai", "http://127.0.0.1:1/v1", "gpt-4o-mini", request, 0)
+    assert KEY_SCHEMA == 1
+    assert canonical(*args) == (
+        '{"base_url":"http://127.0.0.1:1/v1","messages":[["system","Be brief."],["user","Wie heißt die Hauptstadt?"]],'
+        '"model":"gpt-4o-mini","params":{"max_tokens":50,"temperature":0},"provider":"openai","sample":0,'
+        '"schema":1,"system":"You are a geographer."}'
+    )
+    assert cache_key("ns", *args) == "ns:v1:" + hashlib.sha256(canonical(*args).encode()).hexdigest()
+    assert cache_key("ns", *args) == "ns:v1:e97befb1fbd597adc1910c64022c32da53585042976ae4d895c3dc622218ac3d"
+
+
 def test_the_canonical_form_holds_no_api_key() -> None:
     text = canonical("openai", "http://x/v1", "m", BASE_REQUEST, 0)
     assert "key" not in text.lower()
