@@ -19,6 +19,7 @@ import string
 import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 _LEADING = re.compile(
     r"^(?:(?:so|thus|therefore|hence)[,:]?\s+)?(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|result)"
@@ -64,7 +65,21 @@ _WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "sev
 _WORDS.update({"ninety": "90", "hundred": "100", "thousand": "1000"})
 
 
+# An answer is normalised several times (its vote, the run's grading, the summary's per-model grading), and
+# models often give the same short answer; a short answer is worth remembering, a long one is not.
+_MEMO_CHARS = 512
+
+
 def normalise(text: str) -> str:
+    return _normalise_short(text) if len(text) <= _MEMO_CHARS else _normalise(text)
+
+
+@lru_cache(maxsize=4096)
+def _normalise_short(text: str) -> str:
+    return _normalise(text)
+
+
+def _normalise(text: str) -> str:
     folded = unicodedata.normalize("NFKC", text).casefold().translate(_MINUS_SIGNS)
     folded = _MARKDOWN.sub("", folded).strip()
     previous = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ai_gateway.strategies import voting
 from ai_gateway.strategies.voting import Tally, normalise
 
 
@@ -55,6 +56,16 @@ def test_different_answers_stay_apart(a: str, b: str) -> None:
 def test_numbers_are_written_canonically() -> None:
     assert normalise("The answer is 1,250.00") == "1250"
     assert normalise("-0.0") == "0"
+
+
+def test_only_short_answers_are_remembered() -> None:
+    """Answers are normalised again and again (vote, grading, summary); a long one would only fill memory."""
+    long = "The answer is **Four**. " * 40
+    before = voting._normalise_short.cache_info().currsize
+    assert normalise(long) == voting._normalise(long) == "4" + " the answer is 4" * 39
+    assert voting._normalise_short.cache_info().currsize == before
+    assert normalise("**Four.**") == normalise("**Four.**") == "4"
+    assert voting._normalise_short.cache_info().currsize == before + 1
 
 
 def test_tally_needs_a_strict_majority_of_the_answers() -> None:
