@@ -134,6 +134,10 @@ class ProgressView:
     cache hits, tokens, cost and cost saved so far (answers with no known price counted, never guessed)."""
 
     def __init__(self, state: RunState, *, enabled: bool = True) -> None:
+        self.state = state
+        self.enabled = enabled
+        if not enabled:  # --no-progress: scripted runs; rich costs ~40 ms of start-up, so not even imported
+            return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
@@ -145,7 +149,6 @@ class ProgressView:
                 yield self.make_tasks_table(self.tasks)
                 yield Text(self.totals, no_wrap=True, overflow="ellipsis")
 
-        self.state = state
         self.progress = TwoLines(
             TextColumn("eval"),
             BarColumn(),
@@ -154,7 +157,6 @@ class ProgressView:
             TimeElapsedColumn(),
             # Not a terminal (a log, CI): the final state only, wide enough for every column.
             console=Console(stderr=True, width=None if sys.stderr.isatty() else 120),
-            disable=not enabled,
             refresh_per_second=10,
         )
         self.task = self.progress.add_task("eval", total=state.total, completed=state.done, rate="")
@@ -162,24 +164,33 @@ class ProgressView:
         self.update(state, force=True)
 
     def update(self, state: RunState, force: bool = False) -> None:
+        if not self.enabled:
+            return
         now = time.perf_counter()
         if not force and now - self._shown_at < _REFRESH_S and state.done < state.total:
             return
         self._shown_at = now
-        self.progress.totals = (
-            f"cache hits {state.cache_hits:,} · tokens {state.input_tokens:,} in / {state.output_tokens:,} out"
-            f" · cost {usd(state.cost_usd)}{plus_unpriced(state.unpriced)}"
-            f" (saved {usd(state.cost_saved_usd)}{plus_unpriced(state.unpriced_cache_hits)})"
-        )
+        self.progress.totals = totals_line(state)
         self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
 
     def __enter__(self) -> ProgressView:
-        self.progress.start()
+        if self.enabled:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.update(self.state, force=True)
-        self.progress.stop()
+        if self.enabled:
+            self.update(self.state, force=True)
+            self.progress.stop()
+
+
+def totals_line(state: RunState) -> str:
+    """The line under the progress bar: running totals (answers with no known price counted, never guessed)."""
+    return (
+        f"cache hits {state.cache_hits:,} · tokens {state.input_tokens:,} in / {state.output_tokens:,} out"
+        f" · cost {usd(state.cost_usd)}{plus_unpriced(state.unpriced)}"
+        f" (saved {usd(state.cost_saved_usd)}{plus_unpriced(state.unpriced_cache_hits)})"
+    )
 
 
 def print_summary(summary: EvalSummary) -> None:

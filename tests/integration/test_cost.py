@@ -15,7 +15,7 @@ import pytest
 from fastmcp import Client, FastMCP
 
 from ai_gateway.cache.store import CachePolicy
-from ai_gateway.evaluation.console import ProgressView, lifespan_gateway
+from ai_gateway.evaluation.console import lifespan_gateway, totals_line
 from ai_gateway.evaluation.dataset import load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, execute, gateway_query, prepare
 from ai_gateway.types import ChatRequest, Message
@@ -137,8 +137,7 @@ async def test_eval_cost_in_a_run_its_replay_and_a_resume(make_server: Callable[
         assert resumed.cost_saved_usd == pytest.approx(2 * (ROW_A + ROW_B))  # the two rows run now, from the cache
         state = plan.state  # this run's own rows
         assert (state.cost_usd, state.cost_saved_usd, state.unpriced) == (0.0, pytest.approx(2 * (ROW_A + ROW_B)), 0)
-        with ProgressView(state, enabled=False) as view:
-            assert "cost $0 (saved $0.000105)" in view.progress.totals  # 2 x (37.5 + 15) µ$
+        assert "cost $0 (saved $0.000105)" in totals_line(state)  # 2 x (37.5 + 15) µ$
 
 
 async def test_eval_counts_unpriced_answers(make_server: Callable[..., FastMCP], fake: GatedFake,
@@ -154,6 +153,5 @@ async def test_eval_counts_unpriced_answers(make_server: Callable[..., FastMCP],
         a, mock = summary.per_model
         assert (a.cost_usd, a.unpriced, mock.cost_usd, mock.unpriced) == (pytest.approx(4 * ROW_A), 0, None, 4)
         assert (summary.cost_usd, summary.unpriced) == (pytest.approx(4 * ROW_A), 4)
-        with ProgressView(plan.state, enabled=False) as view:
-            assert "cost $0.000150 + 4 unpriced (saved $0)" in view.progress.totals  # 4 x 37.5 µ$
+        assert "cost $0.000150 + 4 unpriced (saved $0)" in totals_line(plan.state)  # 4 x 37.5 µ$
         assert json.loads(summary.model_dump_json())["per_model"][1]["cost_usd"] is None

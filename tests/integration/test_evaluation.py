@@ -375,6 +375,19 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--models: models[0]: 'nope/model'" in capsys.readouterr().err
 
 
+def test_cli_progress_is_shown_on_stderr_unless_turned_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "2+2?", "expected": "4"}, {"prompt": "hi"}])
+    argv = ["eval", str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / "o.jsonl")]
+
+    assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 0
+    err = capsys.readouterr().err  # not a terminal: the bar's final state only
+    assert "2/2" in err and "cache hits 0 · tokens" in err
+
+    argv[-1] = str(tmp_path / "quiet.jsonl")
+    assert run_cli(build_parser().parse_args([*argv, "--no-progress"]), offline_setup, build_server) == 0
+    assert capsys.readouterr().err == ""
+
+
 # ---------------------------------------------------------------------------- the run_eval tool
 async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
