@@ -34,6 +34,14 @@ from ai_gateway.cache.memory import MemoryBackend
 log = logging.getLogger(__name__)
 
 INVALIDATE = "__redis__:invalidate"
+# Errors Redis gives while it cannot serve anyone for a while (a long script, loading its data, a failover):
+# not a refusal of tracking, which would turn the near cache off for the rest of the process.
+_TRANSIENT = frozenset({"BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"})
+
+
+def _error_code(exc: Exception) -> str:
+    """Redis's error code: redis-py keeps it apart for the errors it has a class for, else it leads the message."""
+    return getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
 
 
 @dataclass(eq=False, slots=True)
@@ -149,13 +157,16 @@ class NearCache:
                 self._set_live(True)
                 await self._listen()
             except ResponseError as exc:
-                log.warning(
-                    "redis refused client-side tracking (%s); the near cache is off, the shared cache works as "
-                    "before (AI_GATEWAY_CACHE_NEAR_ENTRIES=0 turns the near cache off without this warning)",
-                    exc,
-                )
-                self.refused = True
-                return
+                if not self.live and _error_code(exc) not in _TRANSIENT:
+                    log.warning(
+                        "redis refused client-side tracking (%s); the near cache is off, the shared cache works as "
+                        "before (AI_GATEWAY_CACHE_NEAR_ENTRIES=0 turns the near cache off without this warning)",
+                        exc,
+                    )
+                    self.refused = True
+                    return
+                # Tracking was granted before, or Redis is only busy for now: lost, not refused.
+                log.debug("near cache tracking interrupted (%s); retrying in %gs", exc, self.retry_s)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("near cache tracking lost (%s); retrying in %gs", type(exc).__name__, self.retry_s)
             except Exception as exc:  # a message of a shape not foreseen must not end tracking for good

@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 import pytest
+import redis
+import redis.asyncio
+import redis.exceptions
 
 from ai_gateway.cache.key import error_key, lease_key
 from ai_gateway.cache.memory import MemoryBackend
@@ -276,6 +279,60 @@ async def test_a_flush_empties_it_and_redis_stopping_too() -> None:
     finally:
         server.stop()
         await backend.aclose()
+
+
+async def test_redis_busy_with_a_long_script_is_an_interruption_not_a_refusal() -> None:
+    """While a script runs past busy-reply-threshold, Redis answers everyone else -BUSY: the PING on a live
+    tracking connection, then CLIENT ID on each reconnection. Tracking must come back once the script ends."""
+    server = RedisProcess(why="this test blocks its Redis with a long script").start()
+    with server.client() as r:
+        r.config_set("busy-reply-threshold", 10)  # ms
+    backend = make_backend(server.url, "ns")  # reconnects every cooldown_s (50 ms)
+    blocker = redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=10)
+    try:
+        near = await live_near(backend)
+        connect, attempts = near._connect, 0
+
+        async def counted_connect() -> object:
+            nonlocal attempts
+            attempts += 1
+            return await connect()
+
+        near._connect = counted_connect  # type: ignore[method-assign]
+        script = asyncio.create_task(blocker.eval(BUSY_FOR_MS, 0, 1000))
+        await soon(redis_answers_busy(server.port))
+        await soon(near.barrier())  # its PING is answered -BUSY
+        await soon(near.wait_live(False))
+        await soon(script)
+        await soon(near.wait_live())
+        assert not near.refused and attempts >= 2  # at least one reconnection met -BUSY and was retried
+    finally:
+        await blocker.aclose()
+        await backend.aclose()
+        server.stop()
+
+
+BUSY_FOR_MS = """
+local t = redis.call('TIME')
+local start = t[1] * 1000 + t[2] / 1000
+repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+async def redis_answers_busy(port: int) -> None:
+    """Return once the script holds Redis (bounded by the caller); a readiness poll on a new connection."""
+    while True:
+        probe = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        try:
+            await probe.ping()
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith("BUSY"):
+                return
+            raise
+        finally:
+            await probe.aclose()
+        await asyncio.sleep(0.005)  # readiness poll interval
 
 
 async def test_redis_refusing_tracking_turns_it_off_once_and_the_shared_cache_still_works(
