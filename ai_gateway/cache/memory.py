@@ -29,10 +29,10 @@ class MemoryBackend:
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if key in self._items:  # first: a value too large to keep still supersedes the old one
+            self._drop(key)
         if len(value) > self.max_bytes:
             return
-        if key in self._items:
-            self._drop(key)
         self._items[key] = (value, self._clock() + ttl_s)
         self.bytes += len(value)
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:

@@ -59,6 +59,15 @@ async def test_a_value_larger_than_the_whole_cache_is_not_stored_and_evicts_noth
     assert cache.bytes == 4
 
 
+async def test_a_value_too_large_to_keep_still_replaces_the_old_one() -> None:
+    """A refresh whose answer cannot be kept must not leave the answer it replaced to be served again."""
+    cache = MemoryBackend(max_entries=100, max_bytes=10)
+    await cache.set("a", b"old", TTL)
+    await cache.set("a", b"x" * 11, TTL)
+    assert await cache.get("a") is None
+    assert (len(cache), cache.bytes) == (0, 0)
+
+
 async def test_entries_expire_after_their_ttl() -> None:
     clock = FakeClock()
     cache = MemoryBackend(10, 1000, clock=clock)
