@@ -203,8 +203,9 @@ class NearCache:
                 self.messages += 1
                 await self._invalidate(message[2])
 
-    async def _invalidate(self, keys: list[bytes] | None) -> None:
-        if keys is None:  # FLUSHDB / FLUSHALL
+    async def _invalidate(self, keys: list[bytes] | bytes | None) -> None:
+        # None: FLUSHDB / FLUSHALL. Not a list: anyone may publish on this channel; unsure means empty.
+        if not isinstance(keys, list):
             self.clear()
             return
         for raw in keys:

@@ -145,6 +145,25 @@ async def test_a_key_that_is_not_utf8_under_the_prefix_does_not_stop_tracking(
     assert await claim(backend, key) == (b"changed", False)
 
 
+async def test_a_message_not_from_tracking_on_its_channel_empties_it_without_ending_tracking() -> None:
+    """Anyone may PUBLISH to __redis__:invalidate; a payload of a shape tracking never sends means "unsure"."""
+    server = RedisProcess(why="this test publishes on a channel every near cache of its Redis hears").start()
+    backend = make_backend(server.url, "ns")
+    try:
+        near = await live_near(backend)
+        with server.client() as other:
+            other.set("ns:v1:a", b"answer", px=60_000)
+            await soon(near.barrier())
+            await claim(backend, "ns:v1:a")
+            assert near.entries.entry("ns:v1:a") is not None
+            other.publish("__redis__:invalidate", "not a list of keys")
+        await soon(near.barrier())
+        assert near.live and len(near.entries) == 0
+    finally:
+        await backend.aclose()
+        server.stop()
+
+
 async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_says_so(
     backend: RedisBackend, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
