@@ -85,8 +85,10 @@ async def near_ready(gateway: Gateway) -> None:
 
 
 async def main(ns: argparse.Namespace) -> Figures:
-    # Every model answers "Paris" at once; the fake counts its requests (GET /_admin/calls).
-    fake, url = await start_child("-m", "tests.fake_provider", "--port", "0", "--scenario", '*={"text": "Paris"}')
+    # Every model gives the same answer at once: "Paris" for every row, or (--answer echo) the row's own prompt,
+    # as a real run's answers differ from row to row. The fake counts its requests (GET /_admin/calls).
+    scenario = [] if ns.answer == "echo" else ["--scenario", "*=" + json.dumps({"text": ns.answer})]
+    fake, url = await start_child("-m", "tests.fake_provider", "--port", "0", *scenario)
     fig: Figures = {}
     try:
         if ns.section in ("all", "hits"):
@@ -99,6 +101,8 @@ async def main(ns: argparse.Namespace) -> Figures:
     targets = fig.pop("_targets", [])
     if "eval" in fig:
         targets += eval_replay.report(fig["eval"])
+        if "compare" in fig["eval"]:
+            eval_replay.report_compare(fig["eval"]["compare"])
     print("\n== summary ==" + (f" (stored value {fig['value_bytes']} bytes; a peer gateway's hit: ~51x a raw GET, "
                                  "3.3 ms)" if "value_bytes" in fig else ""))  # fmt: skip
     if "hit_ratios" in fig:
@@ -126,6 +130,8 @@ async def eval_section(url: str, ns: argparse.Namespace) -> Figures:
                 op_timeout_s=ns.cache_op_timeout,
             )
             fig = await eval_replay.replay(setup)
+            if ns.compare:
+                fig["compare"] = await eval_replay.compare(setup, ns.compare)
             if ns.profile:
                 py_spy = eval_replay.find_py_spy(ns.py_spy)
                 fig["profile"] = await eval_replay.profile_replay(setup, py_spy, ns.profile_dir)
@@ -283,7 +289,18 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action="store_true", help="eval: also profile the consensus replay over Redis")
     parser.add_argument("--profile-dir", type=Path, metavar="DIR", help="keep the profiles there (py-spy raw stacks)")
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy executable (default: next to python, or on PATH)")
+    parser.add_argument(
+        "--answer",
+        default="Paris",
+        help="what every model answers: one text for every row (default Paris), or echo: the prompt",
+    )
+    parser.add_argument("--compare", metavar="REV",
+                        help="eval: also replay with git revision REV, alternating with this checkout")  # fmt: skip
     ns = parser.parse_args()
+    if ns.compare and ns.section == "hits":
+        parser.error("--compare measures the eval replay: use it with --section eval or all")
+    if ns.compare:
+        ns.compare = eval_replay.check_revision(ns.compare)[:12]
     figures = asyncio.run(main(ns))
     if ns.json:
         Path(ns.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -66,16 +66,24 @@ class Setup:
     def dataset(self) -> Path:
         return self.tmp / "dataset.jsonl"
 
-    def env(self) -> dict[str, str]:
-        """A clean environment: no inherited keys or AI_GATEWAY_* settings; the fake, Redis and a namespace."""
+    def env(self, code: Path | None = None) -> dict[str, str]:
+        """A clean environment: no inherited keys or AI_GATEWAY_* settings; the fake, Redis and a namespace.
+
+        ``code``: a checkout whose ``ai_gateway`` and ``providers`` are imported instead of the installed ones
+        (PYTHONPATH comes before the editable install's finder).
+        """
         env = {k: v for k in ("PATH", "LANG", "LC_ALL", "TMPDIR") if (v := os.environ.get(k))}
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
         env |= FASTMCP_ENV | {"HOME": str(self.tmp), "OPENAI_BASE_URL": f"{self.url}/v1", "OPENAI_API_KEY": "sk-bench"}
         env |= {"AI_GATEWAY_REDIS_URL": self.redis_url, "AI_GATEWAY_CACHE_NAMESPACE": self.namespace}
         if self.op_timeout_s is not None:
             env["AI_GATEWAY_CACHE_OP_TIMEOUT_S"] = str(self.op_timeout_s)
         return env
 
-    async def cli(self, args: list[str], rows: int | None = None, wrapper: tuple[str, ...] = ()) -> Run:
+    async def cli(
+        self, args: list[str], rows: int | None = None, wrapper: tuple[str, ...] = (), code: Path | None = None
+    ) -> Run:
         """``ai-gateway <args>`` in a new process, in ``tmp``; timed from spawn to exit."""
         command = cli_argv()
         if wrapper[:1] == (sys.executable,):  # python -m cProfile ...: the script, not a second interpreter
@@ -83,7 +91,7 @@ class Setup:
         argv = [*wrapper, *command, *args]
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            *argv, env=self.env(), cwd=self.tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *argv, env=self.env(code), cwd=self.tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await proc.communicate()
         wall = time.perf_counter() - started
@@ -373,6 +381,73 @@ def report(fig: Figures) -> list[tuple[str, bool, str]]:
                 rows.append((f"eval replay >= {TARGET_ROWS_S:,.0f} rows/s: {name}, {label}",
                              value >= TARGET_ROWS_S and not failed, detail))  # fmt: skip
     return rows
+
+
+# -- A/B against another revision ---------------------------------------------------------------
+
+COMPARED = (Kind("consensus x3", THREE, "consensus", 4), Kind("first_available x1", ONE, "first_available", 4))
+
+
+def check_revision(rev: str) -> str:
+    """The commit ``rev`` names, or SystemExit with the reason (before anything is started)."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                           cwd=REPO, capture_output=True, text=True, check=False)  # fmt: skip
+    if found.returncode != 0:
+        raise SystemExit(f"--compare {rev}: not a commit of this repository (try a hash, a tag or HEAD~1)")
+    return found.stdout.strip()
+
+
+async def compare(setup: Setup, rev: str) -> Figures:
+    """Replay the filled dataset with this checkout and with ``rev``, alternating, in the same Redis entries.
+
+    On a machine whose speed drifts by tens of percent between runs, only rates taken side by side in one run
+    say whether a change helped. ``rev`` runs from a temporary git worktree (its bytecode compiled first, as the
+    checkout's is); the installed dependencies and entry points are this checkout's.
+    """
+    import compileall
+
+    tree = setup.tmp / "compare-tree"
+    git = ["git", "-C", str(REPO), "worktree"]
+    await asyncio.to_thread(subprocess.run, [*git, "add", "--detach", "--quiet", str(tree), rev], check=True)
+    try:
+        for package in ("ai_gateway", "providers"):
+            compileall.compile_dir(tree / package, quiet=1)
+        sides: dict[str, Path | None] = {"this checkout": None, rev: tree}
+        samples = {(kind.label, side): Samples() for kind in COMPARED for side in sides}
+        one_row = setup.tmp / "one-row.jsonl"
+        for code in sides.values():  # warm the page cache (and any missing bytecode) for each side
+            await setup.cli(COMPARED[0].eval_args(one_row, setup.tmp / "compare-warm.jsonl"), rows=1, code=code)
+        rounds = max(2 * setup.rounds, 4)
+        for round_no in range(rounds):
+            for kind in COMPARED:
+                for side in rotated(list(sides), round_no):
+                    out = setup.tmp / f"compare-{round_no}-{kind.strategy}-{list(sides).index(side)}.jsonl"
+                    samples[kind.label, side].add(await setup.cli(kind.eval_args(setup.dataset, out), code=sides[side]))
+    finally:
+        await asyncio.to_thread(subprocess.run, [*git, "remove", "--force", str(tree)], check=False)
+    fig: Figures = {"rev": rev, "rounds": rounds, "tree": tree_state()}
+    for kind in COMPARED:
+        fig[kind.label] = {side: samples[kind.label, side].figures() for side in sides}
+    return fig
+
+
+def report_compare(fig: Figures) -> None:
+    rev = fig["rev"]
+    print(f"\n== A/B: this checkout ({fig['tree']}) against {rev}, same Redis entries, {fig['rounds']} alternating "
+          "rounds; rows/s, medians: run loop / whole process ==")  # fmt: skip
+    print(f"   {'replay, -c 4':<20} {'this checkout':>18} {rev[:12]:>18} {'this / ' + rev[:12]:>22}")
+    for label, sides in fig.items():
+        if not isinstance(sides, dict):
+            continue
+        this, other = sides.values()
+        loop, wall = (this[m]["median"] / other[m]["median"] for m in ("loop", "wall"))
+        failed = sum(this["errors"].values()) + sum(other["errors"].values())
+        print(f"   {label:<20} {_rates(this):>18} {_rates(other):>18} {f'{loop:.2f}x / {wall:.2f}x':>22}"
+              + (f"   ({failed} failed answers: not a full replay)" if failed else ""))  # fmt: skip
+
+
+def _rates(s: Figures) -> str:
+    return f"{s['loop']['median']:,.0f} / {s['wall']['median']:,.0f}"
 
 
 # -- profile ------------------------------------------------------------------------------------
