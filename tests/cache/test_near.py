@@ -51,6 +51,19 @@ async def backend(redis_target: RedisTarget) -> AsyncIterator[RedisBackend]:
     await backend.aclose()
 
 
+@contextlib.asynccontextmanager
+async def private_redis(why: str) -> AsyncIterator[tuple[RedisProcess, RedisBackend]]:
+    """A redis-server of this test's own (for what would disturb others: flushes, stops, scripts, publishing)
+    and a backend with a near cache on it; both gone afterwards."""
+    server = RedisProcess(why=why).start()
+    backend = make_backend(server.url, "ns")
+    try:
+        yield server, backend
+    finally:
+        await backend.aclose()
+        server.stop()
+
+
 async def live_near(backend: RedisBackend) -> NearCache:
     """The backend's near cache once tracking is up (it starts on the first lookup)."""
     assert backend.near is not None
@@ -72,6 +85,14 @@ def put(target: RedisTarget, key: str | bytes, value: bytes) -> None:
     """Another process (a plain client) writes ``value`` under ``key``, with a TTL as the gateway's are."""
     with target.client() as r:
         r.set(key, value, px=60_000)
+
+
+async def kept_after_write(backend: RedisBackend, near: NearCache, r: redis.Redis, key: str) -> None:
+    """Another process (``r``) writes ``key``; once tracking has seen that, this process reads it and keeps it."""
+    r.set(key, b"answer", px=60_000)
+    await soon(near.barrier())  # a read that overlaps the message about this write would not be kept
+    await claim(backend, key)
+    assert near.entries.entry(key) is not None
 
 
 async def settle(backend: RedisBackend, key: str, value: bytes) -> None:
@@ -147,21 +168,13 @@ async def test_a_key_that_is_not_utf8_under_the_prefix_does_not_stop_tracking(
 
 async def test_a_message_not_from_tracking_on_its_channel_empties_it_without_ending_tracking() -> None:
     """Anyone may PUBLISH to __redis__:invalidate; a payload of a shape tracking never sends means "unsure"."""
-    server = RedisProcess(why="this test publishes on a channel every near cache of its Redis hears").start()
-    backend = make_backend(server.url, "ns")
-    try:
+    async with private_redis("this test publishes on the channel every near cache hears") as (server, backend):
         near = await live_near(backend)
         with server.client() as other:
-            other.set("ns:v1:a", b"answer", px=60_000)
-            await soon(near.barrier())
-            await claim(backend, "ns:v1:a")
-            assert near.entries.entry("ns:v1:a") is not None
+            await kept_after_write(backend, near, other, "ns:v1:a")
             other.publish("__redis__:invalidate", "not a list of keys")
         await soon(near.barrier())
         assert near.live and len(near.entries) == 0
-    finally:
-        await backend.aclose()
-        server.stop()
 
 
 async def test_this_process_storing_an_answer_drops_the_old_one_before_redis_says_so(
@@ -273,42 +286,29 @@ async def test_shutdown_ends_tracking_even_when_a_cancellation_is_lost(redis_tar
 
 
 async def test_a_flush_empties_it_and_redis_stopping_too() -> None:
-    server = RedisProcess(why="this test flushes and stops its Redis").start()
-    backend = make_backend(server.url, "ns")
-    try:
+    async with private_redis("this test flushes and stops its Redis") as (server, backend):
         near = await live_near(backend)
         with server.client() as r:
-            r.set("ns:v1:a", b"answer", px=60_000)
-        await soon(near.barrier())  # a read that overlaps the message about this write would not be kept
-        await claim(backend, "ns:v1:a")
-        assert near.entries.entry("ns:v1:a") is not None
-        with server.client() as r:
+            await kept_after_write(backend, near, r, "ns:v1:a")
             r.flushdb()
-        await soon(near.barrier())
-        assert len(near.entries) == 0
+            await soon(near.barrier())
+            assert len(near.entries) == 0
 
-        with server.client() as r:
-            r.set("ns:v1:a", b"answer", px=60_000)
-        await soon(near.barrier())
-        await claim(backend, "ns:v1:a")
-        assert near.entries.entry("ns:v1:a") is not None
+            await kept_after_write(backend, near, r, "ns:v1:a")
         server.stop()
         await soon(near.wait_live(False))
         assert len(near.entries) == 0
-    finally:
-        server.stop()
-        await backend.aclose()
 
 
 async def test_redis_busy_with_a_long_script_is_an_interruption_not_a_refusal() -> None:
     """While a script runs past busy-reply-threshold, Redis answers everyone else -BUSY: the PING on a live
     tracking connection, then CLIENT ID on each reconnection. Tracking must come back once the script ends."""
-    server = RedisProcess(why="this test blocks its Redis with a long script").start()
-    with server.client() as r:
-        r.config_set("busy-reply-threshold", 10)  # ms
-    backend = make_backend(server.url, "ns")  # reconnects every cooldown_s (50 ms)
-    blocker = redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=10)
-    try:
+    async with (
+        private_redis("this test blocks its Redis with a long script") as (server, backend),
+        redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=10) as blocker,
+    ):
+        with server.client() as r:
+            r.config_set("busy-reply-threshold", 10)  # ms; the backend reconnects every cooldown_s (50 ms)
         near = await live_near(backend)
         connect, attempts = near._connect, 0
 
@@ -325,10 +325,6 @@ async def test_redis_busy_with_a_long_script_is_an_interruption_not_a_refusal() 
         await soon(script)
         await soon(near.wait_live())
         assert not near.refused and attempts >= 2  # at least one reconnection met -BUSY and was retried
-    finally:
-        await blocker.aclose()
-        await backend.aclose()
-        server.stop()
 
 
 BUSY_FOR_MS = """
