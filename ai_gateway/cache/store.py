@@ -119,11 +119,11 @@ class ResponseCache:
         Returns (answer, lease). A lease of None after a miss means another caller holds
         the call (in this process or another); when not claiming, it is always None.
         """
-        token = uuid.uuid4().hex if claim else None
         combined = getattr(self.backend, "lookup", None)
         if combined is None:  # the embedded cache: nobody outside this process to coordinate with
             hit = await self.read(key) if read else None
-            return hit, (None if hit is not None else token)
+            return hit, (uuid.uuid4().hex if hit is None and claim else None)  # a token only for a call to make
+        token = uuid.uuid4().hex if claim else None  # sent with the read: Redis takes the lease on a miss
         raw, taken = (
             await combined(key, lease_key(key), token, lease_ttl_s, patient=patient, together=together)
             if read
