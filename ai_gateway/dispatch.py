@@ -253,7 +253,7 @@ class Dispatcher:
         try:
             # A caller sharing another's call still keeps its own deadline.
             async with asyncio.timeout(max(deadline.remaining(), 0.0) + 0.05):
-                outcome, led = await store.shared(key, lead, gone=not_for_others)
+                outcome, led = await store.shared(key, policy.mode, lead, gone=not_for_others)
         except TimeoutError:
             now = self.clock()
             error = DeadlineExceeded(

@@ -7,7 +7,9 @@
 - Only complete answers are stored: non-empty, not refused by a content
   filter, not an unknown finish; never errors, timeouts or cancellations.
   An answer larger than ``max_entry_bytes`` is served but not stored.
-- Writes happen off the response path, as tasks flushed at shutdown.
+- Writes happen off the response path, as tasks flushed at shutdown. Until
+  its write is done, an answer being stored is served from here, so the same
+  question asked again at once does not miss (and call the provider again).
 - Identical concurrent calls in this process make one provider call: the
   first caller makes it, in its own task, and the others wait for its result.
   If the first caller is cancelled, one of the others takes over and calls the
@@ -98,8 +100,9 @@ class ResponseCache:
     ttl_s: float = 86400.0
     max_entry_bytes: int = 262144
     stats: CacheStats = field(default_factory=CacheStats)
-    _flights: dict[str, asyncio.Future[object]] = field(default_factory=dict)
+    _flights: dict[tuple[CacheMode, str], asyncio.Future[object]] = field(default_factory=dict)
     _writes: set[asyncio.Task[None]] = field(default_factory=set)
+    _settling: dict[str, Completion] = field(default_factory=dict)  # answers whose write is under way
 
     def key_for(
         self, provider: str, base_url: str, model: str, request: ChatRequest, policy: CachePolicy
@@ -119,6 +122,9 @@ class ResponseCache:
         Returns (answer, lease). A lease of None after a miss means another caller holds
         the call (in this process or another); when not claiming, it is always None.
         """
+        if read and (settling := self._settling.get(key)) is not None:
+            self.stats.hits += 1
+            return settling, None
         combined = getattr(self.backend, "lookup", None)
         if combined is None:  # the embedded cache: nobody outside this process to coordinate with
             hit = await self.read(key) if read else None
@@ -171,6 +177,7 @@ class ResponseCache:
                 value = None
                 self.stats.not_stored += 1
         if value is None and replace:
+            self._settling.pop(key, None)
             task = asyncio.create_task(self.backend.delete(key), name="cache-drop")
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
@@ -179,6 +186,15 @@ class ResponseCache:
         task = asyncio.create_task(self._store(key, value, lease, failure), name="cache-write")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        if value is not None and completion is not None:
+            # Readable at once: the task runs only once the loop turns, and a caller asking the same
+            # question right after this answer (awaiting nothing that suspends) would miss it.
+            self._settling[key] = completion
+            task.add_done_callback(lambda _: self._settled(key, completion))
+
+    def _settled(self, key: str, completion: Completion) -> None:
+        if self._settling.get(key) is completion:  # not a newer answer stored since
+            del self._settling[key]
 
     async def _store(self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None) -> None:
         try:
@@ -194,25 +210,30 @@ class ResponseCache:
         except Exception as exc:  # a cache write must never fail a call, even after it answered
             log.warning("cache write failed (%s)", type(exc).__name__)
 
-    async def shared(self, key: str, call: Callable[[], Awaitable[T]], gone: Callable[[T], bool]) -> tuple[T, bool]:
-        """Run ``call`` once for all concurrent callers of ``key`` in this process.
+    async def shared(
+        self, key: str, mode: CacheMode, call: Callable[[], Awaitable[T]], gone: Callable[[T], bool]
+    ) -> tuple[T, bool]:
+        """Run ``call`` once for all concurrent callers of ``key`` with the same cache ``mode`` in this process.
 
         Returns the result and whether this caller made the call. ``gone(result)``
         says the first caller's result does not count for the others (its own
         cancellation or deadline): one of them then makes the call again.
+        Callers with other modes never share: an ``only`` call's cache miss is no answer for a
+        ``use`` call, which may ask the provider, and a ``refresh`` must not get the entry it replaces.
         """
-        while (flight := self._flights.get(key)) is not None:
+        slot = (mode, key)
+        while (flight := self._flights.get(slot)) is not None:
             self.stats.coalesced += 1
             result = await asyncio.shield(flight)
             if result is not _LEADER_GONE:
                 return result, False  # type: ignore[return-value]
-        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        flight = self._flights[slot] = asyncio.get_running_loop().create_future()
         outcome: object = _LEADER_GONE
         try:
             outcome = await call()
             return outcome, True  # type: ignore[return-value]
         finally:
-            self._flights.pop(key, None)
+            self._flights.pop(slot, None)
             usable = outcome is not _LEADER_GONE and not gone(outcome)  # type: ignore[arg-type]
             flight.set_result(outcome if usable else _LEADER_GONE)
 

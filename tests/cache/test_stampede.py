@@ -101,6 +101,52 @@ async def test_a_leader_with_a_short_deadline_does_not_fail_followers_with_time_
     assert follower_result.results[0].status == "ok", follower_result.results[0].error
 
 
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+async def test_the_same_question_asked_again_at_once_is_served_the_answer_being_stored(
+    open_gateway: OpenGateway, fake: CacheFake, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # The write runs as a task only once the loop turns; a second query made straight after the first
+    # one answered, suspending nowhere before its lookup, came before it: a miss and a second provider
+    # call with the embedded cache, a wait on our own lease (polled) with Redis.
+    fake.set(VENDOR, Scenario(text="Paris"))
+    settings = request.getfixturevalue("redis_target").settings() if backend == "redis" else {}
+    async with open_gateway(**settings) as gw:
+        first = await gw.gateway.query(prompt=PROMPT, models=[MODEL])
+        second = await gw.gateway.query(prompt=PROMPT, models=[MODEL])
+        stats = gw.gateway.cache.stats
+        await gw.settle()
+
+    assert (first.answer, second.answer) == ("Paris", "Paris")
+    assert (first.results[0].cached, second.results[0].cached) == (False, True)
+    assert fake.count(VENDOR) == 1
+    assert stats.peer_waits == 0
+
+
+async def test_calls_with_other_cache_modes_never_share_a_call(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    # Redis, so that a lookup suspends and the second caller arrives while the first one is still in flight.
+    fake.set(VENDOR, Scenario(text="old answer"))
+    async with open_gateway(**redis_target.settings()) as gw:
+        # An "only" call's cache miss is no answer for a "use" call, which may ask the provider.
+        only, use = await asyncio.gather(direct(gw, cache="only"), direct(gw, cache="use"))
+        assert (only.results[0].status, only.results[0].error and only.results[0].error.code) == ("error", "cache_miss")
+        assert (use.results[0].status, use.answer, use.results[0].cached) == ("ok", "old answer", False)
+        assert fake.count(VENDOR) == 1
+        await gw.settle()
+
+        # A "refresh" must not be handed the entry it is there to replace by a "use" call reading it.
+        fake.set(VENDOR, Scenario(text="new answer"))
+        use, refresh = await asyncio.gather(direct(gw, cache="use"), direct(gw, cache="refresh"))
+        await gw.settle()
+        after = await gw.gateway.query(prompt=PROMPT, models=[MODEL])
+
+    assert (use.answer, use.results[0].cached) == ("old answer", True)
+    assert (refresh.answer, refresh.results[0].cached, refresh.results[0].attempts) == ("new answer", False, 1)
+    assert (after.answer, after.results[0].cached) == ("new answer", True)
+    assert fake.count(VENDOR) == 2
+
+
 # ---------------------------------------------------------------------------- across processes (shared Redis)
 def watch_waits(gw: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """Set once this gateway starts waiting for another process's call (``ResponseCache.await_peer``)."""
