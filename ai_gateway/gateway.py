@@ -194,6 +194,7 @@ class Gateway:
             if model_id in seen:
                 raise InvalidArgument(field, f"{model_id!r} is listed twice; each model may appear once")
             seen.add(model_id)
+            _check_unicode(field, model_id)
             if model_id != model_id.strip():
                 raise InvalidArgument(field, f"{model_id!r} has surrounding spaces; write {model_id.strip()!r}")
             provider, sep, model = model_id.partition("/")
@@ -290,6 +291,10 @@ def build_chat_request(
 ) -> ChatRequest:
     if prompt is not None and messages is not None:
         raise InvalidArgument("prompt", "give either prompt or messages, not both")
+    _check_unicode("prompt", prompt)
+    _check_unicode("system", system)
+    for i, message in enumerate(messages or ()):
+        _check_unicode(f"messages[{i}].content", message.content)
     if prompt is None and not messages:
         raise InvalidArgument("prompt", "give a prompt (text) or messages (a list of {role, content})")
     if prompt is not None:
@@ -307,6 +312,21 @@ def build_chat_request(
     if system is not None and not system.strip():
         raise InvalidArgument("system", "must not be empty when given (omit it instead)")
     return ChatRequest(messages=turns, system=system, temperature=temperature, max_tokens=max_tokens)
+
+
+def _check_unicode(field: str, text: str | None) -> None:
+    """JSON can carry half of a surrogate pair ("\\ud83d"), which is no character: no provider could be sent it,
+    and the cache key could not be computed. Refused here, naming the field, before anything else sees it."""
+    if text is None:
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            field,
+            f"is not valid Unicode text: U+{ord(text[exc.start]):04X} at position {exc.start} is half of a "
+            "surrogate pair; send the whole character",
+        ) from None
 
 
 def build_result(

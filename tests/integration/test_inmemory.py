@@ -413,6 +413,15 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["name"],
     ),
     ("blank system", {"prompt": "hi", "system": " ", "models": OK_MODEL}, ["system"]),
+    # Half a surrogate pair ("\ud83d" in JSON) is no character: no provider could be sent it, no cache key made.
+    ("lone surrogate in prompt", {"prompt": "hi \ud83d", "models": OK_MODEL}, ["prompt", "U+D83D", "Unicode"]),
+    ("lone surrogate in system", {"prompt": "hi", "system": "\udc00", "models": OK_MODEL}, ["system", "U+DC00"]),
+    (
+        "lone surrogate in a message",
+        {"messages": [{"role": "user", "content": "a\ud800"}], "models": OK_MODEL},
+        ["messages", "content", "unicode"],
+    ),
+    ("lone surrogate in a model id", {"prompt": "hi", "models": ["openai/gpt\ud800"]}, ["models[0]", "U+D800"]),
     ("temperature too high", {"prompt": "hi", "temperature": 5, "models": OK_MODEL}, ["temperature"]),
     ("max_tokens zero", {"prompt": "hi", "max_tokens": 0, "models": OK_MODEL}, ["max_tokens"]),
     ("timeout zero", {"prompt": "hi", "timeout_s": 0, "models": OK_MODEL}, ["timeout_s"]),
