@@ -43,11 +43,12 @@ async def fastest(
                     held[tasks[task]] = outcome
                 else:
                     outcomes[tasks[task]] = outcome
-            # Several may finish in the same loop tick: the earliest finisher wins,
-            # request order breaks an exact tie.
+            # Several may finish in the same turn of the loop: the one listed first wins. Which of them the
+            # loop happened to handle first says nothing about the models; and every answer of that turn is
+            # stored, so a replay (all its hits arriving in one turn) picks the same winner by the same rule.
             finished_ok = [i for i in (tasks[t] for t in done) if i not in held and outcomes[i].ok]  # type: ignore[union-attr]
             if finished_ok:
-                winner = min(finished_ok, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
+                winner = min(finished_ok)
     finally:
         await cancel_and_wait(pending)
     reason = "another model answered first"

@@ -57,7 +57,7 @@ async def first_available(
                 outcomes[position] = task.result()
             succeeded = [i for i, outcome in enumerate(outcomes) if outcome is not None and outcome.ok]
             if succeeded:
-                winner = min(succeeded, key=lambda i: (outcomes[i].finished_at, i))  # type: ignore[union-attr]
+                winner = min(succeeded)  # several in one turn of the loop (a hedge race): the one listed first
             elif next_up < len(targets):
                 delay = start_next(hedge=False)  # a model failed: fail over at once, no backoff
     finally:

@@ -101,6 +101,20 @@ async def test_fastest_cancels_every_loser_when_one_answers(dispatcher, gated):
     assert {o.error.code for o in result.outcomes if o.status == "cancelled"} == {"cancelled"}
 
 
+async def test_fastest_answers_arriving_in_the_same_turn_go_to_the_one_listed_first(dispatcher, gated):
+    # b is released first, so its task runs (and finishes) first within the turn. Both answers are complete and
+    # stored; a replay gets both back in one turn, so only an order both runs share (the request's) replays exactly.
+    targets = [gated.target(m) for m in ("a", "b", "c")]
+    run = asyncio.create_task(fastest(targets, caller(dispatcher)))
+    await gated.wait_started("a", "b", "c")
+    gated.answer("b", "from b")
+    gated.answer("a", "from a")
+    result = await run
+    assert statuses(result) == ["ok", "ok", "cancelled"]
+    assert result.outcomes[1].finished_at <= result.outcomes[0].finished_at  # b did finish first
+    assert result.winner == 0
+
+
 async def test_fastest_keeps_waiting_past_a_failure(dispatcher, gated):
     targets = [gated.target(m) for m in ("a", "b")]
     run = asyncio.create_task(fastest(targets, caller(dispatcher)))
