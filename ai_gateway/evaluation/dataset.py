@@ -43,6 +43,15 @@ def row_key(row_id: RowId, sample: int) -> tuple[str, int]:
     return json.dumps(row_id, ensure_ascii=False), sample
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL text: split on "\\n" only, one trailing "\\r" dropped (CRLF files).
+
+    Not ``str.splitlines()``: it also splits on U+2028, U+2029, U+0085 and others, which a JSON
+    string may hold unescaped (``json.dumps(..., ensure_ascii=False)`` writes them raw).
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def load_dataset(path: Path) -> list[Row]:
     """Every row of a JSONL dataset, or an EvalInputError for the first bad line (blank lines skipped)."""
     try:
@@ -55,7 +64,7 @@ def load_dataset(path: Path) -> list[Row]:
         raise EvalInputError(f"{path}: cannot read ({exc.strerror})") from None
     rows: list[Row] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         row = _parse_row(path, number, line)
@@ -137,7 +146,8 @@ def read_results(path: Path) -> ResultsFile:
         raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})", "out") from None
     keep = data.rfind(b"\n") + 1  # a line without its newline was cut off mid-write
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    for number, raw in enumerate(data[:keep].splitlines(), start=1):
+    # b"\n" only: bytes.splitlines() also splits on a lone b"\r", which JSON allows between tokens.
+    for number, raw in enumerate((line.removesuffix(b"\r") for line in data[:keep].split(b"\n")), start=1):
         if not raw.strip():
             continue
         try:

@@ -53,7 +53,8 @@ def dataset_rows(n: int = 10) -> list[dict[str, Any]]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # "\n" only, as the runner reads it: str.splitlines() would also split at a raw U+2028 inside a string.
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def by_key(records: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
@@ -336,6 +337,25 @@ def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) ->
     assert message in str(info.value) and str(dataset) in str(info.value)
 
 
+async def test_unicode_line_separators_inside_strings_do_not_end_a_line(running: tuple[Client, Any],
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """JSON lets U+2028, U+2029 and U+0085 stand raw in a string (ensure_ascii=False writes them so), and a results
+    line may hold a "\r" between tokens: only "\n" ends a line, in the dataset and in the results file."""
+    _, gateway = running
+    prompts = [f"first line{sep}second line" for sep in ("\u2028", "\u2029", "\x85")]
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\r\n" for p in prompts), "utf-8")
+    assert [row.prompt for row in load_dataset(dataset)] == prompts
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A])
+    assert sorted((r["id"], r["prompt"]) for r in read_records(out)) == list(enumerate(prompts, start=1))
+    assert "\u2028" in out.read_text(encoding="utf-8")  # written raw, so a reader must not split there
+
+    out.write_bytes(out.read_bytes().replace(b',"sample":', b',\r"sample":'))  # JSON whitespace inside a line
+    again = await evaluate(gateway, dataset, out, [A])
+    assert (again.resumed, again.ran, again.done) == (3, 0, 3)
+
+
 def cli_args(*argv: str) -> Any:
     return build_parser().parse_args(["eval", *argv, "--no-progress"])
 
@@ -499,7 +519,7 @@ def test_cli_via_tool_writes_the_same_records_as_the_default_path(tmp_path: Path
     def run(out: str, *extra: str) -> list[dict[str, Any]]:
         args = cli_args(str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / out), *extra)
         assert run_cli(args, offline_setup, build) == 0  # every row answered (a wrong answer is graded, not failed)
-        return [json.loads(line) for line in (tmp_path / out).read_text().splitlines()]
+        return read_records(tmp_path / out)
 
     direct = run("direct.jsonl")
     assert built == []  # the default path built no MCP server
