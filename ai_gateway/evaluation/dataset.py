@@ -95,13 +95,19 @@ def _parse_row(path: Path, number: int, line: str) -> Row:
         raise EvalInputError(f"{where}: field 'prompt': give 'prompt' or 'messages', not both")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise EvalInputError(f"{where}: field 'prompt' must be a non-empty string")
+    if prompt is not None:
+        _check_unicode(where, "prompt", prompt)
     turns = _parse_messages(where, messages) if messages is not None else None
     row_id = data.get("id", number)
     if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
         raise EvalInputError(f"{where}: field 'id' must be a non-empty string or an integer, got {row_id!r}")
+    if isinstance(row_id, str):
+        _check_unicode(where, "id", row_id)
     expected = data.get("expected")
     if expected is not None and not isinstance(expected, str):
         raise EvalInputError(f"{where}: field 'expected' must be a string, got {type(expected).__name__}")
+    if expected is not None:
+        _check_unicode(where, "expected", expected)
     return Row(row_id, number, prompt, turns, expected)
 
 
@@ -121,10 +127,23 @@ def _parse_messages(where: str, messages: Any) -> tuple[dict[str, str], ...]:
             raise EvalInputError(f"{where}: field '{field}.role' must be one of {', '.join(ROLES)}, got {role!r}")
         if not isinstance(content, str) or not content.strip():
             raise EvalInputError(f"{where}: field '{field}.content' must be a non-empty string")
+        _check_unicode(where, f"{field}.content", content)
         turns.append({"role": role, "content": content})
     if not any(t["role"] == "user" for t in turns):
         raise EvalInputError(f"{where}: field 'messages' must contain at least one message with role 'user'")
     return tuple(turns)
+
+
+def _check_unicode(where: str, field: str, text: str) -> None:
+    """JSON's "\\ud83d" escape decodes to a lone surrogate, which no UTF-8 encoder takes: caught here, it is one
+    bad line; left in, it fails the run at the first cache key or results line built from it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EvalInputError(
+            f"{where}: field '{field}' is not valid Unicode (a lone surrogate, \\u{ord(text[exc.start]):04x}, at "
+            f"character {exc.start}, e.g. half of an emoji cut off); write the whole character or remove it"
+        ) from None
 
 
 @dataclass(slots=True)

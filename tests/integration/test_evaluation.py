@@ -328,6 +328,11 @@ async def test_samples_are_distinct_cache_entries_and_replay_exactly(tmp_path: P
         ('{"prompt": "a", "expected": 4}', "line 2: field 'expected' must be a string"),
         ('{"prompt": "a", "id": true}', "line 2: field 'id' must be"),
         ('{"prompt": "a", "id": 1}', "line 2: field 'id': 1 repeats the id of line 1"),
+        # A lone surrogate (half of an emoji cut off) would fail the run at its cache key or its results line.
+        ('{"prompt": "smile \\ud83d please"}', "line 2: field 'prompt' is not valid Unicode (a lone surrogate"),
+        ('{"messages": [{"role": "user", "content": "\\udc00"}]}', "line 2: field 'messages[0].content' is not valid"),
+        ('{"prompt": "a", "id": "q\\ud83d"}', "line 2: field 'id' is not valid Unicode (a lone surrogate, \\ud83d"),
+        ('{"prompt": "a", "expected": "\\ude00!"}', "line 2: field 'expected' is not valid Unicode"),
     ],
 )
 def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
@@ -354,6 +359,11 @@ async def test_unicode_line_separators_inside_strings_do_not_end_a_line(running:
     out.write_bytes(out.read_bytes().replace(b',"sample":', b',\r"sample":'))  # JSON whitespace inside a line
     again = await evaluate(gateway, dataset, out, [A])
     assert (again.resumed, again.ran, again.done) == (3, 0, 3)
+
+
+def test_an_escaped_surrogate_pair_is_one_character(tmp_path: Path) -> None:
+    dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "smile \\ud83d\\ude00", "expected": "\\ud83d\\ude00"}'])
+    assert [(row.prompt, row.expected) for row in load_dataset(dataset)] == [("smile \U0001f600", "\U0001f600")]
 
 
 def cli_args(*argv: str) -> Any:
