@@ -165,6 +165,7 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
                 pending.append((row, sample))
             else:
                 _check_compatible(out, record, config)
+                _check_same_question(out, record, row)
     queries = len(rows) * config.samples
     return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))
 
@@ -179,6 +180,27 @@ def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> 
             f"strategy {record.get('strategy')}, models {','.join(map(str, models))}); "
             "rerun with the same --models and --strategy to resume, or choose another --out",
         )
+
+
+def _check_same_question(out: Path, record: dict[str, Any], row: Row) -> None:
+    """A done line is the answer to the question it recorded, not to whatever row has its id now: a row inserted
+    above rows with default (line-number) ids, or an edited prompt, would otherwise get another question's answer."""
+    field, asked = ("prompt", row.prompt) if row.prompt is not None else ("messages", list(row.messages or ()))
+    recorded = {name: record[name] for name in ("prompt", "messages") if name in record}  # none in older lines
+    if recorded and recorded != {field: asked}:
+        was = ", ".join(f"{name} {_excerpt(value)}" for name, value in recorded.items())
+        raise option_error(
+            "--out",
+            f"{out} holds an answer to another question for id {json.dumps(row.id, ensure_ascii=False)} "
+            f"(dataset line {row.line}): it was asked {was}, the row now asks {field} {_excerpt(asked)}; the "
+            "dataset changed since those results were written. Rerun with the dataset the results came from, "
+            "or choose another --out",
+        )
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def query_arguments(row: Row, sample: int, config: EvalConfig) -> dict[str, Any]:

@@ -231,6 +231,38 @@ async def test_resuming_with_another_setup_is_refused(running: tuple[Client, Any
         await evaluate(gateway, dataset, out, [A, B])
 
 
+async def test_resuming_with_a_changed_dataset_is_refused(running: tuple[Client, Any], fake: GatedFake,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """A done line answers the question it recorded: if the row with its id now asks another one, the run stops
+    before any call instead of counting the old answer for the new question."""
+    _, gateway = running
+    rows = [{"prompt": "capital of france"}, {"prompt": "capital of spain"}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A])
+    calls = fake.count()
+
+    write_jsonl(dataset, [{"prompt": "capital of peru"}, *rows])  # the default ids (line numbers) all shift
+    with pytest.raises(EvalInputError) as info:
+        await evaluate(gateway, dataset, out, [A])
+    assert info.value.option == "out"
+    assert str(info.value) == (
+        f'--out: {out} holds an answer to another question for id 1 (dataset line 1): it was asked prompt "capital '
+        'of france", the row now asks prompt "capital of peru"; the dataset changed since those results were '
+        "written. Rerun with the dataset the results came from, or choose another --out"
+    )
+    write_jsonl(dataset, [rows[0], {"messages": [{"role": "user", "content": "capital of spain"}]}])
+    with pytest.raises(EvalInputError, match=r"for id 2 \(dataset line 2\): it was asked prompt .*now asks messages"):
+        await evaluate(gateway, dataset, out, [A])
+    assert fake.count() == calls
+
+    # Lines that do not record their question (hand-made, or trimmed) are matched by id alone, as before.
+    write_jsonl(out, [{k: v for k, v in r.items() if k != "prompt"} for r in read_records(out)])
+    write_jsonl(dataset, [*rows, {"prompt": "capital of peru"}])
+    summary = await evaluate(gateway, dataset, out, [A])
+    assert (summary.resumed, summary.ran, fake.count()) == (2, 1, calls + 1)
+
+
 # ---------------------------------------------------------------------------- replay and samples
 async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
                                                                   tmp_path: Path) -> None:  # fmt: skip
