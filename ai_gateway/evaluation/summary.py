@@ -65,7 +65,9 @@ class EvalSummary(BaseModel):
     resumed: int = Field(description="Queries already in the results file when this run started (not re-run).")
     ran: int = Field(description="Queries this run finished.")
     graded: int = Field(0, description="Done queries whose row has an expected answer.")
-    correct: int = Field(0, description="Graded queries whose chosen answer matches the expected one.")
+    correct: int = Field(
+        0, description="Graded queries whose chosen answer matches the dataset's current expected answer."
+    )
     accuracy: float | None = Field(None, description="correct / graded (a query with no answer counts as wrong).")
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
     input_tokens: int = 0
@@ -128,14 +130,18 @@ def summarise(
         if any(r.get("status") == "ok" for r in results):
             answered += 1
         want = expected.get(key)
-        if want is not None:
+        want_form = None if want is None else expected_form(want)
+        if want_form is not None:
             graded += 1
-            correct += record.get("correct") is True
+            # Re-graded, as per model below: the line's stored "correct" used the expected answer of its day,
+            # and a rerun after fixing a gold label must count the fix.
+            answer = record.get("answer")
+            correct += isinstance(answer, str) and normalise(answer) == want_form
         for r in results:
             tally = tallies.get(r.get("model"))
             if tally is None:
                 tally = tallies[r["model"]] = _ModelTally(r["model"])
-            _count(tally, r, None if want is None else expected_form(want))
+            _count(tally, r, want_form)
     per_model = []
     for tally in tallies.values():
         s = tally.stats

@@ -263,6 +263,31 @@ async def test_resuming_with_a_changed_dataset_is_refused(running: tuple[Client,
     assert (summary.resumed, summary.ran, fake.count()) == (2, 1, calls + 1)
 
 
+async def test_a_rerun_regrades_every_line_against_the_current_expected_answers(running: tuple[Client, Any],
+                                                                               tmp_path: Path) -> None:  # fmt: skip
+    """The lines keep the "correct" of the day they were written; the summary grades them again, overall as per
+    model, so fixing gold labels and rerunning gives one consistent accuracy."""
+    _, gateway = running
+    rows: list[dict[str, Any]] = [
+        {"id": "q1", "prompt": "paris", "expected": "lyon"},  # a wrong gold label
+        {"id": "q2", "prompt": "rome"},  # none yet
+        {"id": "q3", "prompt": "oslo", "expected": "Oslo."},  # right, until "fixed" the wrong way below
+    ]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    first = await evaluate(gateway, dataset, out, [A])  # the fake echoes: the answers are the prompts
+    assert (first.graded, first.correct, first.per_model[0].correct) == (2, 1, 1)
+
+    write_jsonl(
+        dataset, [{**rows[0], "expected": "Paris"}, {**rows[1], "expected": "rome"}, {**rows[2], "expected": "x"}]
+    )
+    again = await evaluate(gateway, dataset, out, [A])
+    assert again.ran == 0
+    assert (again.graded, again.correct, again.accuracy) == (3, 2, round(2 / 3, 4))
+    assert (again.per_model[0].graded, again.per_model[0].correct) == (3, 2)
+    assert {r["id"]: r["correct"] for r in read_records(out)} == {"q1": False, "q2": None, "q3": True}  # unchanged
+
+
 # ---------------------------------------------------------------------------- replay and samples
 async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
                                                                   tmp_path: Path) -> None:  # fmt: skip
