@@ -51,10 +51,14 @@ class EvalConfig:
     timeout_s: float | None = None
 
     def sample_arg(self, index: int) -> int | None:
-        """The ``sample`` sent for sample ``index``: a pure function of the options, so a replay with the
-        same options sends the same arguments and finds the same cache entries. A single sample at
-        temperature 0 (or unset) is cacheable without an index and gets none."""
-        if self.samples > 1 or (self.temperature is not None and self.temperature > 0):
+        """The ``sample`` sent for sample ``index``: a function of the index and the temperature only, never of
+        ``samples``, so a resume, a run extended to more samples and a replay all send the same arguments for
+        the same sample and find the same cache entries.
+
+        Above temperature 0 every sample sends its index (the gateway caches a sampled answer only with one).
+        At temperature 0 (or unset) sample 0 sends none, so it is the plain query and shares its cache entry;
+        sample i >= 1 sends i, a distinct entry."""
+        if index > 0 or (self.temperature is not None and self.temperature > 0):
             return index
         return None
 

@@ -371,6 +371,40 @@ async def test_samples_are_distinct_cache_entries_and_replay_exactly(tmp_path: P
             assert (fake.count(), replay.cache_hits, first.queries) == (12, 12, 12)
 
 
+def test_the_sample_index_sent_depends_on_the_temperature_not_on_samples() -> None:
+    def sent(samples: int, temperature: float | None) -> list[int | None]:
+        config = EvalConfig(models=(A,), samples=samples, temperature=temperature)
+        return [config.sample_arg(i) for i in range(samples)]
+
+    assert sent(1, None) == sent(1, 0.0) == [None]  # the plain query
+    assert sent(3, None) == sent(3, 0.0) == [None, 1, 2]  # sample 0 still the plain query
+    assert (sent(1, 0.7), sent(3, 0.7)) == ([0], [0, 1, 2])  # sampled: cached only with an index
+
+
+async def test_a_run_extended_to_more_samples_replays_exactly(tmp_path: Path) -> None:
+    """--samples 1, then the same --out with --samples 3: sample 0 was sent without an index, and so is it by the
+    replay with the final options, which finds every answer."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(3))
+    run, replay_out = tmp_path / "run.jsonl", tmp_path / "replay.jsonl"
+    async with NumberingFake() as fake:
+        server = build_server(Settings(_env_file=None), provider_env(fake.url))
+        async with Client(server):
+            gateway = lifespan_gateway(server)
+            await evaluate(gateway, dataset, run, [A])
+            extended = await evaluate(gateway, dataset, run, [A], samples=3)
+            assert (extended.resumed, extended.ran, fake.count()) == (3, 6, 9)
+            await gateway.cache.flush()
+
+            replay = await evaluate(gateway, dataset, replay_out, [A], samples=3, cache="only")
+            assert by_key(read_records(replay_out)) == by_key(read_records(run))
+            assert (replay.answered, replay.cache_hits, fake.count()) == (9, 9, 9)
+            # At temperature 0 sample 0 is the plain query's cache entry: a query without `sample` finds it.
+            plain = await gateway_query(gateway)({"prompt": "question number 1", "models": [A], "cache": "only"})
+            assert plain["answer"] == next(
+                r["answer"] for r in read_records(run) if (r["id"], r["sample"]) == ("q1", 0)
+            )
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("line", "message"),
