@@ -169,6 +169,7 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
                 pending.append((row, sample))
             else:
                 _check_compatible(out, record, config)
+                _check_same_sampling(out, record, sample, config)
                 _check_same_question(out, record, row)
     queries = len(rows) * config.samples
     return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))
@@ -184,6 +185,35 @@ def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> 
             f"strategy {record.get('strategy')}, models {','.join(map(str, models))}); "
             "rerun with the same --models and --strategy to resume, or choose another --out",
         )
+
+
+def _check_same_sampling(out: Path, record: dict[str, Any], sample: int, config: EvalConfig) -> None:
+    """A done line must have been asked as this run would ask it: another temperature is another experiment, and
+    another sample index another cache entry (a later ``--cache only`` replay would miss it). Lines that do not
+    record them (older files) are not checked."""
+    where = f"id {json.dumps(record.get('id'), ensure_ascii=False)}, sample {sample}"
+    if "temperature" in record and record["temperature"] != config.temperature:
+        was = record["temperature"]
+        raise option_error(
+            "--out",
+            f"{out} was written with --temperature {_setting(was)} ({where}), this run has --temperature "
+            f"{_setting(config.temperature)}; rerun with "
+            f"{'no --temperature' if was is None else f'--temperature {_setting(was)}'} to resume, "
+            "or choose another --out",
+        )
+    sent = config.sample_arg(sample)
+    if "sample_index" in record and record["sample_index"] != sent:
+        raise option_error(
+            "--out",
+            f"{out} holds a line ({where}) sent with sample index {_setting(record['sample_index'], 'none')}, "
+            f"but this run sends {_setting(sent, 'none')} for it (at --temperature {_setting(config.temperature)}), "
+            "another cache entry; rerun with the options (and ai-gateway version) that wrote the file, "
+            "or choose another --out",
+        )
+
+
+def _setting(value: Any, unset: str = "unset") -> str:
+    return unset if value is None else json.dumps(value)
 
 
 def _check_same_question(out: Path, record: dict[str, Any], row: Row) -> None:
@@ -265,6 +295,9 @@ def make_record(row: Row, sample: int, config: EvalConfig, result: dict[str, Any
         record["messages"] = list(row.messages or ())
     record["expected"] = row.expected
     record["strategy"] = config.strategy
+    # As sent: a resume checks them, so one file never mixes temperatures or cache entries of a sample.
+    record["temperature"] = config.temperature
+    record["sample_index"] = config.sample_arg(sample)
     answer = result["answer"] if result is not None else None
     record["answer"] = answer
     record["model"] = result["model"] if result is not None else None

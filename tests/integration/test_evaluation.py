@@ -405,6 +405,58 @@ async def test_a_run_extended_to_more_samples_replays_exactly(tmp_path: Path) ->
             )
 
 
+async def test_resuming_with_another_temperature_or_sample_index_is_refused(
+    running: tuple[Client, Any], fake: GatedFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each line records the temperature and the sample index it was sent with; a resume, a --cache only replay
+    into the same file, the CLI and run_eval all refuse a file asked otherwise, before any call."""
+    client, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A])
+    assert [(r["temperature"], r["sample_index"]) for r in read_records(out)] == [(None, None)] * 2
+    calls = fake.count()
+
+    refused = (
+        f'--out: {out} was written with --temperature unset (id "q1", sample 0), this run has --temperature 1.5; '
+        "rerun with no --temperature to resume, or choose another --out"
+    )
+    for cache in ("use", "only"):
+        with pytest.raises(EvalInputError) as info:
+            await evaluate(gateway, dataset, out, [A], temperature=1.5, cache=cache)
+        assert (info.value.option, str(info.value)) == ("out", refused)
+    argv = (str(dataset), "--models", A, "--out", str(out), "--temperature", "1.5", "--cache", "only")
+    assert run_cli(cli_args(*argv), offline_setup, build_server) == 2
+    assert capsys.readouterr().err == f"ai-gateway eval: {refused}\n"
+    with pytest.raises(ToolError) as tool_info:
+        await client.call_tool("run_eval", {"path": str(dataset), "out": str(out), "models": [A], "temperature": 1.5})
+    assert str(tool_info.value) == "invalid argument out: " + refused.removeprefix("--out: ")
+
+    lines = read_records(out)
+    write_jsonl(out, [{**lines[0], "sample_index": 0}, lines[1]])  # as if sent with an index this run does not send
+    with pytest.raises(EvalInputError) as info:
+        await evaluate(gateway, dataset, out, [A])
+    assert str(info.value) == (
+        f'--out: {out} holds a line (id "q1", sample 0) sent with sample index 0, but this run sends none for it '
+        "(at --temperature unset), another cache entry; rerun with the options (and ai-gateway version) that "
+        "wrote the file, or choose another --out"
+    )
+    assert fake.count() == calls
+
+    # Lines that do not record them (older files) are not checked for them.
+    write_jsonl(out, [{k: v for k, v in r.items() if k not in ("temperature", "sample_index")} for r in lines])
+    older = await evaluate(gateway, dataset, out, [A], temperature=1.5)
+    assert (older.resumed, older.ran, fake.count()) == (2, 0, calls)
+
+    # The same temperature (read back from JSON) resumes.
+    sampled = tmp_path / "sampled.jsonl"
+    await evaluate(gateway, dataset, sampled, [A], temperature=0.7, samples=2)
+    sent = {(r["sample"], r["temperature"], r["sample_index"]) for r in read_records(sampled)}
+    assert sent == {(0, 0.7, 0), (1, 0.7, 1)}
+    more = await evaluate(gateway, dataset, sampled, [A], temperature=0.7, samples=3)
+    assert (more.resumed, more.ran) == (4, 2)
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("line", "message"),
