@@ -185,5 +185,14 @@ def read_results(path: Path) -> ResultsFile:
                 "ai-gateway eval (choose another --out)",
                 "out",
             )
+        results = record.get("results")
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            # Some other tool's line with an "id" and a "sample": reading it as ours would crash further on.
+            got = "missing" if results is None else "not a list of objects"
+            raise EvalInputError(
+                f"{path} line {number}: field 'results' {got} (one object per model); this is not a results file "
+                "of ai-gateway eval (choose another --out)",
+                "out",
+            )
         records.setdefault(row_key(row_id, sample), record)
     return ResultsFile(records, keep, keep < len(data))

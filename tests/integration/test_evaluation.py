@@ -288,6 +288,24 @@ async def test_a_rerun_regrades_every_line_against_the_current_expected_answers(
     assert {r["id"]: r["correct"] for r in read_records(out)} == {"q1": False, "q2": None, "q3": True}  # unchanged
 
 
+@pytest.mark.parametrize(
+    ("results", "got"),
+    [({"score": 0.5}, "not a list of objects"), (["pass"], "not a list of objects"), (None, "missing")],
+)
+def test_a_foreign_line_with_an_id_and_a_sample_is_not_a_results_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], results: Any, got: str
+) -> None:
+    """Another tool's per-sample output may have "id" and "sample" too: it is named, not read as ours."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": 1, "prompt": "hello"}])
+    line: dict[str, Any] = {"id": 1, "sample": 0} if results is None else {"id": 1, "sample": 0, "results": results}
+    out = write_jsonl(tmp_path / "out.jsonl", [line])
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 2
+    assert capsys.readouterr().err == (
+        f"ai-gateway eval: {out} line 1: field 'results' {got} (one object per model); this is not a results file "
+        "of ai-gateway eval (choose another --out)\n"
+    )
+
+
 # ---------------------------------------------------------------------------- replay and samples
 async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
                                                                   tmp_path: Path) -> None:  # fmt: skip
