@@ -44,7 +44,7 @@ from ai_gateway.secrets import redact
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
-from ai_gateway.types import ChatRequest, Message
+from ai_gateway.types import ChatRequest, Message, broken_character
 
 HedgeChoice = float | Literal["auto", "off"] | None
 AUTO_HEDGE_FALLBACK_S = 1.0  # hedge_after_s="auto" before a model has enough latency samples
@@ -315,18 +315,12 @@ def build_chat_request(
 
 
 def _check_unicode(field: str, text: str | None) -> None:
-    """JSON can carry half of a surrogate pair ("\\ud83d"), which is no character: no provider could be sent it,
-    and the cache key could not be computed. Refused here, naming the field, before anything else sees it."""
-    if text is None:
-        return
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
+    if text is not None and (at := broken_character(text)) is not None:
         raise InvalidArgument(
             field,
-            f"is not valid Unicode text: U+{ord(text[exc.start]):04X} at position {exc.start} is half of a "
-            "surrogate pair; send the whole character",
-        ) from None
+            f"is not valid Unicode text: U+{ord(text[at]):04X} at position {at} is half of a surrogate pair; "
+            "send the whole character",
+        )
 
 
 def build_result(

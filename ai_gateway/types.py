@@ -107,3 +107,16 @@ class Completion:
     model: str | None = None  # the model name the vendor reported, if any
     raw_finish_reason: str | None = None
     response_id: str | None = None
+
+
+def broken_character(text: str) -> int | None:
+    """The position of the first thing in ``text`` that is no character, or None when it is valid Unicode text.
+
+    JSON can carry half of a surrogate pair (``"\\ud83d"``, an emoji cut in two): no provider could be sent it
+    and no cache key computed from it, so callers refuse it at their boundary, naming the field.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ai_gateway.types import broken_character
+
 ROLES = ("system", "user", "assistant")
 RowId = str | int
 
@@ -135,15 +137,12 @@ def _parse_messages(where: str, messages: Any) -> tuple[dict[str, str], ...]:
 
 
 def _check_unicode(where: str, field: str, text: str) -> None:
-    """JSON's "\\ud83d" escape decodes to a lone surrogate, which no UTF-8 encoder takes: caught here, it is one
-    bad line; left in, it fails the run at the first cache key or results line built from it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    """Caught here, a lone surrogate is one bad line; left in, it fails the run at its first cache key."""
+    if (at := broken_character(text)) is not None:
         raise EvalInputError(
-            f"{where}: field '{field}' is not valid Unicode (a lone surrogate, \\u{ord(text[exc.start]):04x}, at "
-            f"character {exc.start}, e.g. half of an emoji cut off); write the whole character or remove it"
-        ) from None
+            f"{where}: field '{field}' is not valid Unicode (a lone surrogate, \\u{ord(text[at]):04x}, at "
+            f"character {at}, e.g. half of an emoji cut off); write the whole character or remove it"
+        )
 
 
 @dataclass(slots=True)
