@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastmcp import Context, FastMCP
@@ -74,6 +75,8 @@ def build_server(
     environ = load_environ() if environ is None else environ
     registry = Registry.from_settings(settings, environ, entry_points)
     holder = _GatewayHolder()
+    # run_eval's files must lie here; fixed at start, so a later chdir cannot move it
+    eval_root = Path(settings.eval_dir or Path.cwd()).expanduser().resolve()
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
@@ -179,7 +182,10 @@ def build_server(
     # -- run_eval (ai_gateway/evaluation, docs/evaluation.md) ------------------------------ begin
     @mcp.tool(annotations={"readOnlyHint": False, "openWorldHint": True})
     async def run_eval(
-        path: Annotated[str, Field(description="JSONL dataset, relative to the server's working directory.")],
+        path: Annotated[
+            str,
+            Field(description="JSONL dataset, inside the server's evaluation directory (relative paths start there)."),
+        ],
         models: Annotated[list[str], Field(description="Model ids as provider/model.", min_length=1)],
         ctx: Context,
         strategy: StrategyName = "first_available",
@@ -187,7 +193,11 @@ def build_server(
         concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256)] = 4,
         cache: Literal["use", "refresh", "bypass", "only"] = "use",
         out: Annotated[
-            str | None, Field(description="Results JSONL (appended; resumes). Default: <dataset>.results.jsonl.")
+            str | None,
+            Field(
+                description="Results JSONL (appended; resumes), inside the evaluation directory. "
+                "Default: <dataset>.results.jsonl."
+            ),
         ] = None,
         temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
         timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0)] = None,
@@ -200,7 +210,7 @@ def build_server(
         from ai_gateway.evaluation.tool import run_eval_tool
 
         return await run_eval_tool(
-            holder.get(), ctx, path=path, out=out, models=models, strategy=strategy, samples=samples,
+            holder.get(), ctx, root=eval_root, path=path, out=out, models=models, strategy=strategy, samples=samples,
             concurrency=concurrency, cache=cache, temperature=temperature, timeout_s=timeout_s,
         )  # fmt: skip
 

@@ -9,6 +9,7 @@ a test keeps the two in sync.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -226,8 +227,13 @@ class Settings(BaseSettings):
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="Log level (stderr).")
+    eval_dir: str | None = Field(
+        None,
+        description="run_eval only: the directory its dataset and results files must lie in (relative paths start "
+        "there; symbolic links are followed before the check). Unset: the server's working directory.",
+    )
 
-    @field_validator("hedge_after_s", "auth_token", "redis_url", mode="before")
+    @field_validator("hedge_after_s", "auth_token", "redis_url", "eval_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".
@@ -247,6 +253,14 @@ class Settings(BaseSettings):
     @classmethod
     def _path(cls, value: str) -> str:
         return value if value.startswith("/") else "/" + value
+
+    @field_validator("eval_dir")
+    @classmethod
+    def _eval_dir(cls, value: str | None) -> str | None:
+        # Checked at start: a typo here would otherwise surface as "outside the evaluation directory" on every call.
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ValueError(f"{value!r} is not a directory")
+        return value
 
     @model_validator(mode="after")
     def _timeouts(self) -> Settings:

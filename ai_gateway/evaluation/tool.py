@@ -20,9 +20,11 @@ def default_out(dataset: Path) -> Path:
     return dataset.with_name(f"{dataset.stem}.results.jsonl")
 
 
-async def run_eval_tool(gateway: Any, ctx: Any, *, path: str, out: str | None, **options: Any) -> EvalSummary:
-    """Check everything (paths relative to the server's working directory), then run and summarise."""
-    plan = plan_eval(gateway, path, out, options)
+async def run_eval_tool(
+    gateway: Any, ctx: Any, *, root: Path, path: str, out: str | None, **options: Any
+) -> EvalSummary:
+    """Check everything (paths inside ``root``, relative ones starting there), then run and summarise."""
+    plan = plan_eval(gateway, root, path, out, options)
 
     async def report(state: RunState) -> None:
         cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)
@@ -32,12 +34,12 @@ async def run_eval_tool(gateway: Any, ctx: Any, *, path: str, out: str | None, *
     return await execute(plan, gateway_query(gateway), report)
 
 
-def plan_eval(gateway: Any, path: str, out: str | None, options: dict[str, Any]) -> Plan:
+def plan_eval(gateway: Any, root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:
     """The checked plan, or a ToolError naming the argument at fault. Nothing is called yet."""
-    dataset = Path(path).expanduser()
+    dataset = _inside(root, path, "path")
     if not dataset.is_file():
-        raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {Path.cwd()})")
-    out_path = Path(out).expanduser() if out else default_out(dataset)
+        raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {root})")
+    out_path = _inside(root, out, "out") if out else default_out(dataset)
     if not out_path.parent.is_dir():
         raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist")
     try:
@@ -48,3 +50,19 @@ def plan_eval(gateway: Any, path: str, out: str | None, options: dict[str, Any])
         field = _FIELDS.get(exc.option, exc.option)
         raise ToolError(f"invalid argument {field}: {exc.detail}") from None
     return plan
+
+
+def _inside(root: Path, given: str, argument: str) -> Path:
+    """``given`` (relative to ``root``) as an absolute path, refused unless it really lies inside ``root``.
+
+    A client of an HTTP deployment is not the server's user: without this, run_eval would read any file the
+    server can read and append to any file it can write. Resolving first means ``..`` and links that lead
+    out are refused too.
+    """
+    candidate = root / Path(given).expanduser()
+    if not candidate.resolve().is_relative_to(root):
+        raise ToolError(
+            f"invalid argument {argument}: {given!r} lies outside the evaluation directory {str(root)!r}; "
+            "give a path inside it (or start the server with AI_GATEWAY_EVAL_DIR set to the directory you need)"
+        )
+    return candidate

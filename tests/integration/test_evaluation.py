@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
+from pydantic import ValidationError
 
-from ai_gateway.cli import build_parser
+from ai_gateway.cli import build_parser, describe_settings_error
 from ai_gateway.evaluation.console import lifespan_gateway, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
@@ -73,9 +74,9 @@ async def evaluate(gateway: Any, dataset: Path, out: Path, models: Sequence[str]
 
 
 @pytest.fixture
-async def running(make_server: Callable[..., FastMCP]) -> AsyncIterator[tuple[Client, Any]]:
-    """A connected in-memory client and the gateway of its server's lifespan."""
-    server = make_server()
+async def running(make_server: Callable[..., FastMCP], tmp_path: Path) -> AsyncIterator[tuple[Client, Any]]:
+    """A connected in-memory client and the gateway of its server's lifespan; run_eval's directory: tmp_path."""
+    server = make_server(eval_dir=str(tmp_path))
     async with Client(server) as client:
         yield client, lifespan_gateway(server)
 
@@ -598,7 +599,7 @@ async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP
     assert summary["cost_usd"] == summary["input_tokens"] > 0  # A answers every row: $1 per input token
     assert progress[-1][2] == f"10/10 queries, cache hits 0, cost {usd(summary['cost_usd'])}"
     assert (summary["rows"], summary["answered"], summary["accuracy"]) == (10, 10, 0.75)
-    assert summary["results_path"] == "data.results.jsonl"
+    assert summary["results_path"] == str(tmp_path / "data.results.jsonl")  # absolute: a client cannot know our cwd
     assert len(read_records(tmp_path / "data.results.jsonl")) == 10
     assert [m["model"] for m in summary["per_model"]] == [A, B]
 
@@ -617,6 +618,58 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
     write_jsonl(dataset, ['{"prompt": "ok"}'])
     with pytest.raises(ToolError, match=r"^invalid argument models: models\[0\]"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
+
+
+async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
+    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path
+) -> None:
+    """A client of an HTTP deployment is not the server's user: run_eval refuses files outside AI_GATEWAY_EVAL_DIR,
+    however they are named (absolute, ``..``, a symbolic link inside that leads out), and touches nothing."""
+    root, outside = tmp_path / "evals", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    write_jsonl(root / "data.jsonl", dataset_rows(2))
+    write_jsonl(outside / "secret.jsonl", dataset_rows(2))
+    (outside / "notes.txt").write_text("keep\n")
+    (root / "link.jsonl").symlink_to(outside / "secret.jsonl")
+    (root / "out-link.jsonl").symlink_to(outside / "notes.txt")
+    (root / "away").symlink_to(outside, target_is_directory=True)
+    refused = {
+        "path": [str(outside / "secret.jsonl"), "../elsewhere/secret.jsonl", "link.jsonl", "away/secret.jsonl"],
+        "out": [str(outside / "o.jsonl"), "../elsewhere/o.jsonl", "out-link.jsonl", "away/o.jsonl"],
+    }
+    async with Client(make_server(eval_dir=str(root))) as client:
+        for argument, names in refused.items():
+            for name in names:
+                arguments = {"path": "data.jsonl", "models": [A], argument: name}
+                with pytest.raises(ToolError) as info:
+                    await client.call_tool("run_eval", arguments)
+                assert str(info.value) == (
+                    f"invalid argument {argument}: {name!r} lies outside the evaluation directory {str(root)!r}; "
+                    "give a path inside it (or start the server with AI_GATEWAY_EVAL_DIR set to the directory "
+                    "you need)"
+                ), name
+        assert fake.count() == 0
+        assert sorted(p.name for p in outside.iterdir()) == ["notes.txt", "secret.jsonl"]
+        assert (outside / "notes.txt").read_text() == "keep\n"
+
+        # Inside: relative to the directory (not the server's working directory), absolute, or through ``..``
+        # that stays inside.
+        (root / "sub").mkdir()
+        for path, out in (("data.jsonl", "sub/a.jsonl"), (str(root / "data.jsonl"), str(root / "b.jsonl")),
+                          ("sub/../data.jsonl", None)):  # fmt: skip
+            result = await client.call_tool("run_eval", {"path": path, "out": out, "models": [A]})
+            assert result.structured_content["answered"] == 2
+        assert sorted(p.name for p in root.rglob("*.jsonl") if not p.is_symlink()) == [
+            "a.jsonl", "b.jsonl", "data.jsonl", "data.results.jsonl"
+        ]  # fmt: skip
+
+
+def test_an_eval_dir_that_is_not_a_directory_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None, eval_dir=str(tmp_path / "missing"))
+    assert describe_settings_error(info.value).startswith("AI_GATEWAY_EVAL_DIR: Value error, ")
+    assert Settings(_env_file=None, eval_dir="").eval_dir is None  # empty in a .env: unset
 
 
 # ---------------------------------------------------------------------------- the CLI as a process
