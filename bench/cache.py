@@ -3,7 +3,8 @@
 Prints figures and ratios from one run, never a pass/fail exit code:
 1. a raw ``redis.asyncio`` GET of a stored envelope (the floor);
 2. a cache hit inside the gateway (``Gateway.query`` answered from the cache), embedded and Redis;
-3. a hit through fastmcp's in-memory Client next to a trivial tool on the same server;
+3. a hit through fastmcp's in-memory Client next to a trivial tool on the same server (``ping``, and one that
+   returns a stored hit's result under query_models' output schema);
 4. the miss penalty: unique prompts with the cache on (Redis) against ``cache: bypass``;
 5. (section ``eval``, bench/eval_replay.py) rows/s of ``ai-gateway eval`` replaying a fully cached
    dataset with ``--cache only``: new processes, and the runner in this process; ``--profile``
@@ -23,6 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
@@ -31,13 +33,15 @@ os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
 import eval_replay
 import redis.asyncio as aioredis
 from benchlib import Figures, rotated, start_child, summary_ms
-from fastmcp import Client
+from fastmcp import Client, FastMCP
+from fastmcp.tools import Tool
 
 from ai_gateway.cache.key import answer_prefix
 from ai_gateway.evaluation.console import lifespan_gateway
 from ai_gateway.gateway import Gateway
 from ai_gateway.http import SharedClient
 from ai_gateway.registry import Registry
+from ai_gateway.schemas import QueryResult
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
 
@@ -185,12 +189,14 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
         ):
             args = {"prompt": PROMPT, "models": ["openai/gpt-4o-mini"]}
             for client in (embedded, shared, far):
-                await client.call_tool("query_models", args)  # the embedded one fills its own entry
+                hit = await client.call_tool("query_models", args)  # the embedded one fills its own entry
+            await add_same_shape_tool(servers["embedded"], hit.structured_content)
             for server in servers.values():
                 await near_ready(lifespan_gateway(server))
             fig |= await interleaved(
                 {
                     "mcp_trivial": lambda: embedded.call_tool("ping", {}),
+                    "mcp_trivial_shaped": lambda: embedded.call_tool("same_shape", {}),
                     "mcp_hit_embedded": lambda: embedded.call_tool("query_models", args),
                     "mcp_hit_redis": lambda: shared.call_tool("query_models", args),
                     "mcp_hit_redis_far": lambda: far.call_tool("query_models", args),
@@ -230,6 +236,24 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
     return report(fig)
 
 
+async def add_same_shape_tool(server: FastMCP, structured: dict[str, Any] | None) -> None:
+    """A trivial tool that returns a stored hit's result as is, under query_models' own output schema.
+
+    Every MCP client validates a result against the tool's output schema, and fastmcp's ``call_tool`` also
+    turns it into typed objects: costs that grow with the result's shape, paid by any tool that returns it.
+    Next to this tool, a hit's excess is what the gateway itself adds (arguments, the lookup, building the
+    result); next to ``ping``, it also holds the client's work on a richer result.
+    """
+    canned = QueryResult.model_validate(structured)
+
+    async def same_shape() -> QueryResult:
+        return canned
+
+    tool = Tool.from_function(same_shape)
+    tool.output_schema = (await server.get_tool("query_models")).output_schema
+    server.add_tool(tool)
+
+
 def report(fig: Figures) -> Figures:
     out: Figures = {k: summary_ms(v) for k, v in fig.items() if isinstance(v, list)}
     out["value_bytes"] = fig["value_bytes"]
@@ -253,6 +277,11 @@ def report(fig: Figures) -> Figures:
         extra = med[f"mcp_hit_{label}"] - trivial
         rows.append((f"a hit through MCP ({what}) <= trivial tool + 3 x raw GET", extra <= 3 * get,
                      f"+{extra:.3f} ms vs +{3 * get:.3f} ms"))  # fmt: skip
+    shaped = med["mcp_trivial_shaped"]
+    for label, what in (("embedded", "embedded"), ("redis", "Redis, repeated"), ("redis_far", "Redis, first read")):
+        extra = med[f"mcp_hit_{label}"] - shaped
+        rows.append((f"a hit through MCP ({what}) <= a trivial tool returning the same result + 3 x raw GET",
+                     extra <= 3 * get, f"+{extra:.3f} ms vs +{3 * get:.3f} ms"))  # fmt: skip
     rows.append(("miss penalty (Redis on vs bypass) <= 2 x a raw GET made between provider calls",
                  penalty <= 2 * get_in_context, f"{penalty:+.3f} ms vs {2 * get_in_context:.3f} ms"))  # fmt: skip
     rows.append(("miss penalty (Redis on vs bypass) <= 2 x raw GET in a tight loop", penalty <= 2 * get,
@@ -265,6 +294,8 @@ def report(fig: Figures) -> Figures:
         f"+{raw_extra:.3f} ms (Redis, first read: +{med['mcp_hit_redis_far_raw'] - med['mcp_trivial_raw']:.3f} ms); "
         f"the typed parsing adds {med['mcp_hit_embedded'] - med['mcp_hit_embedded_raw']:.3f} ms "
         f"to the hit and {trivial - med['mcp_trivial_raw']:.3f} ms to the trivial tool",
+        f"a trivial tool returning the same result under the same output schema: +{shaped - trivial:.3f} ms over "
+        "ping (the client's validation and typed parsing of that result, and its serialisation)",
         f"a raw GET made between provider calls: {get_in_context:.3f} ms ({get_in_context / get:.1f}x one in a tight "
         f"loop); the miss penalty is {penalty / get_in_context:.1f}x it",
         f"the miss penalty without the near cache: {med['miss_use_far'] - med['miss_bypass']:+.3f} ms (the near "
