@@ -20,6 +20,7 @@ from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCach
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.http import SharedClient, WarmUp
+from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
 from ai_gateway.registry import Registry, RegistryError
 from ai_gateway.resilience.clock import Deadline
@@ -65,7 +66,8 @@ class Gateway:
         self.resilience = resilience or Resilience.from_settings(settings)
         self.cache = build_cache(settings)
         self.dispatcher = Dispatcher(client, self.resilience, cache=self.cache)
-        self.pricing = Pricing(settings.model_prices, lambda provider: registry.spec(provider).price_source)
+        memo = PriceMemo.default() if settings.price_memo else None
+        self.pricing = Pricing(settings.model_prices, lambda provider: registry.spec(provider).price_source, memo)
         self._adapters: dict[str, Adapter] = {}
 
     # -- the request path ----------------------------------------------------------

@@ -124,6 +124,10 @@ class WarmUp:
             logging.getLogger(__name__).warning("warm-up failed (%s)", type(exc).__name__)
         ready.set()
 
+    def skip_prices(self) -> None:
+        """Pricing this run's models needs no table (overrides, unpriced, or remembered: price_memo.py)."""
+        self.prices_ready.set()
+
     def skip_http(self) -> None:
         """This run calls no provider (a replay): load the HTTP stack only if a query asks for it after all."""
         self._http_wanted = False

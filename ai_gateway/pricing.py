@@ -34,10 +34,11 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime, time
 from typing import Any
 
+from ai_gateway.price_memo import PriceMemo, Remembered
 from ai_gateway.settings import ModelPrice
 from ai_gateway.types import Usage
 
@@ -139,22 +140,39 @@ def _flat(price: Price) -> float:
     return price if isinstance(price, float) else price[0]
 
 
+# When a price of the table applies: always (None), from a date on (UTC), or daily between two UTC times.
+When = date | tuple[time, time] | None
+
+
 class TableRate:
-    """A model of the genai-prices table: its prices found once, each call's arithmetic done by a _Plan."""
+    """A model of the genai-prices table: its prices found once, each call's arithmetic done by a _Plan.
 
-    __slots__ = ("_model", "_plans", "_single", "source")
+    A model may have several prices, each with a condition (a new price from a date on, an off-peak discount
+    between two times of day); as in genai-prices, the last one whose condition holds now applies, else the first.
+    """
 
-    def __init__(self, model: Any, plans: dict[int, _Plan], source: str) -> None:
-        self._model = model
-        self._plans = plans  # by id() of the table's ModelPrice objects, which live as long as the table
-        self._single = next(iter(plans.values())) if len(plans) == 1 else None
+    __slots__ = ("_plans", "_single", "source")
+
+    def __init__(self, plans: list[tuple[When, _Plan]], source: str) -> None:
+        self._plans = plans
+        self._single = plans[0][1] if len(plans) == 1 else None
         self.source = source
 
     def cost(self, usage: Usage) -> float:
         plan = self._single
-        if plan is None:  # prices that change by date or time of day: the one in force now
-            plan = self._plans[id(self._model.get_prices(datetime.now(tz=UTC)))]
+        if plan is None:
+            now = datetime.now(tz=UTC)
+            plan = next((plan for when, plan in reversed(self._plans) if _applies(when, now)), self._plans[0][1])
         return plan.cost(usage)
+
+
+def _applies(when: When, now: datetime) -> bool:
+    if when is None:
+        return True
+    if isinstance(when, date):
+        return now.date() >= when
+    start, end, at = when[0], when[1], now.time()
+    return (at >= start or at < end) if end < start else start <= at < end  # an interval may span midnight
 
 
 Rate = FixedRate | TableRate
@@ -163,7 +181,13 @@ Rate = FixedRate | TableRate
 class Pricing:
     """Prices every answer of one gateway. ``price_source(provider)`` is the provider's genai-prices id, or None."""
 
-    def __init__(self, overrides: Mapping[str, ModelPrice], price_source: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, ModelPrice],
+        price_source: Callable[[str], str | None],
+        memo: PriceMemo | None = None,
+    ) -> None:
+        self._memo = memo
         self._exact = {key: price for key, price in overrides.items() if not _is_pattern(key)}
         patterns = [(key, price) for key, price in overrides.items() if _is_pattern(key)]
         patterns.sort(key=lambda item: _literal_chars(item[0]), reverse=True)  # most specific first
@@ -187,6 +211,20 @@ class Pricing:
         key = (provider, model)
         rate = self._rates[key] if key in self._rates else self._find(provider, model)
         return None if rate is None else rate.source
+
+    def needs_table(self, models: Iterable[tuple[str, str]]) -> bool:
+        """Whether pricing any of these (provider, model) pairs would load the genai-prices table: False when
+        each has an override, no price source, or an answer the memo remembers (then nothing need preload it)."""
+        for provider, model in models:
+            if (provider, model) in self._rates or self._override(provider, model) is not None:
+                continue
+            try:
+                source = self._price_source(provider)
+            except LookupError:
+                continue
+            if source is not None and (self._memo is None or self._memo.get(source, model) is None):
+                return True
+        return False
 
     def _find(self, provider: str, model: str) -> Rate | None:
         if len(self._rates) >= MEMO_LIMIT:
@@ -215,6 +253,11 @@ class Pricing:
             return None
         if source is None:
             return None
+        if self._memo is not None and (known := self._memo.get(source, model)) is not None:
+            try:
+                return _remembered_rate(known)
+            except (TypeError, ValueError, IndexError, AttributeError):  # a foreign file: ask the table
+                log.debug("ignoring a malformed remembered price of %s/%s", source, model)
         from genai_prices import Usage as TableUsage
         from genai_prices import calc_price
 
@@ -223,17 +266,89 @@ class Pricing:
         except LookupError as exc:
             if str(exc).startswith("Unable to find provider"):  # a plugin's typo, not an unknown model
                 log.warning("provider %r: price_source %r is not a genai-prices provider id", provider, source)
+            else:
+                self._remember(source, model, Remembered(f"genai-prices {source}: no such model", None))
             return None
         info = found.model
-        prices = [info.prices] if not isinstance(info.prices, list) else [c.prices for c in info.prices]
-        plans: dict[int, _Plan] = {}
-        for price in prices:
-            values = _plan_values(price)
-            if values is None:
-                log.debug("%s/%s is priced by units other than tokens: no price", provider, model)
-                return None
-            plans[id(price)] = _Plan(values)
-        return TableRate(info, plans, f"genai-prices {found.provider.id}/{info.id}")
+        label = f"genai-prices {found.provider.id}/{info.id}"
+        plans = _table_plans(info.prices)
+        if plans is None:
+            log.debug("%s/%s is priced by units other than tokens (or on conditions unknown here): no price",
+                      provider, model)  # fmt: skip
+            self._remember(source, model, Remembered(label, None))
+            return None
+        self._remember(source, model, Remembered(label, [[_when_json(w), _to_json(v)] for w, v in plans]))
+        return TableRate([(when, _Plan(values)) for when, values in plans], label)
+
+    def _remember(self, source: str, model: str, remembered: Remembered) -> None:
+        if self._memo is not None:
+            self._memo.put(source, model, remembered)
+
+
+def _table_plans(prices: Any) -> list[tuple[When, dict[str, Price]]] | None:
+    """A table model's prices as (condition, counted prices), or None if a chat answer's usage cannot be priced."""
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+
+    conditional = prices if isinstance(prices, list) else None
+    plans: list[tuple[When, dict[str, Price]]] = []
+    for price, constraint in [(c.prices, c.constraint) for c in conditional] if conditional else [(prices, None)]:
+        values = _plan_values(price)
+        if values is None:
+            return None
+        if constraint is None:
+            when: When = None
+        elif isinstance(constraint, StartDateConstraint):
+            when = constraint.start_date
+        elif isinstance(constraint, TimeOfDateConstraint):
+            when = (_utc_time(constraint.start_time), _utc_time(constraint.end_time))
+        else:  # a condition this code does not know: no price rather than a wrong one
+            return None
+        plans.append((when, values))
+    return plans
+
+
+def _utc_time(value: time) -> time:
+    """A time of day in UTC, without a zone (naive times are UTC, as in genai-prices)."""
+    if value.tzinfo is None:
+        return value
+    return datetime.combine(date(1970, 1, 1), value).astimezone(UTC).time()
+
+
+def _when_json(when: When) -> Any:
+    if when is None or isinstance(when, date):
+        return when and when.isoformat()
+    return [when[0].isoformat(), when[1].isoformat()]
+
+
+def _to_json(values: Mapping[str, Price]) -> dict[str, Any]:
+    return {name: value if isinstance(value, float) else [value[0], [list(t) for t in value[1]]]
+            for name, value in values.items()}  # fmt: skip
+
+
+def _remembered_rate(known: Remembered) -> TableRate | None:
+    """The rate of a remembered table answer; raises on anything but what ``_table`` writes."""
+    if known.plans is None:
+        return None
+    plans: list[tuple[When, _Plan]] = []
+    for when_json, prices in known.plans:
+        when: When = None
+        if isinstance(when_json, str):
+            when = date.fromisoformat(when_json)
+        elif when_json is not None:
+            when = (time.fromisoformat(when_json[0]), time.fromisoformat(when_json[1]))
+        values: dict[str, Price] = {}
+        for name, value in prices.items():
+            if name not in _COUNTED:
+                raise ValueError(name)
+            if isinstance(value, list):
+                base, tiers = value
+                values[name] = (float(base), tuple((int(start), float(price)) for start, price in tiers))
+            else:
+                values[name] = float(value)
+        plans.append((when, _Plan(values)))
+    if not plans:
+        raise ValueError("no prices")
+    return TableRate(plans, known.source)
 
 
 def _is_pattern(key: str) -> bool:

@@ -219,6 +219,12 @@ class Settings(BaseSettings):
         '{"input_per_mtok": ..., "output_per_mtok": ..., "cached_input_per_mtok": ...}}.',
     )
 
+    price_memo: bool = Field(
+        True,
+        description="Remember the genai-prices table's prices of the models used, in $XDG_CACHE_HOME/ai-gateway "
+        "(default ~/.cache/ai-gateway), so that a new process need not load the table (~0.1 s of its start).",
+    )
+
     # -- serving -----------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address for the HTTP transport.")
     port: int = Field(8000, ge=0, le=65535, description="Port for the HTTP transport.")

@@ -7,6 +7,7 @@ environment, so a developer's real keys or ``.env`` never leak into a test.
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before fastmcp is imported anywhere: no update check, no banner, our logging.
 os.environ["FASTMCP_CHECK_FOR_UPDATES"] = "off"
@@ -14,6 +15,10 @@ os.environ["FASTMCP_SHOW_SERVER_BANNER"] = "false"
 os.environ["FASTMCP_LOG_ENABLED"] = "false"
 for _name in [n for n in os.environ if n.startswith("AI_GATEWAY_")]:
     del os.environ[_name]
+# The price memo (ai_gateway/price_memo.py) of this run, here and in the subprocesses tests start: never the
+# developer's own ~/.cache, and a clean clone's first run finds none, as CI does.
+_CACHE_HOME = tempfile.TemporaryDirectory(prefix="aigw-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME.name
 
 
 # ---------------------------------------------------------------------------- a real Redis (tests/redis_harness.py)

@@ -110,10 +110,14 @@ async def _execute(gateway: Any, plan: Plan, query: Any, on_record: Callable[[Ru
     check_models(gateway, plan.config)
     if gateway.warm is not None:
         # Load what the run needs before its first row, off the loop: a replay (cache only) calls no
-        # provider, so it needs only the price table (for the cost it saved), not the HTTP stack.
+        # provider, so it needs at most the price table (for the cost it saved), not the HTTP stack; and
+        # not the table either when its prices for these models are remembered.
         replay = plan.config.cache == "only"
         if replay:
             gateway.warm.skip_http()
+        targets = gateway.resolve(plan.config.models)
+        if not gateway.pricing.needs_table((target.provider, target.model) for target in targets):
+            gateway.warm.skip_prices()
         await gateway.warm.wait(http=not replay)
     return await execute(plan, query, on_record)
 

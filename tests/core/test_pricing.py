@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -15,8 +17,9 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from pydantic import ValidationError
 
-from ai_gateway import pricing
+from ai_gateway import price_memo, pricing
 from ai_gateway.cli import describe_settings_error
+from ai_gateway.price_memo import PriceMemo, table_build
 from ai_gateway.pricing import Pricing
 from ai_gateway.registry import ENTRY_POINT_GROUP, Registry
 from ai_gateway.settings import CustomProvider, ModelPrice, Settings
@@ -190,17 +193,32 @@ class FrozenDatetime(datetime):
         return cls.at
 
 
-@pytest.mark.parametrize("at", [datetime(2025, 6, 2, 3, 0, tzinfo=UTC), datetime(2025, 6, 2, 18, 0, tzinfo=UTC)])
+# Off-peak and peak hours (DeepSeek), before and after the 2026 price changes, and between two of them.
+TIMES = [datetime(2025, 6, 2, 3, 0, tzinfo=UTC), datetime(2025, 6, 2, 18, 0, tzinfo=UTC),
+         datetime(2026, 8, 20, 12, 0, tzinfo=UTC), datetime(2026, 11, 21, 3, 0, tzinfo=UTC),
+         datetime(2026, 11, 21, 18, 0, tzinfo=UTC)]  # fmt: skip
+BUILT_IN_SOURCES = [
+    "openai",
+    "anthropic",
+    "google",
+    "groq",
+    "mistral",
+    "deepseek",
+    "together",
+    "openrouter",
+    "fireworks",
+]
+
+
+@pytest.mark.parametrize("at", TIMES)
 def test_our_arithmetic_equals_calc_price_on_every_model_of_the_built_in_sources(
     monkeypatch: pytest.MonkeyPatch, at: datetime
 ) -> None:
-    """Both hours: some prices change by time of day (DeepSeek's off-peak discount)."""
+    """At each of TIMES: some prices change by time of day (DeepSeek's off-peak discount), many on a date."""
     monkeypatch.setattr(FrozenDatetime, "at", at)
     monkeypatch.setattr(pricing, "datetime", FrozenDatetime)
-    sources = sorted({"openai", "anthropic", "google", "groq", "mistral", "deepseek", "together", "openrouter",
-                      "fireworks"})  # fmt: skip
     checked = unpriced = 0
-    for source in sources:
+    for source in BUILT_IN_SOURCES:
         p = Pricing({}, lambda provider: provider)
         for model in get_snapshot().find_provider(None, source, None).models:
             ref = _a_ref(model)
@@ -246,3 +264,105 @@ def test_deepseek_off_peak_prices_apply_by_the_hour(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(FrozenDatetime, "at", datetime(2025, 6, 2, hour, 0, tzinfo=UTC))
         costs.add(p.cost("deepseek", "deepseek-chat", usage))
     assert len(costs) == 2  # peak and off-peak differ
+
+
+# ---------------------------------------------------------------------------- the memo on disk (price_memo.py)
+def table_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, any use of the genai-prices table fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the table was consulted")
+
+    monkeypatch.setattr(genai_prices, "calc_price", refuse)
+
+
+@pytest.mark.parametrize("at", TIMES)
+def test_remembered_prices_equal_the_table_s_on_every_model_of_the_built_in_sources(
+    monkeypatch: pytest.MonkeyPatch, at: datetime
+) -> None:
+    """What is remembered (flat, tiered, cache-read, reasoning and per-request prices, prices from a date on or by
+    the hour, and "no price") gives the same cost as the table itself, for every model; kept in memory here (one
+    file write per model would be slow)."""
+    monkeypatch.setattr(FrozenDatetime, "at", at)
+    monkeypatch.setattr(pricing, "datetime", FrozenDatetime)
+    monkeypatch.setattr(PriceMemo, "_write", lambda self, source, model: None)
+    memo = PriceMemo(Path("/nonexistent"))
+    expected: dict[tuple[str, str, int], float | None] = {}
+    table = Pricing({}, lambda provider: provider, memo)
+    for source in BUILT_IN_SOURCES:
+        for model in get_snapshot().find_provider(None, source, None).models:
+            if (ref := _a_ref(model)) is not None:
+                for i, usage in enumerate(USAGES):
+                    expected[source, ref, i] = table.cost(source, ref, usage)
+    expected[("openai", "no-such-model-xyz", 0)] = table.cost("openai", "no-such-model-xyz", USAGES[0])
+
+    table_refused(monkeypatch)
+    remembered = Pricing({}, lambda provider: provider, memo)
+    assert not remembered.needs_table({(source, ref) for source, ref, _ in expected})
+    assert {(s, ref, i): remembered.cost(s, ref, USAGES[i]) for s, ref, i in expected} == expected
+    assert sum(value is not None for value in expected.values()) > 3000
+
+
+def test_a_new_process_prices_from_the_memo_file_without_loading_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = [("openai", "gpt-4o-mini"), ("gemini", "gemini-2.5-pro"), ("openai", "no-such-model-xyz")]
+    first = Pricing({}, SOURCES.get, PriceMemo(tmp_path))
+    assert first.needs_table(models)
+    costs = [first.cost(provider, model, USAGES[2]) for provider, model in models]
+    sources = [first.source(provider, model) for provider, model in models]
+    assert costs[0] and costs[1] and costs[2] is None  # flat, tiered (over 200k tokens), unknown
+    assert [p.name for p in tmp_path.iterdir()] == [f"prices-{table_build()}.json"]
+
+    table_refused(monkeypatch)
+    later = Pricing({}, SOURCES.get, PriceMemo(tmp_path))  # as in a new process
+    assert not later.needs_table([*models, ("ollama", "llama3.2")])  # ollama: unpriced, no table needed either
+    assert [later.cost(provider, model, USAGES[2]) for provider, model in models] == costs
+    assert [later.source(provider, model) for provider, model in models] == sources
+    assert later.needs_table([("openai", "gpt-4o")])  # never asked
+    assert not Pricing(prices(**{"openai/*": {"input_per_mtok": 1, "output_per_mtok": 1}}), SOURCES.get).needs_table(
+        [("openai", "gpt-4o")]
+    )  # an override needs no table
+
+
+def test_a_new_table_build_or_a_foreign_memo_file_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Pricing({}, SOURCES.get, PriceMemo(tmp_path)).cost("openai", "gpt-4o-mini", USAGES[0])
+    (old,) = tmp_path.iterdir()
+    right = Pricing({}, SOURCES.get).cost("openai", "gpt-4o-mini", USAGES[0])
+
+    monkeypatch.setattr(price_memo, "table_build", lambda: "another-release")  # genai-prices upgraded
+    upgraded = Pricing({}, SOURCES.get, PriceMemo(tmp_path))
+    assert upgraded.needs_table([("openai", "gpt-4o-mini")])
+    assert upgraded.cost("openai", "gpt-4o-mini", USAGES[0]) == right
+    assert [p.name for p in tmp_path.iterdir()] == ["prices-another-release.json"]  # the old build's file is gone
+    assert not old.exists()
+
+    memo_file = tmp_path / "prices-another-release.json"
+    for foreign in (b"\x00garbage", b"[1, 2]", b'{"layout": 99, "entries": {}}'):
+        memo_file.write_bytes(foreign)
+        assert Pricing({}, SOURCES.get, PriceMemo(tmp_path)).needs_table([("openai", "gpt-4o-mini")])
+    bad_entry = {"source": "x", "plans": [[None, {"input_mtok": "cheap"}]]}
+    memo_file.write_text(json.dumps({"layout": 1, "entries": {"openai": {"gpt-4o-mini": bad_entry}}}))
+    again = Pricing({}, SOURCES.get, PriceMemo(tmp_path))
+    assert again.cost("openai", "gpt-4o-mini", USAGES[0]) == right  # the table answered instead, and is remembered
+    assert json.loads(memo_file.read_text())["entries"]["openai"]["gpt-4o-mini"]["plans"] == [
+        [None, {"input_mtok": 0.15, "cache_read_mtok": 0.075, "output_mtok": 0.6}]
+    ]
+
+
+def test_a_memo_directory_that_cannot_be_written_costs_only_the_speed_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    p = Pricing({}, SOURCES.get, PriceMemo(blocked / "ai-gateway"))
+    with caplog.at_level(logging.INFO, logger="ai_gateway.price_memo"):
+        assert p.cost("openai", "gpt-4o-mini", USAGES[0]) == Pricing({}, SOURCES.get).cost(
+            "openai", "gpt-4o-mini", USAGES[0]
+        )
+        assert p.cost("openai", "gpt-4o", USAGES[0])
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"cannot remember prices in {blocked / 'ai-gateway'}"
+    ]  # once

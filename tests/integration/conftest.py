@@ -65,8 +65,9 @@ def provider_env(fake_url: str) -> dict[str, str]:
 
 
 def subprocess_env(fake_url: str, **extra: str) -> dict[str, str]:
-    """A minimal environment for a gateway subprocess: nothing inherited but PATH, HOME and LANG."""
-    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    """A minimal environment for a gateway subprocess: nothing inherited but PATH, HOME, LANG and the test run's
+    XDG_CACHE_HOME (tests/conftest.py)."""
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "XDG_CACHE_HOME") if name in os.environ}
     env.update(
         FASTMCP_CHECK_FOR_UPDATES="off",
         FASTMCP_SHOW_SERVER_BANNER="false",

@@ -24,6 +24,7 @@ from ai_gateway.evaluation.console import lifespan_gateway, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
 from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.price_memo import table_build
 from ai_gateway.pricing import usd
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
@@ -727,6 +728,28 @@ async def test_cli_replays_offline_from_a_shared_cache(fake: GatedFake, redis_ta
     assert fake.count() == calls == 20
     assert (replay["cache_hits"], replay["input_tokens"], replay["accuracy"]) == (20, 0, first["accuracy"])
     assert replay["saved_input_tokens"] == first["input_tokens"] > 0
+
+
+async def test_a_later_eval_process_prices_from_the_memo_without_loading_the_table(
+    fake: GatedFake, tmp_path: Path
+) -> None:
+    """price_memo.py: the first process loads genai-prices and remembers the prices of its models; the next one
+    with the same models does not import it at all (~0.1 s of its start), and reports the same costs."""
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    models = "openai/gpt-4o-mini,gemini/gemini-2.5-pro"  # flat and tiered; two of two: both always answer
+    env = subprocess_env(fake.url, XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPROFILEIMPORTTIME="1")
+    argv = ["eval", "data.jsonl", "--models", models, "--strategy", "consensus", "--cache", "bypass", "--json-summary"]
+    runs = []
+    for out in ("first.jsonl", "second.jsonl"):
+        code, stdout, err = await run_cli_process(*argv, "--no-progress", "--out", out, env=env, cwd=tmp_path)
+        assert code == 0, err
+        runs.append((json.loads(stdout), "genai_prices" in err))  # -X importtime lists every module imported
+    (first, first_loaded), (second, second_loaded) = runs
+    assert first_loaded and not second_loaded
+    costs = [(m["model"], m["cost_usd"]) for m in first["per_model"]]
+    assert [(m["model"], m["cost_usd"]) for m in second["per_model"]] == costs
+    assert costs[0][1] > 0 and costs[1][1] > 0
+    assert [p.name for p in (tmp_path / "cache" / "ai-gateway").iterdir()] == [f"prices-{table_build()}.json"]
 
 
 def test_cli_via_tool_writes_the_same_records_as_the_default_path(tmp_path: Path) -> None:
