@@ -10,7 +10,8 @@ computes it. A price comes from the first of:
 3. Otherwise the price is unknown: None.
 
 Which source applies to a (provider, model) is found once and memoised, unknown models included, so a lookup
-(and the ~200 ms import of genai-prices, done off the loop by :class:`ai_gateway.http.WarmUp`) is paid once.
+(and the ~0.1 s import of genai-prices, done off the loop by :class:`ai_gateway.http.WarmUp`) is paid once; what
+the table says is also remembered on disk (:mod:`ai_gateway.price_memo`), so later processes need not load it.
 
 genai-prices' own ``calc_price`` takes ~100 µs a call (usage validation, unit decomposition), several times the
 gateway's whole per-call overhead. So the table is used only to find a model's prices; each call's arithmetic is
