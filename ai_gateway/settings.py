@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "AI_GATEWAY_"
+# Ten years: past any use, and far inside what Redis accepts as an expiry in milliseconds (an infinite or huge
+# TTL made every store fail, leaving its lease behind).
+TTL_LIMIT_S = 10 * 365 * 86400.0
 
 
 class CustomProvider(BaseModel):
@@ -177,8 +180,12 @@ class Settings(BaseSettings):
         None, description="Redis for a cache shared across processes (redis://...); unset: the embedded cache only."
     )
     cache_namespace: str = Field("aigw", min_length=1, description="Prefix of every cache key.")
-    cache_ttl_s: float = Field(86400.0, gt=0, description="How long a cached answer lives.")
-    cache_max_ttl_s: float = Field(30 * 86400.0, gt=0, description="Hard ceiling on cache_ttl_s.")
+    cache_ttl_s: float = Field(
+        86400.0, gt=0, le=TTL_LIMIT_S, allow_inf_nan=False, description="How long a cached answer lives."
+    )
+    cache_max_ttl_s: float = Field(
+        30 * 86400.0, gt=0, le=TTL_LIMIT_S, allow_inf_nan=False, description="Hard ceiling on cache_ttl_s."
+    )
     cache_max_entry_bytes: int = Field(262144, ge=1, description="Larger answers are served but not stored.")
     cache_max_entries: int = Field(10000, ge=1, description="Embedded cache: most entries kept (LRU).")
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Embedded cache: most bytes kept (LRU).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from ai_gateway.cli import describe_settings_error
 from ai_gateway.settings import Settings
 
 
@@ -59,3 +60,13 @@ def test_cli_names_the_variable_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(_env_file=None)
     assert "AI_GATEWAY_DEFAULT_TIMEOUT_S must lie between" in describe_settings_error(info.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e17"])
+def test_a_cache_ttl_redis_cannot_keep_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """An infinite or huge TTL made every store fail (Redis refuses the expiry) and left its lease behind."""
+    for name in ("AI_GATEWAY_CACHE_TTL_S", "AI_GATEWAY_CACHE_MAX_TTL_S"):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    assert describe_settings_error(info.value).startswith("AI_GATEWAY_CACHE_TTL_S: ")
