@@ -226,7 +226,7 @@ class Dispatcher:
                 error = CacheMiss("cache only: not in the cache; no provider was called", provider=target.provider)
                 return Outcome(target, "error", error=error, hedge=hedge)
             if policy.writes and lease is None:  # another gateway process is making this call: wait for it
-                peer = await store.await_peer(key, deadline.remaining())
+                peer = await store.await_peer(key, deadline.remaining(), replacing=policy.mode == "refresh")
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
                 _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))

@@ -28,7 +28,8 @@ class MemoryBackend:
         self._items.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: float, *, replace: bool = False) -> None:
+        """``replace`` (a refresh's answer) matters only to a shared cache; here every set replaces."""
         if key in self._items:  # first: a value too large to keep still supersedes the old one
             self._drop(key)
         if len(value) > self.max_bytes:

@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ai_gateway.cache import key as key_layout
@@ -101,6 +101,7 @@ class RedisBackend:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.maint_notifications import MaintNotificationsConfig
 
         self.url = redact_url(url)
         self.fallback = fallback
@@ -115,6 +116,10 @@ class RedisBackend:
             socket_connect_timeout=op_timeout_s,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
+            # redis-py 8 skips its check for connections the server closed while "maintenance notifications"
+            # are on ("auto", the default, counts): after a Redis restart while idle, each pooled connection
+            # then failed its next command, and each failure skipped Redis for a whole cooldown.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self.client: Any = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
         self.probe_timeout_s = max(1.0, PROBE_TIMEOUT_FACTOR * op_timeout_s)
@@ -161,8 +166,12 @@ class RedisBackend:
         self._down_until = 0.0
         self.failures = 0
         self.slow = 0  # timeouts after which Redis answered the probe: not an outage
-        # Keys stored only in the embedded cache while Redis was skipped or failing (oldest first).
-        self._unsynced: OrderedDict[str, None] = OrderedDict()
+        # Keys changed only in the embedded cache while Redis was skipped or failing (oldest first), and how
+        # to copy each: "keep" (SET NX: an answer another process stored meanwhile is as good, and newer),
+        # "replace" (a refresh: its answer supersedes the one it replaced) or "delete" (a refresh that could
+        # not be stored: the old entry must not outlive it).
+        self._unsynced: OrderedDict[str, Literal["keep", "replace", "delete"]] = OrderedDict()
+        self._held: set[str] = set()  # tokens of the leases this process took in Redis and has not settled
         self.max_unsynced = max_unsynced
         self._resync_task: asyncio.Task[None] | None = None
 
@@ -176,30 +185,33 @@ class RedisBackend:
         return self._clock() >= self._down_until
 
     async def get(self, key: str) -> bytes | None:
-        if not self.healthy:
+        if not self.healthy or (self._unsynced and key in self._unsynced):  # see _lookup_unsynced
             return await self.fallback.get(key)
         if self.near is not None and (near := await self.near.get(key)) is not None:
             return near
         value = await self._guard(self.client.get(key))
         return await self.fallback.get(key) if value is _FAILED else value  # type: ignore[return-value]
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: float, *, replace: bool = False) -> None:
         if self.near is not None:
             await self.near.forget(key)
         if not self.healthy:
-            await self._keep_local(key, value, ttl_s)
+            await self._keep_local(key, value, ttl_s, replace)
             return
         stored = await self._guard(self.client.set(key, value, px=max(1, int(ttl_s * 1000))))
         if stored is _FAILED:
-            await self._keep_local(key, value, ttl_s)
+            await self._keep_local(key, value, ttl_s, replace)
+        else:
+            await self._stored(key)
 
     async def delete(self, key: str) -> None:
         if self.near is not None:
             await self.near.forget(key)
         await self.fallback.delete(key)
         self._unsynced.pop(key, None)
-        if self.healthy:
-            await self._guard(self.client.delete(key))
+        if not self.healthy or await self._guard(self.client.delete(key)) is _FAILED:
+            self._unsynced[key] = "delete"  # done when Redis answers again (an old entry must not outlive this)
+            self._bound_unsynced()
 
     async def lookup(
         self,
@@ -226,6 +238,8 @@ class RedisBackend:
         """
         if not self.healthy:
             return await self.fallback.get(key), None
+        if self._unsynced and key in self._unsynced:
+            return await self._lookup_unsynced(key, lease_key, token, ttl_s)
         if self.near is None:
             return (await self._lookup_remote(key, lease_key, token, ttl_s, patient, together))[:2]
         if (near := await self.near.get(key)) is not None:
@@ -237,6 +251,18 @@ class RedisBackend:
             return value, taken
         finally:
             await self.near.end_read(read, value, ttl_left_s)
+
+    async def _lookup_unsynced(
+        self, key: str, lease_key: str, token: str | None, ttl_s: float
+    ) -> tuple[bytes | None, bool | None]:
+        """A key changed here during an outage and not copied yet: what this process holds is newer than
+        what Redis has (a refresh's answer, or the removal of the entry it replaced) until the copy is made."""
+        self._start_resync()  # Redis is deemed well again: make the copy now, whatever else is asked
+        if self._unsynced.get(key) != "delete" and (local := await self.fallback.get(key)) is not None:
+            return local, False
+        if token is None:
+            return None, None
+        return None, await self.lease(lease_key, token, ttl_s)
 
     async def _lookup_remote(
         self, key: str, lease_key: str, token: str | None, ttl_s: float, patient: bool, together: bool
@@ -257,6 +283,8 @@ class RedisBackend:
         if reply[0]:  # type: ignore[index]
             _, payload, ttl_ms = reply  # type: ignore[misc]
             return payload, False, ttl_ms / 1000 if ttl_ms > 0 else None
+        if reply[1]:  # type: ignore[index]
+            self._held.add(token)
         return None, bool(reply[1]), None  # type: ignore[index]
 
     async def peer_state(self, key: str) -> tuple[bytes | None, bytes | None, bool]:
@@ -282,18 +310,23 @@ class RedisBackend:
         token: str,
         error_key: str,
         error: bytes | None,
+        *,
+        replace: bool = False,
     ) -> None:
         """Store the answer (or publish the error briefly) and release the lease if it is still ours."""
         if self.near is not None and value is not None:
             await self.near.forget(key)
-        if not self.healthy:
-            if value is not None:
-                await self._keep_local(key, value, ttl_s)
-            return
-        args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
-        if await self._guard(self._queue(self._settle, [key, lease_key, error_key], args)) is _FAILED:
-            if value:
-                await self._keep_local(key, value, ttl_s)
+        held = token in self._held
+        self._held.discard(token)
+        if self.healthy:
+            args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
+            if await self._guard(self._queue(self._settle, [key, lease_key, error_key], args)) is not _FAILED:
+                if value is not None:
+                    await self._stored(key)
+                return
+        if value is not None:
+            await self._keep_local(key, value, ttl_s, replace)
+        if held:  # Redis may still take a DEL: a lease left behind would stall other gateways until it expired
             await self._release(lease_key, token)
 
     async def _release(self, lease_key: str, token: str) -> None:
@@ -313,7 +346,11 @@ class RedisBackend:
         if not self.healthy:
             return None
         taken = await self._guard(self.client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
-        return None if taken is _FAILED else bool(taken)
+        if taken is _FAILED:
+            return None
+        if taken:
+            self._held.add(token)
+        return bool(taken)
 
     async def _verdict(self) -> bool:
         """Whether Redis is well, once the probe started by a timeout (if any) has decided."""
@@ -337,9 +374,12 @@ class RedisBackend:
         if self.failures:
             log.warning("redis cache at %s is answering again; using it", self.url)
             self.failures = 0
+        self._start_resync()
+        return result
+
+    def _start_resync(self) -> None:
         if self._unsynced and self._resync_task is None:
             self._resync_task = asyncio.create_task(self._resync(), name="cache-resync")
-        return result
 
     def _queue(self, script: Any | None, keys: list[str], args: list[Any], batch: bool = True) -> Awaitable[Any]:
         """One script call (or, with ``script`` None, a GET of ``keys[0]``), for the pipeline sent at the
@@ -441,35 +481,52 @@ class RedisBackend:
             self._probe = None
             await _close_quietly(client)
 
-    async def _keep_local(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def _keep_local(self, key: str, value: bytes, ttl_s: float, replace: bool) -> None:
         """Store in the embedded cache, and remember to copy the answer to Redis when it answers."""
         await self.fallback.set(key, value, ttl_s)
-        self._unsynced[key] = None
-        self._unsynced.move_to_end(key)
+        earlier = self._unsynced.pop(key, "keep")
+        self._unsynced[key] = "replace" if replace or earlier != "keep" else "keep"
+        self._bound_unsynced()
+
+    def _bound_unsynced(self) -> None:
         while len(self._unsynced) > self.max_unsynced:  # bounded: the oldest stay local only
             self._unsynced.popitem(last=False)
 
-    async def _resync(self) -> None:
-        """Copy the answers kept locally to Redis, in pipelined batches, until done or Redis fails again.
+    async def _stored(self, key: str) -> None:
+        """An answer is in Redis now: a copy this process kept during an outage is superseded, and must be
+        neither copied over it later nor served in the next outage."""
+        if self._unsynced.pop(key, None) is not None or self.fallback.entry(key) is not None:
+            await self.fallback.delete(key)
 
-        ``NX``: an answer another process stored meanwhile is as good, and newer; keep it.
+    async def _resync(self) -> None:
+        """Copy what changed locally to Redis, in pipelined batches, until done or Redis fails again.
+
+        An answer of a ``use`` call is copied with ``NX``: one another process stored meanwhile is as good, and
+        newer; keep it. A refresh's answer overwrites (it was made to replace the entry), and a refresh that
+        could not be stored deletes the entry it was made to replace.
         """
         try:
             while self._unsynced and self.healthy:
-                batch, size = [], 0
+                batch: list[tuple[str, Literal["keep", "replace", "delete"], bytes, float]] = []
+                size = 0
                 while self._unsynced and len(batch) < RESYNC_BATCH and size < RESYNC_BATCH_BYTES:
-                    key, _ = self._unsynced.popitem(last=False)
-                    if (entry := self.fallback.entry(key)) is not None:  # evicted or expired: nothing to copy
-                        batch.append((key, *entry))
+                    key, how = self._unsynced.popitem(last=False)
+                    if how == "delete":
+                        batch.append((key, how, b"", 0.0))
+                    elif (entry := self.fallback.entry(key)) is not None:  # evicted or expired: nothing to copy
+                        batch.append((key, how, *entry))
                         size += len(entry[0])
                 if not batch:
                     continue
                 pipe = self.client.pipeline(transaction=False)
-                for key, value, left_s in batch:
-                    pipe.set(key, value, px=max(1, int(left_s * 1000)), nx=True)
+                for key, how, value, left_s in batch:
+                    if how == "delete":
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, value, px=max(1, int(left_s * 1000)), nx=how == "keep")
                 if await self._guard(pipe.execute()) is _FAILED:
-                    for key, _, _ in batch:  # try again after the next recovery
-                        self._unsynced[key] = None
+                    for key, how, _, _ in batch:  # try again after the next recovery
+                        self._unsynced.setdefault(key, how)
                     return
                 log.debug("copied %d answers kept locally to redis", len(batch))
         finally:

@@ -47,7 +47,7 @@ class Backend(Protocol):
     name: str
 
     async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_s: float, *, replace: bool = False) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -183,7 +183,7 @@ class ResponseCache:
             task.add_done_callback(self._writes.discard)
         if value is None and lease is None:
             return
-        task = asyncio.create_task(self._store(key, value, lease, failure), name="cache-write")
+        task = asyncio.create_task(self._store(key, value, lease, failure, replace), name="cache-write")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         if value is not None and completion is not None:
@@ -196,16 +196,21 @@ class ResponseCache:
         if self._settling.get(key) is completion:  # not a newer answer stored since
             del self._settling[key]
 
-    async def _store(self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None) -> None:
+    async def _store(
+        self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None, replace: bool
+    ) -> None:
         try:
             settle = getattr(self.backend, "settle", None)
             if lease is not None and settle is not None:
                 error = None if failure is None else json.dumps({"code": failure.code, "message": failure.message})
-                await settle(key, value, self.ttl_s, lease_key(key), lease, error_key(key), error and error.encode())
+                error_bytes = error and error.encode()
+                await settle(
+                    key, value, self.ttl_s, lease_key(key), lease, error_key(key), error_bytes, replace=replace
+                )
                 self.stats.writes += value is not None
                 return
             if value is not None:
-                await self.backend.set(key, value, self.ttl_s)
+                await self.backend.set(key, value, self.ttl_s, replace=replace)
                 self.stats.writes += 1
         except Exception as exc:  # a cache write must never fail a call, even after it answered
             log.warning("cache write failed (%s)", type(exc).__name__)
@@ -239,20 +244,27 @@ class ResponseCache:
 
     # -- across processes (Redis only) ---------------------------------------------------
 
-    async def await_peer(self, key: str, give_up_s: float) -> Completion | PeerFailure | None:
-        """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed."""
+    async def await_peer(
+        self, key: str, give_up_s: float, *, replacing: bool = False
+    ) -> Completion | PeerFailure | None:
+        """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed.
+
+        ``replacing`` (a refresh): the entry there before the wait is what the caller asked to replace, never
+        its answer; only one stored after it is (or the holder's error).
+        """
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + max(give_up_s, 0.0)
         self.stats.peer_waits += 1
         self.stats.peer_waits_in_flight += 1
         try:
             peer_state = getattr(self.backend, "peer_state", None)
+            old = (await peer_state(key))[0] if replacing and peer_state is not None else None
             while peer_state is not None and loop.time() < stop_at:
                 await asyncio.sleep(LEASE_POLL_S)
                 # One snapshot of all three keys: read one by one, the holder's settle (answer stored and
                 # lease dropped at once) could land between the reads and look like a holder that gave up.
                 raw, failure, leased = await peer_state(key)
-                if raw is not None and (completion := decode(raw)) is not None:
+                if raw is not None and raw != old and (completion := decode(raw)) is not None:
                     self.stats.hits += 1
                     return completion
                 if failure is not None:

@@ -259,9 +259,9 @@ async def test_no_key_or_value_in_the_embedded_cache_holds_an_api_key(
         backend = gw.memory()
         real_set = backend.set
 
-        async def recording_set(key: str, value: bytes, ttl_s: float) -> None:
+        async def recording_set(key: str, value: bytes, ttl_s: float, *, replace: bool = False) -> None:
             written.extend([key.encode(), value])
-            await real_set(key, value, ttl_s)
+            await real_set(key, value, ttl_s, replace=replace)
 
         monkeypatch.setattr(backend, "set", recording_set)
         await ask_every_dialect(gw)

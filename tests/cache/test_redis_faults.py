@@ -353,3 +353,124 @@ async def test_a_redis_still_down_at_shutdown_leaves_one_warning_and_a_note_of_w
     notes = [r.getMessage() for r in caplog.records if r.name == REDIS_LOGGER and r.levelno == logging.INFO]
     assert "failed" in warning.getMessage()
     assert [n for n in notes if "did not take 1 answer(s)" in n and "kept in this process only" in n] == notes[-1:]
+
+
+# ---------------------------------------------------------------------------- leases, refreshes and restarts
+async def test_a_lease_is_released_when_redis_trips_during_the_holder_s_call(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """Another call's refused write trips the breaker while the holder waits for its provider: the holder's
+    answer then stays local, but its lease must still go (Redis takes a DEL when full), or every other gateway
+    waits on it for the rest of the holder's deadline."""
+    target = RedisTarget(private_redis.port, 0)
+    release = fake.hold(VENDOR)
+    async with open_gateway(**target.settings(), cache_cooldown_s=30) as holder:
+        call = asyncio.create_task(holder.ask(timeout_s=60))
+        await fake.wait_for_calls(1, VENDOR)  # the lease is taken before the provider is called
+        assert [k for k in target.stored_keys() if b":lease:" in k] != []
+        with private_redis.client() as r:
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", "1")  # writes refused from here on
+        assert_ok(await holder.ask(models=["openai/other-model"]))  # its store is refused: Redis is tripped
+        assert not redis_backend(holder).healthy
+        release.set()
+        assert_ok(await call)
+        assert [k for k in target.stored_keys() if b":lease:" in k] == []
+
+
+async def test_a_refresh_made_while_redis_refused_writes_replaces_the_old_entry_when_it_returns(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="OLD answer"))
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        assert (await gw.ask()).answer == "OLD answer"
+        with private_redis.client() as r:
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", "1")
+        fake.set(VENDOR, Scenario(text="NEW answer"))
+        assert (await gw.ask(cache="refresh")).answer == "NEW answer"  # kept here, Redis refused it
+        assert backend.unsynced == 1 and not backend.healthy
+        with private_redis.client() as r:
+            r.config_set("maxmemory", "0")
+        await until(lambda: backend.healthy, "the cooldown to end")
+        fake.set(VENDOR, Scenario(text="THIRD answer"))
+        again = await gw.ask()  # before the copy is made: this process's refresh is newer than Redis's entry
+        await until(lambda: backend.unsynced == 0, "the refreshed answer to reach Redis")
+    async with open_gateway(**target.settings()) as peer:
+        replayed = await peer.ask(cache="only")
+
+    assert (again.answer, again.only["cached"]) == ("NEW answer", True)
+    assert replayed.answer == "NEW answer"  # not the OLD entry the refresh replaced (SET NX kept it before)
+    assert fake.count(VENDOR) == 2
+
+
+async def test_a_failed_refresh_during_an_outage_removes_the_old_entry_when_redis_returns(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="OLD answer"))
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        assert (await gw.ask()).answer == "OLD answer"
+        with private_redis.client() as r:  # Redis keeps its data but refuses writes
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", "1")
+        assert_ok(await gw.ask(models=["openai/other-model"]))  # its store is refused: Redis is tripped
+        fake.set(VENDOR, Scenario.error("bad_request"))
+        refreshed = await gw.ask(cache="refresh")  # fails: the entry it was to replace must go
+        assert refreshed.is_error and not backend.healthy and backend.unsynced == 2
+        with private_redis.client() as r:
+            r.config_set("maxmemory", "0")
+        await until(lambda: backend.healthy, "the cooldown to end")
+        during = await gw.ask(cache="only")  # before the copy: the removal holds here already
+        await until(lambda: backend.unsynced == 0, "the removal to reach Redis")
+    async with open_gateway(**target.settings()) as peer:
+        replayed = await peer.ask(cache="only")
+
+    assert during.only["error"]["code"] == "cache_miss"
+    assert replayed.only["error"]["code"] == "cache_miss"  # the OLD answer is gone from Redis too
+    assert len(answer_keys(target)) == 1  # the other model's answer only
+
+
+async def test_an_answer_kept_during_one_outage_is_not_served_in_the_next_after_a_refresh(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="OLD answer"))
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        assert (await gw.ask()).answer == "OLD answer"  # outage 1: kept in the embedded fallback
+        await asyncio.to_thread(private_redis.start)
+        await until(lambda: backend.healthy, "the cooldown to end")
+        fake.set(VENDOR, Scenario(text="NEW answer"))
+        assert (await gw.ask(cache="refresh")).answer == "NEW answer"  # stored in Redis
+        private_redis.stop()
+        fake.set(VENDOR, Scenario(text="THIRD answer"))
+        during = await gw.ask()  # outage 2
+
+    assert_ok(during)
+    assert during.answer != "OLD answer"  # the fallback's copy was superseded by the refresh
+    assert fake.count(VENDOR) == 3
+
+
+async def test_a_redis_restart_while_the_gateway_is_idle_does_not_trip_it(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """Connections pooled before the restart are dead; redis-py must notice before using them (with its
+    'maintenance notifications' left on, it did not, and each one's first command tripped the breaker)."""
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="Paris", delay_ms=20))
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        await asyncio.gather(*(gw.query(prompt=f"Warm-up question {i}?") for i in range(8)))  # several connections
+        await gw.settle()
+        private_redis.stop()
+        await asyncio.to_thread(private_redis.start)
+        replies = await asyncio.gather(*(gw.ask(prompt=f"Question {i} after the restart?") for i in range(4)))
+        assert (backend.failures, backend.healthy) == (0, True)
+
+    assert_ok(*replies)
+    assert len(answer_keys(target)) == 8 + 4 - 8  # the restart emptied Redis; the four new answers are there

@@ -153,9 +153,9 @@ def watch_waits(gw: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     cache, waiting = gw.gateway.cache, asyncio.Event()
     real_await_peer = cache.await_peer
 
-    async def await_peer(key: str, give_up_s: float) -> Any:
+    async def await_peer(key: str, give_up_s: float, *, replacing: bool = False) -> Any:
         waiting.set()
-        return await real_await_peer(key, give_up_s)
+        return await real_await_peer(key, give_up_s, replacing=replacing)
 
     monkeypatch.setattr(cache, "await_peer", await_peer)
     return waiting
@@ -291,3 +291,39 @@ async def test_concurrent_calls_in_one_redis_backed_gateway_do_not_deadlock(
     assert statuses(results) == ["ok"] * 10
     assert len(lookups) == 1
     assert fake.count(VENDOR) == 1
+
+
+async def test_a_refresh_waiting_on_another_gateway_s_refresh_gets_its_new_answer_not_the_old_entry(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry under the key while the holder's refresh runs is the one both callers asked to replace."""
+    fake.set(VENDOR, Scenario(text="OLD answer"))
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        assert (await one.ask()).answer == "OLD answer"
+        fake.set(VENDOR, Scenario(text="NEW answer"))
+        release = fake.hold(VENDOR)
+        backend: Any = two.gateway.cache.backend
+        polled, real_peer_state = asyncio.Event(), backend.peer_state
+        polls = 0
+
+        async def counting_peer_state(key: str) -> Any:
+            nonlocal polls
+            polls += 1
+            if polls >= 3:  # the snapshot and two polls with the holder's call still in flight
+                polled.set()
+            return await real_peer_state(key)
+
+        monkeypatch.setattr(backend, "peer_state", counting_peer_state)
+        holder = direct(one, cache="refresh")
+        await fake.wait_for_calls(2, VENDOR)  # the seed's call, then the holder's
+        peer = direct(two, cache="refresh", timeout_s=30)
+        await asyncio.wait_for(
+            asyncio.wait([asyncio.ensure_future(polled.wait()), peer], return_when="FIRST_COMPLETED"), 10
+        )
+        assert not peer.done(), peer.result().results[0]  # it did not settle for the old entry
+        release.set()
+        holder_result, peer_result = await holder, await peer
+
+    assert (holder_result.answer, peer_result.answer) == ("NEW answer", "NEW answer")
+    assert peer_result.results[0].cached is True  # the holder's answer, not a call of its own
+    assert fake.count(VENDOR) == 2
