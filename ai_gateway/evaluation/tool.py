@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
 _FIELDS = {"dataset": "path", "timeout": "timeout_s"}  # CLI option -> run_eval argument
+QUIET = logging.INFO  # a caller's mistake, not the server's: no ERROR line with a traceback
 
 
 def default_out(dataset: Path) -> Path:
@@ -38,17 +40,17 @@ def plan_eval(gateway: Any, root: Path, path: str, out: str | None, options: dic
     """The checked plan, or a ToolError naming the argument at fault. Nothing is called yet."""
     dataset = _inside(root, path, "path")
     if not dataset.is_file():
-        raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {root})")
+        raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {root})", log_level=QUIET)
     out_path = _inside(root, out, "out") if out else default_out(dataset)
     if not out_path.parent.is_dir():
-        raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist")
+        raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist", log_level=QUIET)
     try:
         config = EvalConfig(models=tuple(options.pop("models")), **options)
         plan = prepare(dataset, load_dataset(dataset), config, out_path)
         check_models(gateway, config)
     except EvalInputError as exc:
         field = _FIELDS.get(exc.option, exc.option)
-        raise ToolError(f"invalid argument {field}: {exc.detail}") from None
+        raise ToolError(f"invalid argument {field}: {exc.detail}", log_level=QUIET) from None
     return plan
 
 
@@ -63,6 +65,7 @@ def _inside(root: Path, given: str, argument: str) -> Path:
     if not candidate.resolve().is_relative_to(root):
         raise ToolError(
             f"invalid argument {argument}: {given!r} lies outside the evaluation directory {str(root)!r}; "
-            "give a path inside it (or start the server with AI_GATEWAY_EVAL_DIR set to the directory you need)"
+            "give a path inside it (or start the server with AI_GATEWAY_EVAL_DIR set to the directory you need)",
+            log_level=QUIET,
         )
     return candidate

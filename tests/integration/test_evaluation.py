@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -622,7 +623,7 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
 
 
 async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
-    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path
+    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A client of an HTTP deployment is not the server's user: run_eval refuses files outside AI_GATEWAY_EVAL_DIR,
     however they are named (absolute, ``..``, a symbolic link inside that leads out), and touches nothing."""
@@ -651,6 +652,7 @@ async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
                     "you need)"
                 ), name
         assert fake.count() == 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # the caller's mistake
         assert sorted(p.name for p in outside.iterdir()) == ["notes.txt", "secret.jsonl"]
         assert (outside / "notes.txt").read_text() == "keep\n"
 
