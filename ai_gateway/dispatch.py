@@ -245,7 +245,11 @@ class Dispatcher:
                     if error is not None and not caller_specific(error):
                         failure = PeerFailure(str(error.code), error.message)
                     stored = outcome.completion if outcome is not None and outcome.ok else None
-                    store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh")
+                    # A refresh that got an answer it may not store, or an error about the call, removes the
+                    # entry it was to replace; one that ended for reasons of its own (cancelled, its deadline,
+                    # load) learnt nothing, and a late removal could hit another process's fresh answer.
+                    learnt = stored is not None or failure is not None
+                    store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh" and learnt)
 
         def not_for_others(outcome: Outcome) -> bool:
             return outcome.error is not None and caller_specific(outcome.error)

@@ -109,10 +109,14 @@ class RedisBackend:
         self.cooldown_s = cooldown_s
         self._clock = clock
         # No retries inside redis-py: one failure trips our cooldown instead of piling up waits.
+        # No socket_timeout either: every operation is bounded by our own asyncio.timeout (_guard, _send,
+        # _release), and with one redis-py writes each command under Python 3.11's asyncio.wait_for, which
+        # drops a cancellation that lands in the turn the write completes: the cancelled query then went on
+        # polling a peer's lease, or called the provider, until its deadline (seen ~1 in 100 cancels).
         pool = _waiting_pool_class().from_url(
             url,
             max_connections=max_connections,
-            socket_timeout=op_timeout_s,
+            socket_timeout=None,
             socket_connect_timeout=op_timeout_s,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
@@ -127,7 +131,7 @@ class RedisBackend:
         # it lives in this closure only, never in an attribute a repr or a log could show).
         self._probe_client = lambda: aioredis.Redis.from_url(
             url,
-            socket_timeout=self.probe_timeout_s,
+            socket_timeout=None,  # bounded by _verify's own timeout (see the pool above)
             socket_connect_timeout=self.probe_timeout_s,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),

@@ -6,6 +6,7 @@ count, what was served from the cache is each result's ``cached`` flag.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from ai_gateway.cache.store import ResponseCache
 from ai_gateway.settings import Settings
 from ai_gateway.types import Completion, FinishReason, Usage
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, CacheFake, FakeClock
+from tests.cache.support import MODEL, PROMPT, CacheFake, FakeClock
 from tests.fake_provider import Scenario
 
 VENDOR = MODEL.partition("/")[2]
@@ -71,6 +72,31 @@ async def test_refresh_calls_the_provider_and_the_next_use_gets_the_refreshed_an
     assert (refreshed.answer, refreshed.only["cached"], refreshed.only["attempts"]) == ("new answer", False, 1)
     assert (after.answer, after.only["cached"]) == ("new answer", True)
     assert fake.count(VENDOR) == 2
+
+
+async def test_a_refresh_that_fails_removes_the_entry_but_a_cancelled_one_leaves_it(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """A cancelled refresh learnt nothing about the entry (and a late removal could hit another process's fresh
+    answer); one the provider failed is not to be answered by the entry it was asked to replace."""
+    fake.set(VENDOR, Scenario(text="old answer"))
+    async with open_gateway() as gw:
+        await gw.ask()
+        release = fake.hold(VENDOR)
+        refresh = asyncio.create_task(gw.gateway.query(prompt=PROMPT, models=[MODEL], cache="refresh"))
+        await fake.wait_for_calls(2, VENDOR)
+        refresh.cancel()
+        await asyncio.wait([refresh])
+        release.set()
+        await gw.settle()
+        kept = await gw.ask(cache="only")
+        fake.set(VENDOR, Scenario.error("bad_request"))
+        failed = await gw.ask(cache="refresh")
+        gone = await gw.ask(cache="only")
+
+    assert refresh.cancelled()
+    assert (kept.answer, kept.only["cached"]) == ("old answer", True)
+    assert failed.is_error and gone.only["error"]["code"] == "cache_miss"
 
 
 async def test_bypass_always_calls_the_provider_and_never_reads_or_writes(

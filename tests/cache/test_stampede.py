@@ -327,3 +327,45 @@ async def test_a_refresh_waiting_on_another_gateway_s_refresh_gets_its_new_answe
     assert (holder_result.answer, peer_result.answer) == ("NEW answer", "NEW answer")
     assert peer_result.results[0].cached is True  # the holder's answer, not a call of its own
     assert fake.count(VENDOR) == 2
+
+
+async def test_a_query_cancelled_as_a_redis_command_is_written_stops_at_once(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's asyncio.wait_for, which redis-py put around every write when given a socket timeout, drops a
+    cancellation that lands in the loop turn the write completes: the cancelled query went on waiting for the other
+    gateway's answer (or called the provider) until its own deadline. Here the cancel lands exactly there."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        waiting = watch_waits(two, monkeypatch)
+        peer = direct(two, timeout_s=60)
+        await asyncio.wait_for(waiting.wait(), 5)  # polling the holder's lease with MGET
+
+        # Every command's bytes go out through StreamWriter.writelines then drain (inline, or in wait_for's task).
+        real_writelines, real_drain = asyncio.StreamWriter.writelines, asyncio.StreamWriter.drain
+        last_written: dict[int, bytes] = {}
+        fired = asyncio.Event()
+
+        def writelines(self: asyncio.StreamWriter, data: Any) -> None:
+            chunks = [bytes(chunk) for chunk in data]
+            last_written[id(self)] = b"".join(chunks)
+            real_writelines(self, chunks)
+
+        async def drain_then_cancel(self: asyncio.StreamWriter) -> None:
+            await real_drain(self)
+            # Only the waiting peer sends MGET here (its poll of the lease).
+            if not fired.is_set() and b"MGET" in last_written.get(id(self), b""):
+                fired.set()
+                asyncio.get_running_loop().call_soon(peer.cancel)  # the very next turn
+
+        monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
+        monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_then_cancel)
+        done, _ = await asyncio.wait([peer], timeout=10)
+        assert fired.is_set() and peer in done and peer.cancelled()
+        release.set()
+        await holder
+
+    assert fake.count(VENDOR) == 1  # the cancelled peer made no call of its own
