@@ -143,7 +143,7 @@ class RedisBackend:
             tracking = aioredis.ConnectionPool.from_url(
                 url,
                 protocol=2,
-                socket_timeout=self.probe_timeout_s,
+                socket_timeout=None,  # near.py bounds every read itself; see the pool above for why not here
                 socket_connect_timeout=self.probe_timeout_s,
                 health_check_interval=0,
                 retry=Retry(NoBackoff(), 0),

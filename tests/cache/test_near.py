@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -283,6 +283,44 @@ async def test_shutdown_ends_tracking_even_when_a_cancellation_is_lost(redis_tar
     await soon(connecting.wait())
     await soon(backend.aclose())
     assert attempts == 1  # and it did not connect again after shutdown began
+
+
+async def test_a_cancellation_right_after_a_tracking_command_is_written_ends_tracking_at_once(
+    redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a socket timeout, redis-py wrote each command under Python 3.11's asyncio.wait_for, which drops a
+    cancellation that lands in the turn the write completes: the tracking task went on into its listening loop, and
+    every short run (a 1-row replay) waited a whole second at shutdown for the second cancellation."""
+    backend = make_backend(redis_target.url, redis_target.namespace)
+    near = backend.near
+    assert near is not None
+    real_writelines, real_drain = asyncio.StreamWriter.writelines, asyncio.StreamWriter.drain
+    last_written: dict[int, bytes] = {}
+    fired = asyncio.Event()
+
+    def writelines(self: asyncio.StreamWriter, data: Any) -> None:
+        chunks = [bytes(chunk) for chunk in data]
+        last_written[id(self)] = b"".join(chunks)
+        real_writelines(self, chunks)
+
+    async def drain_then_cancel(self: asyncio.StreamWriter) -> None:
+        await real_drain(self)
+        if not fired.is_set() and b"TRACKING" in last_written.get(id(self), b""):
+            fired.set()
+            assert near._task is not None
+            asyncio.get_running_loop().call_soon(near._task.cancel)  # the very next turn
+
+    monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_then_cancel)
+    try:
+        await near.get("warm-up")  # starts tracking
+        await soon(fired.wait())
+        task = near._task
+        assert task is not None
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done and task.cancelled()
+    finally:
+        await backend.aclose()
 
 
 async def test_a_flush_empties_it_and_redis_stopping_too() -> None:
