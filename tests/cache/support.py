@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp import web
 from fastmcp import Client, FastMCP
 from fastmcp.client.client import CallToolResult
@@ -144,3 +145,32 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0, 
         if time.monotonic() > stop_at:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)  # poll interval, not a "wait and see"
+
+
+def cancel_after_write(
+    monkeypatch: pytest.MonkeyPatch, marker: bytes, task: Callable[[], asyncio.Task[Any]]
+) -> asyncio.Event:
+    """Cancel ``task()`` in the loop turn right after the first Redis command holding ``marker`` is written.
+
+    Every command's bytes go out through StreamWriter.writelines then drain (inline, or, with a socket timeout,
+    in a task of Python 3.11's asyncio.wait_for, which drops a cancellation landing in exactly that turn).
+    The returned event is set once the cancellation is scheduled.
+    """
+    real_writelines, real_drain = asyncio.StreamWriter.writelines, asyncio.StreamWriter.drain
+    last_written: dict[int, bytes] = {}
+    fired = asyncio.Event()
+
+    def writelines(self: asyncio.StreamWriter, data: Any) -> None:
+        chunks = [bytes(chunk) for chunk in data]
+        last_written[id(self)] = b"".join(chunks)
+        real_writelines(self, chunks)
+
+    async def drain_then_cancel(self: asyncio.StreamWriter) -> None:
+        await real_drain(self)
+        if not fired.is_set() and marker in last_written.get(id(self), b""):
+            fired.set()
+            asyncio.get_running_loop().call_soon(task().cancel)  # the very next turn
+
+    monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_then_cancel)
+    return fired

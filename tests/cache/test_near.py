@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
@@ -23,7 +23,7 @@ from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.near import NearCache
 from ai_gateway.cache.redis_backend import RedisBackend
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, CacheFake
+from tests.cache.support import MODEL, CacheFake, cancel_after_write
 from tests.fake_provider import Scenario
 from tests.redis_harness import RedisProcess, RedisProxy, RedisTarget
 
@@ -294,24 +294,7 @@ async def test_a_cancellation_right_after_a_tracking_command_is_written_ends_tra
     backend = make_backend(redis_target.url, redis_target.namespace)
     near = backend.near
     assert near is not None
-    real_writelines, real_drain = asyncio.StreamWriter.writelines, asyncio.StreamWriter.drain
-    last_written: dict[int, bytes] = {}
-    fired = asyncio.Event()
-
-    def writelines(self: asyncio.StreamWriter, data: Any) -> None:
-        chunks = [bytes(chunk) for chunk in data]
-        last_written[id(self)] = b"".join(chunks)
-        real_writelines(self, chunks)
-
-    async def drain_then_cancel(self: asyncio.StreamWriter) -> None:
-        await real_drain(self)
-        if not fired.is_set() and b"TRACKING" in last_written.get(id(self), b""):
-            fired.set()
-            assert near._task is not None
-            asyncio.get_running_loop().call_soon(near._task.cancel)  # the very next turn
-
-    monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
-    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_then_cancel)
+    fired = cancel_after_write(monkeypatch, b"TRACKING", lambda: near._task)  # type: ignore[arg-type,return-value]
     try:
         await near.get("warm-up")  # starts tracking
         await soon(fired.wait())

@@ -51,6 +51,18 @@ def assert_ok(*replies: Any) -> None:
         assert all(r["status"] == "ok" for r in reply.results), reply.results
 
 
+def refuse_writes(server: RedisProcess) -> None:
+    """From here on Redis keeps its data and answers reads, but refuses every write (maxmemory, noeviction)."""
+    with server.client() as r:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+
+
+def accept_writes(server: RedisProcess) -> None:
+    with server.client() as r:
+        r.config_set("maxmemory", "0")
+
+
 # ---------------------------------------------------------------------------- (a) down at start
 async def test_redis_unreachable_at_start_the_gateway_serves_from_the_embedded_cache(
     open_gateway: OpenGateway, fake: CacheFake, caplog: pytest.LogCaptureFixture
@@ -160,14 +172,11 @@ async def test_a_write_refused_after_the_lease_was_taken_leaves_no_lease_behind(
     async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as holder:
         call = asyncio.create_task(holder.ask())
         await fake.wait_for_calls(1, VENDOR)  # the lease is taken before the provider is called
-        with private_redis.client() as r:
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", "1")  # every write is refused from here on
+        refuse_writes(private_redis)  # every write is refused from here on
         release.set()
         assert_ok(await call)
         assert redis_backend(holder).failures >= 1
-    with private_redis.client() as r:
-        r.config_set("maxmemory", "0")  # Redis is well again
+    accept_writes(private_redis)  # Redis is well again
     async with open_gateway(**target.settings()) as peer:
         reply = await peer.ask(timeout_s=1)
 
@@ -368,9 +377,7 @@ async def test_a_lease_is_released_when_redis_trips_during_the_holder_s_call(
         call = asyncio.create_task(holder.ask(timeout_s=60))
         await fake.wait_for_calls(1, VENDOR)  # the lease is taken before the provider is called
         assert [k for k in target.stored_keys() if b":lease:" in k] != []
-        with private_redis.client() as r:
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", "1")  # writes refused from here on
+        refuse_writes(private_redis)  # writes refused from here on
         assert_ok(await holder.ask(models=["openai/other-model"]))  # its store is refused: Redis is tripped
         assert not redis_backend(holder).healthy
         release.set()
@@ -386,14 +393,11 @@ async def test_a_refresh_made_while_redis_refused_writes_replaces_the_old_entry_
     async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
         backend = redis_backend(gw)
         assert (await gw.ask()).answer == "OLD answer"
-        with private_redis.client() as r:
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", "1")
+        refuse_writes(private_redis)
         fake.set(VENDOR, Scenario(text="NEW answer"))
         assert (await gw.ask(cache="refresh")).answer == "NEW answer"  # kept here, Redis refused it
         assert backend.unsynced == 1 and not backend.healthy
-        with private_redis.client() as r:
-            r.config_set("maxmemory", "0")
+        accept_writes(private_redis)
         await until(lambda: backend.healthy, "the cooldown to end")
         fake.set(VENDOR, Scenario(text="THIRD answer"))
         again = await gw.ask()  # before the copy is made: this process's refresh is newer than Redis's entry
@@ -414,15 +418,12 @@ async def test_a_failed_refresh_during_an_outage_removes_the_old_entry_when_redi
     async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
         backend = redis_backend(gw)
         assert (await gw.ask()).answer == "OLD answer"
-        with private_redis.client() as r:  # Redis keeps its data but refuses writes
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", "1")
+        refuse_writes(private_redis)  # Redis keeps its data but refuses writes
         assert_ok(await gw.ask(models=["openai/other-model"]))  # its store is refused: Redis is tripped
         fake.set(VENDOR, Scenario.error("bad_request"))
         refreshed = await gw.ask(cache="refresh")  # fails: the entry it was to replace must go
         assert refreshed.is_error and not backend.healthy and backend.unsynced == 2
-        with private_redis.client() as r:
-            r.config_set("maxmemory", "0")
+        accept_writes(private_redis)
         await until(lambda: backend.healthy, "the cooldown to end")
         during = await gw.ask(cache="only")  # before the copy: the removal holds here already
         await until(lambda: backend.unsynced == 0, "the removal to reach Redis")

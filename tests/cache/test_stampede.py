@@ -13,7 +13,7 @@ import pytest
 
 from ai_gateway.schemas import QueryResult
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, PROMPT, CacheFake, Running, until
+from tests.cache.support import MODEL, PROMPT, CacheFake, Running, cancel_after_write, until
 from tests.fake_provider import Scenario
 from tests.redis_harness import RedisTarget
 
@@ -344,25 +344,7 @@ async def test_a_query_cancelled_as_a_redis_command_is_written_stops_at_once(
         peer = direct(two, timeout_s=60)
         await asyncio.wait_for(waiting.wait(), 5)  # polling the holder's lease with MGET
 
-        # Every command's bytes go out through StreamWriter.writelines then drain (inline, or in wait_for's task).
-        real_writelines, real_drain = asyncio.StreamWriter.writelines, asyncio.StreamWriter.drain
-        last_written: dict[int, bytes] = {}
-        fired = asyncio.Event()
-
-        def writelines(self: asyncio.StreamWriter, data: Any) -> None:
-            chunks = [bytes(chunk) for chunk in data]
-            last_written[id(self)] = b"".join(chunks)
-            real_writelines(self, chunks)
-
-        async def drain_then_cancel(self: asyncio.StreamWriter) -> None:
-            await real_drain(self)
-            # Only the waiting peer sends MGET here (its poll of the lease).
-            if not fired.is_set() and b"MGET" in last_written.get(id(self), b""):
-                fired.set()
-                asyncio.get_running_loop().call_soon(peer.cancel)  # the very next turn
-
-        monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
-        monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_then_cancel)
+        fired = cancel_after_write(monkeypatch, b"MGET", lambda: peer)  # only the waiting peer sends MGET here
         done, _ = await asyncio.wait([peer], timeout=10)
         assert fired.is_set() and peer in done and peer.cancelled()
         release.set()
