@@ -219,13 +219,17 @@ class Pricing:
         for provider, model in models:
             if (provider, model) in self._rates or self._override(provider, model) is not None:
                 continue
-            try:
-                source = self._price_source(provider)
-            except LookupError:
-                continue
+            source = self._table_source(provider)
             if source is not None and (self._memo is None or self._memo.get(source, model) is None):
                 return True
         return False
+
+    def _table_source(self, provider: str) -> str | None:
+        """The provider's genai-prices id; None for an unpriced or unknown provider."""
+        try:
+            return self._price_source(provider)
+        except LookupError:
+            return None
 
     def _find(self, provider: str, model: str) -> Rate | None:
         if len(self._rates) >= MEMO_LIMIT:
@@ -248,10 +252,7 @@ class Pricing:
         return None
 
     def _table(self, provider: str, model: str) -> TableRate | None:
-        try:
-            source = self._price_source(provider)
-        except LookupError:
-            return None
+        source = self._table_source(provider)
         if source is None:
             return None
         if self._memo is not None and (known := self._memo.get(source, model)) is not None:

@@ -499,8 +499,8 @@ class RedisBackend:
     async def _stored(self, key: str) -> None:
         """An answer is in Redis now: a copy this process kept during an outage is superseded, and must be
         neither copied over it later nor served in the next outage."""
-        if self._unsynced.pop(key, None) is not None or self.fallback.entry(key) is not None:
-            await self.fallback.delete(key)
+        self._unsynced.pop(key, None)
+        await self.fallback.delete(key)
 
     async def _resync(self) -> None:
         """Copy what changed locally to Redis, in pipelined batches, until done or Redis fails again.
