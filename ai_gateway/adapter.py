@@ -93,9 +93,18 @@ class Adapter(ABC):
     """Base class of every dialect. Subclasses implement the three pure methods."""
 
     dialect: ClassVar[str]
+    # Options that cannot change an answer, or may carry a credential (a header): kept out of the cache key.
+    # Every other option joins the key, so changing one (a default max_tokens, say) never serves an
+    # answer made under its old value.
+    options_outside_cache_key: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
+
+    def cache_options(self) -> Mapping[str, Any]:
+        """The options that join the cache key: all but ``options_outside_cache_key``."""
+        outside = self.options_outside_cache_key
+        return {name: value for name, value in self.config.options.items() if name not in outside}
 
     # -- the three pure functions -------------------------------------------------
 

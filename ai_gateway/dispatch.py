@@ -197,7 +197,10 @@ class Dispatcher:
         store = self.cache
         key = None
         if store is not None:
-            key = store.key_for(target.provider, target.adapter.config.base_url, target.model, request, policy)
+            adapter = target.adapter
+            key = store.key_for(
+                target.provider, adapter.config.base_url, target.model, request, policy, adapter.cache_options()
+            )
         started = self.clock()
         if store is None or key is None:
             if policy.mode == "only":

@@ -56,6 +56,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 class OpenAIChatAdapter(Adapter):
     dialect = "openai"
+    # Headers name the caller (X-Title) or authenticate it (Azure's api-key): never key material.
+    options_outside_cache_key = frozenset({"extra_headers"})
 
     def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
         headers: dict[str, str] = {"content-type": "application/json"}

@@ -2,8 +2,9 @@
 
 Included: the key-schema version, the provider instance and its base URL, the
 model, the system prompt, every message, every sampling parameter that was set
-(an omitted temperature is not temperature 0) and the sample index. Never an
-API key, not even hashed. Keys are namespaced with a prefix and the schema
+(an omitted temperature is not temperature 0), the sample index, and the
+provider's options that can change an answer (``Adapter.cache_options``). Never
+an API key, not even hashed. Keys are namespaced with a prefix and the schema
 version, so a change of format never reads an old shape.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import fields
+from typing import Any
 
 from ai_gateway.types import ChatRequest
 
@@ -19,10 +22,19 @@ KEY_SCHEMA = 1
 # Every ChatRequest field but these is a sampling parameter.
 _PARAMS = tuple(f.name for f in fields(ChatRequest) if f.name not in {"messages", "system"})
 # Built once: json.dumps with options builds an encoder per call, a third of a key's cost.
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# default=str: a plugin's option of a type JSON lacks (a tuple encodes as a list already) still keys by its text.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+_NO_OPTIONS: Mapping[str, Any] = {}
 
 
-def canonical(provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None) -> str:
+def canonical(
+    provider: str,
+    base_url: str,
+    model: str,
+    request: ChatRequest,
+    sample: int | None,
+    options: Mapping[str, Any] = _NO_OPTIONS,
+) -> str:
     params = {name: _number(value) for name in _PARAMS if (value := getattr(request, name)) is not None}
     payload = {
         "schema": KEY_SCHEMA,
@@ -34,6 +46,8 @@ def canonical(provider: str, base_url: str, model: str, request: ChatRequest, sa
         "params": params,
         "sample": sample,
     }
+    if options:  # only when set: a provider without options keeps the keys it had before options joined them
+        payload["options"] = dict(options)
     return _encode(payload)
 
 
@@ -45,9 +59,15 @@ def _number(value: object) -> object:
 
 
 def cache_key(
-    namespace: str, provider: str, base_url: str, model: str, request: ChatRequest, sample: int | None
+    namespace: str,
+    provider: str,
+    base_url: str,
+    model: str,
+    request: ChatRequest,
+    sample: int | None,
+    options: Mapping[str, Any] = _NO_OPTIONS,
 ) -> str:
-    digest = hashlib.sha256(canonical(provider, base_url, model, request, sample).encode()).hexdigest()
+    digest = hashlib.sha256(canonical(provider, base_url, model, request, sample, options).encode()).hexdigest()
     return f"{answer_prefix(namespace)}{digest}"
 
 

@@ -26,9 +26,9 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from ai_gateway.cache.envelope import decode, encode
 from ai_gateway.cache.key import cache_key, error_key, lease_key
@@ -105,14 +105,23 @@ class ResponseCache:
     _settling: dict[str, Completion] = field(default_factory=dict)  # answers whose write is under way
 
     def key_for(
-        self, provider: str, base_url: str, model: str, request: ChatRequest, policy: CachePolicy
+        self,
+        provider: str,
+        base_url: str,
+        model: str,
+        request: ChatRequest,
+        policy: CachePolicy,
+        options: Mapping[str, Any],
     ) -> str | None:
-        """The entry for this call, or None when it must not touch the cache."""
+        """The entry for this call, or None when it must not touch the cache.
+
+        ``options`` are the provider's options that can change an answer (``Adapter.cache_options``).
+        """
         if policy.mode == "bypass":
             return None
         if request.temperature is not None and request.temperature > 0 and policy.sample is None:
             return None  # independent samples must stay independent
-        return cache_key(self.namespace, provider, base_url, model, request, policy.sample)
+        return cache_key(self.namespace, provider, base_url, model, request, policy.sample, options)
 
     async def lookup(
         self, key: str, *, read: bool, claim: bool, lease_ttl_s: float, patient: bool = False, together: bool = True

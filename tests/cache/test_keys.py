@@ -12,7 +12,7 @@ import pytest
 from ai_gateway.cache.key import KEY_SCHEMA, answer_prefix, cache_key, canonical, error_key, lease_key
 from ai_gateway.types import ChatRequest, Message
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, PROMPT, CacheFake
+from tests.cache.support import MODEL, PROMPT, CacheFake, Reply
 from tests.fake_provider import Scenario
 from tests.integration.conftest import KEYS
 from tests.redis_harness import RedisTarget
@@ -125,6 +125,30 @@ def test_a_key_is_stable_across_releases() -> None:
     )
     assert cache_key("ns", *args) == "ns:v1:" + hashlib.sha256(canonical(*args).encode()).hexdigest()
     assert cache_key("ns", *args) == "ns:v1:e97befb1fbd597adc1910c64022c32da53585042976ae4d895c3dc622218ac3d"
+
+
+def test_a_providers_options_join_the_key_in_any_order() -> None:
+    args = (BASE["provider"], BASE["base_url"], BASE["model"], BASE_REQUEST, 0)
+    plain = cache_key("ns", *args)
+    assert cache_key("ns", *args, {}) == plain  # a provider without options keeps its keys
+    short = cache_key("ns", *args, {"default_max_tokens": 100, "x": 1})
+    assert short != plain
+    assert cache_key("ns", *args, {"default_max_tokens": 200, "x": 1}) != short
+    assert cache_key("ns", *args, {"x": 1, "default_max_tokens": 100}) == short
+
+
+def test_every_option_but_the_declared_ones_is_cache_material() -> None:
+    from ai_gateway.adapter import ProviderConfig
+    from providers.anthropic import AnthropicAdapter
+    from providers.openai import OpenAIChatAdapter
+
+    options = {"max_tokens_field": "max_completion_tokens", "extra_headers": {"api-key": "sk-secret"}}
+    assert OpenAIChatAdapter(ProviderConfig("h", "http://h", options=options)).cache_options() == {
+        "max_tokens_field": "max_completion_tokens"
+    }
+    assert AnthropicAdapter(ProviderConfig("h", "http://h", options={"default_max_tokens": 9})).cache_options() == {
+        "default_max_tokens": 9
+    }
 
 
 def test_the_canonical_form_holds_no_api_key() -> None:
@@ -280,3 +304,52 @@ async def test_no_key_or_value_in_redis_holds_an_api_key(
 
     assert len([k for k in items if k.count(b":") == 2]) == len(EVERY_DIALECT)  # the answers themselves
     assert_no_secret([blob for k, v in items.items() for blob in (k, v or b"")])
+
+
+# ---------------------------------------------------------------------------- a provider's options
+def host(dialect: str, base_url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Settings declaring one custom provider, ``house``, at the fake."""
+    return {"custom_providers": {"house": {"base_url": base_url, "dialect": dialect, "options": options}}}
+
+
+async def ask_in_a_new_gateway(open_gateway: OpenGateway, settings: dict[str, Any], model: str) -> Reply:
+    async with open_gateway(**settings) as gw:
+        reply = await gw.call({"prompt": PROMPT, "models": [model], "temperature": 0})
+        await gw.settle()
+    assert reply.only["status"] == "ok"
+    return reply
+
+
+async def test_an_answer_made_under_another_provider_option_is_not_served(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """Gateways sharing Redis, restarted with another default max_tokens: the old answer was made under the old one."""
+    replies = [
+        await ask_in_a_new_gateway(
+            open_gateway,
+            {**redis_target.settings(), **host("anthropic", fake.url, {"default_max_tokens": n})},
+            "house/claude-haiku-4-5",
+        )
+        for n in (100, 200, 100)
+    ]
+    assert [r.only["cached"] for r in replies] == [False, False, True]
+    assert [c.body["max_tokens"] for c in fake.calls_for("claude-haiku-4-5")] == [100, 200]
+
+
+async def test_extra_headers_stay_out_of_the_key(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """They name the caller or carry a credential (Azure's api-key header): never key material."""
+    replies = [
+        await ask_in_a_new_gateway(
+            open_gateway,
+            {**redis_target.settings(), **host("openai", f"{fake.url}/v1", {"extra_headers": {"api-key": secret}})},
+            "house/gpt-4o-mini",
+        )
+        for secret in ("sk-azure-secret-1", "sk-azure-secret-2")
+    ]
+    assert [r.only["cached"] for r in replies] == [False, True]
+    assert fake.calls_for("gpt-4o-mini")[0].headers["api-key"] == "sk-azure-secret-1"
+    items = redis_target.items()
+    assert items
+    assert not any(b"sk-azure" in blob for k, v in items.items() for blob in (k, v or b""))

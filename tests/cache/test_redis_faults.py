@@ -196,7 +196,8 @@ GARBAGE: list[Any] = [
 def live_key(namespace: str, fake: CacheFake) -> str:
     """The key the dispatcher uses for PROMPT to MODEL, computed independently."""
     request = ChatRequest(messages=(Message("user", PROMPT),))
-    return cache_key(namespace, "openai", f"{fake.url}/v1", VENDOR, request, None)
+    options = {"max_tokens_field": "max_completion_tokens"}  # the openai provider's, which join its keys
+    return cache_key(namespace, "openai", f"{fake.url}/v1", VENDOR, request, None, options)
 
 
 @pytest.mark.parametrize("garbage", GARBAGE)

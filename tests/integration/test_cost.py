@@ -68,8 +68,10 @@ async def test_query_cost_and_a_cache_hit_that_costs_nothing(make_server: Callab
         # The cached envelope holds the usage, never a cost: prices are applied when a result is built.
         target = gateway.resolve([OPENAI])[0]
         request = ChatRequest(messages=(Message("user", PROMPT),))
-        key = gateway.cache.key_for(target.provider, target.adapter.config.base_url, target.model, request,
-                                    CachePolicy())  # fmt: skip
+        adapter = target.adapter
+        key = gateway.cache.key_for(
+            target.provider, adapter.config.base_url, target.model, request, CachePolicy(), adapter.cache_options()
+        )
         raw, _ = gateway.cache.backend.entry(key)
         assert b'"usage"' in raw and b"cost" not in raw
 
