@@ -240,6 +240,16 @@ class RedisBackend:
 
         The near cache answers first; an answer found in Redis is kept there.
         """
+        try:
+            return await self._read_or_claim(key, lease_key, token, ttl_s, patient, together)
+        except asyncio.CancelledError:
+            if token is not None:
+                self._release_abandoned(lease_key, token)
+            raise
+
+    async def _read_or_claim(
+        self, key: str, lease_key: str, token: str | None, ttl_s: float, patient: bool, together: bool
+    ) -> tuple[bytes | None, bool | None]:
         if not self.healthy:
             return await self.fallback.get(key), None
         if self._unsynced and key in self._unsynced:
@@ -345,11 +355,34 @@ class RedisBackend:
         except (RedisError, OSError, TimeoutError):
             pass
 
+    def _release_abandoned(self, lease_key: str, token: str) -> None:
+        """Its caller was cancelled while the claim was on the wire (or its reply unread): Redis may have
+        given it the lease all the same, and nobody would settle it. Left, it would keep every gateway
+        asking the same question waiting for an answer nobody makes, until its own deadline."""
+        # After the pipelines now in flight: one of them may carry the claim (a lease taken after its
+        # release would stay). A claim sent from the caller's task was written before it was cancelled.
+        earlier = set(self._sending)
+        task = asyncio.get_running_loop().create_task(
+            self._release_after(earlier, lease_key, token), name="cache-release"
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _release_after(self, earlier: set[asyncio.Task[None]], lease_key: str, token: str) -> None:
+        if earlier:
+            await asyncio.wait(earlier)
+        self._held.discard(token)
+        await self._release(lease_key, token)
+
     async def lease(self, key: str, token: str, ttl_s: float) -> bool | None:
         """Take a short lease on ``key`` (cross-process single-flight); None when Redis cannot say."""
         if not self.healthy:
             return None
-        taken = await self._guard(self.client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+        try:
+            taken = await self._guard(self.client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+        except asyncio.CancelledError:
+            self._release_abandoned(key, token)
+            raise
         if taken is _FAILED:
             return None
         if taken:

@@ -351,3 +351,52 @@ async def test_a_query_cancelled_as_a_redis_command_is_written_stops_at_once(
         await holder
 
     assert fake.count(VENDOR) == 1  # the cancelled peer made no call of its own
+
+
+class ModelTasks:
+    """Every model task of the running queries: cancelling them cancels their lookups' replies at once."""
+
+    def cancel(self) -> None:
+        for task in asyncio.all_tasks():
+            if task.get_name().startswith("model:"):
+                task.cancel()
+
+
+OTHER = "openai/gpt-4.1"
+
+
+@pytest.mark.parametrize(
+    ("models", "strategy", "cancelled"),
+    [
+        pytest.param([MODEL], "first_available", asyncio.current_task, id="one model, sent from its task"),
+        pytest.param([MODEL, OTHER], "consensus", ModelTasks, id="two models, one pipeline"),
+    ],
+)
+async def test_a_claim_cancelled_on_the_wire_leaves_no_lease_behind(
+    open_gateway: OpenGateway,
+    fake: CacheFake,
+    redis_target: RedisTarget,
+    monkeypatch: pytest.MonkeyPatch,
+    models: list[str],
+    strategy: str,
+    cancelled: Any,
+) -> None:
+    """A lookup (read, and take the lease on a miss) cancelled once written, before its reply: Redis took the lease
+    for nobody. Left there, it kept every gateway asking the same question waiting, until its own deadline, for an
+    answer nobody was making (a ``fastest`` race cancels its losers at any moment)."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    fake.set(OTHER.partition("/")[2], Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as one:
+        # Cancelled in the turn after the write, before the reply is read.
+        fired = cancel_after_write(monkeypatch, b"EVALSHA", cancelled)
+        query = direct(one, models=models, strategy=strategy, timeout_s=60)
+        await asyncio.wait([query])
+        assert fired.is_set()
+        assert query.cancelled() or {r.status for r in query.result().results} == {"cancelled"}
+    assert fake.count() == 0
+    assert [k for k in redis_target.items() if b":lease:" in k] == []  # released once the server closed, at last
+
+    async with open_gateway(**redis_target.settings()) as two:
+        answer = await two.query(prompt=PROMPT, models=models, strategy=strategy, timeout_s=5)
+    assert [(r["status"], r["cached"]) for r in answer.results] == [("ok", False)] * len(models)
+    assert fake.count() == len(models)
