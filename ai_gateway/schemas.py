@@ -141,7 +141,7 @@ class CacheStatusInfo(BaseModel):
     )
     near_entries: int | None = Field(None, description="Redis only: answers held in the near cache.")
     memory_entries: int | None = Field(None, description="Entries in the embedded LRU.")
-    memory_bytes: int | None = Field(None, description="Bytes of values in the embedded LRU.")
+    memory_bytes: int | None = Field(None, description="Memory the embedded LRU entries take.")
     hits: int = Field(0, description="Answers served from the cache (or from another process's call), since start.")
     misses: int = Field(0, description="Reads that found no usable entry.")
     writes: int = Field(0, description="Answers stored.")

@@ -188,7 +188,11 @@ class Settings(BaseSettings):
     )
     cache_max_entry_bytes: int = Field(262144, ge=1, description="Larger answers are served but not stored.")
     cache_max_entries: int = Field(10000, ge=1, description="Embedded cache: most entries kept (LRU).")
-    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Embedded cache: most bytes kept (LRU).")
+    cache_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Embedded cache: most memory its entries take (LRU): keys, values and ~230 B each besides.",
+    )
     cache_op_timeout_s: float = Field(0.1, gt=0, description="Longest wait for one Redis operation.")
     cache_max_connections: int = Field(
         64, ge=1, description="Redis connections at most; past it an operation waits within its timeout."
