@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -170,6 +170,36 @@ class Dispatcher:
         """False while the target's circuit refuses calls: not a candidate to fail over to."""
         return self.resilience.breakers.get(target.circuit).state != "open"
 
+    async def from_cache(
+        self, targets: Sequence[ModelTarget], request: ChatRequest, policy: CachePolicy
+    ) -> dict[int, Outcome]:
+        """The targets (by position) whose answer is in the cache, read together and claiming nothing.
+
+        For strategies that let any model answer (fastest, consensus): a cached answer decides before any
+        provider is asked, so no request goes out only to be cancelled (and billed), and the outcome
+        does not hang on which hits this process happened to hold locally and which came from Redis.
+        """
+        store = self.cache
+        if store is None or not policy.reads:
+            return {}
+        started = self.clock()
+        keys = {}
+        for position, target in enumerate(targets):
+            adapter = target.adapter
+            key = store.key_for(
+                target.provider, adapter.config.base_url, target.model, request, policy, adapter.cache_options()
+            )
+            if key is not None:
+                keys[position] = key
+        if not keys:
+            return {}
+        found = await asyncio.gather(*(store.peek(key) for key in keys.values()))
+        return {
+            position: self._cached(targets[position], completion, started, hedge=False)
+            for position, completion in zip(keys, found, strict=True)
+            if completion is not None
+        }
+
     def bind(self, request: ChatRequest, deadline: Deadline, policy: CachePolicy = DEFAULT_POLICY) -> BoundCall:
         """What a strategy calls: one request, one deadline and one cache policy, any model."""
         return BoundCall(self, request, deadline, policy)
@@ -273,11 +303,14 @@ class Dispatcher:
             now = self.clock()
             cancelled = Cancelled("cancelled", provider=target.provider)
             return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
-        if led or not outcome.ok:
+        if led:
             return outcome
-        # Waited for another caller's answer: it cost this caller nothing, like a cache hit.
+        # Waited for another caller's answer (or error): its attempts were that caller's, not this one's;
+        # an answer cost this caller nothing, like a cache hit.
         now = self.clock()
-        return replace(outcome, attempts=0, cached=True, latency_s=now - started, finished_at=now, hedge=hedge)
+        return replace(
+            outcome, attempts=0, cached=outcome.ok, latency_s=now - started, finished_at=now, hedge=hedge
+        )
 
     def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
         now = self.clock()
@@ -444,3 +477,6 @@ class BoundCall:
 
     def available(self, target: ModelTarget) -> bool:
         return self.dispatcher.available(target)
+
+    async def from_cache(self, targets: Sequence[ModelTarget]) -> dict[int, Outcome]:
+        return await self.dispatcher.from_cache(targets, self.request, self.policy)

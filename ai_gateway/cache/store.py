@@ -155,6 +155,24 @@ class ResponseCache:
         # taken None: Redis could not say (it is failing): make the call ourselves rather than wait.
         return None, (token if taken is None or taken else None)
 
+    async def peek(self, key: str) -> Completion | None:
+        """The entry, claiming nothing; read in this turn's pipeline with the other models' reads.
+
+        Counts a hit only: a miss is counted by the lookup of the call that follows it.
+        """
+        if (settling := self._settling.get(key)) is not None:
+            self.stats.hits += 1
+            return settling
+        combined = getattr(self.backend, "lookup", None)
+        if combined is None:
+            raw = await self.backend.get(key)
+        else:
+            raw, _ = await combined(key, lease_key(key), None, 0.0, together=True)
+        completion = decode(raw) if raw is not None else None
+        if completion is not None:
+            self.stats.hits += 1
+        return completion
+
     async def read(self, key: str) -> Completion | None:
         raw = await self.backend.get(key)
         completion = decode(raw) if raw is not None else None

@@ -24,6 +24,10 @@ class CallModel(Protocol):
         """False when the target would be refused at once (its circuit is open)."""
         ...
 
+    async def from_cache(self, targets: Sequence[ModelTarget]) -> dict[int, Outcome]:
+        """The targets (by position) answered by the cache, read together; nothing is claimed or called."""
+        ...
+
 
 # Seconds to wait for a model before hedging with the next one; None means never hedge.
 HedgeDelay = Callable[[ModelTarget], float | None]
@@ -81,15 +85,27 @@ def release_held(
 
 
 def start_all(
-    targets: Sequence[ModelTarget], call: CallModel, can_fail_over: Callable[[], bool]
-) -> tuple[dict[asyncio.Task[Outcome], int], float]:
-    """One task per target, keyed back to its position in the request."""
-    started = time.perf_counter()
-    tasks = {
+    targets: Sequence[ModelTarget],
+    call: CallModel,
+    can_fail_over: Callable[[], bool],
+    started: float,
+    answered: Collection[int] = (),
+) -> dict[asyncio.Task[Outcome], int]:
+    """One task per target not ``answered`` already (by the cache), keyed back to its position in the request."""
+    return {
         asyncio.create_task(call(target, can_fail_over), name=f"model:{target.id}"): i
         for i, target in enumerate(targets)
+        if i not in answered
     }
-    return tasks, started
+
+
+def not_started(
+    outcomes: list[Outcome | None], targets: Sequence[ModelTarget], started: float, reason: str
+) -> list[Outcome]:
+    """The call was decided by cached answers alone: the others are reported as a race or a vote reports
+    the models it cancelled, having sent nothing."""
+    now = time.perf_counter()
+    return [o if o is not None else Outcome.cancelled(targets[i], started, now, reason) for i, o in enumerate(outcomes)]
 
 
 def collect(

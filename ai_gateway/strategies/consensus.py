@@ -6,6 +6,10 @@ cancels the rest (reported as ``cancelled``). Otherwise it waits for every
 model and reports consensus only when the leading answer holds a strict
 majority of the successful ones (see :mod:`ai_gateway.strategies.voting`).
 
+Cached answers are read first, together: when they alone hold a majority of every
+model requested, no other model is called (and each is reported ``cancelled``, as
+in a live vote decided early); otherwise only the models without one are called.
+
 In a replay (``cache: only``) every cached answer arrives at once, and a model
 the replayed run had cancelled has none (it was never stored). Its
 ``cache_miss`` is held back as if it were still outstanding: when the cached
@@ -16,6 +20,7 @@ reported. So a consensus replays exactly, ``decided_early`` included.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome, never
@@ -26,6 +31,7 @@ from ai_gateway.strategies.base import (
     cancel_and_wait,
     collect,
     no_hedge,
+    not_started,
     release_held,
     replay_miss,
     start_all,
@@ -37,10 +43,20 @@ async def consensus(
     targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
 ) -> StrategyResult:
     """``hedge_delay`` is ignored, and no model fails over: every vote counts, so each may retry."""
-    tasks, started = start_all(targets, call, can_fail_over=never)
+    started = time.perf_counter()
+    reason = "a majority of the requested models had already agreed"
     outcomes: list[Outcome | None] = [None] * len(targets)
-    held: dict[int, Outcome] = {}  # replayed models with no cached answer: outstanding until the vote is decided
     tally = Tally(requested=len(targets))
+    # The cached votes first: when they already hold a majority of every model asked, the others are not asked.
+    cached = await call.from_cache(targets)
+    for position in sorted(cached):
+        outcomes[position] = outcome = cached[position]
+        tally.add(position, outcome.completion.text)  # type: ignore[union-attr]  (a hit has a completion)
+    if len(cached) < len(targets) and tally.has_majority_of_requested():
+        tally.decided_early = True
+        return StrategyResult(not_started(outcomes, targets, started, reason), _winner(tally), tally)
+    tasks = start_all(targets, call, never, started, answered=cached)
+    held: dict[int, Outcome] = {}  # replayed models with no cached answer: outstanding until the vote is decided
     pending = set(tasks)
     try:
         while pending:
@@ -58,8 +74,10 @@ async def consensus(
                 break
     finally:
         await cancel_and_wait(pending)
-    reason = "a majority of the requested models had already agreed"
     release_held(held, outcomes, targets, started, reason, decided=tally.decided_early)
+    return StrategyResult(collect(tasks, outcomes, targets, started, reason), _winner(tally), tally)
+
+
+def _winner(tally: Tally) -> int | None:
     leader = tally.leader()
-    winner = leader.members[0] if leader is not None and tally.reached() else None
-    return StrategyResult(collect(tasks, outcomes, targets, started, reason), winner, tally)
+    return leader.members[0] if leader is not None and tally.reached() else None

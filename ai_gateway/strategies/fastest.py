@@ -1,5 +1,8 @@
 """fastest: call every model at once; the first success answers and the rest are cancelled.
 
+A cached answer wins before any model is called (the first listed, if several are cached;
+every cached answer is reported, and the models without one are reported cancelled, having sent nothing).
+
 In a replay (``cache: only``) a model with no cached answer is held back as if still
 racing (see :func:`~ai_gateway.strategies.base.replay_miss`): when another answers,
 it is cancelled, as it was in the run being replayed.
@@ -8,6 +11,7 @@ it is cancelled, as it was in the run being replayed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome
@@ -18,6 +22,7 @@ from ai_gateway.strategies.base import (
     cancel_and_wait,
     collect,
     no_hedge,
+    not_started,
     release_held,
     replay_miss,
     start_all,
@@ -28,9 +33,18 @@ async def fastest(
     targets: Sequence[ModelTarget], call: CallModel, hedge_delay: HedgeDelay = no_hedge
 ) -> StrategyResult:
     """``hedge_delay`` is ignored: fastest already races every model."""
-    # A racer that fails while others still run gives up at once instead of backing off.
-    tasks, started = start_all(targets, call, can_fail_over=lambda: sum(not t.done() for t in tasks) > 1)
+    started = time.perf_counter()
+    reason = "another model answered first"
     outcomes: list[Outcome | None] = [None] * len(targets)
+    # A cached answer wins any race: asking the others would only send requests to cancel (and pay for).
+    # Every cached answer is reported; the first listed wins, as when several answer in one turn.
+    cached = await call.from_cache(targets)
+    if cached:
+        for position, outcome in cached.items():
+            outcomes[position] = outcome
+        return StrategyResult(not_started(outcomes, targets, started, reason), min(cached))
+    # A racer that fails while others still run gives up at once instead of backing off.
+    tasks = start_all(targets, call, lambda: sum(not t.done() for t in tasks) > 1, started)
     held: dict[int, Outcome] = {}
     winner: int | None = None
     pending = set(tasks)
@@ -51,6 +65,5 @@ async def fastest(
                 winner = min(finished_ok)
     finally:
         await cancel_and_wait(pending)
-    reason = "another model answered first"
     release_held(held, outcomes, targets, started, reason, decided=winner is not None)
     return StrategyResult(collect(tasks, outcomes, targets, started, reason), winner)

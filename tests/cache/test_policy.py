@@ -16,8 +16,9 @@ from ai_gateway.cache.store import ResponseCache
 from ai_gateway.settings import Settings
 from ai_gateway.types import Completion, FinishReason, Usage
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, PROMPT, CacheFake, FakeClock
+from tests.cache.support import MODEL, PROMPT, CacheFake, FakeClock, Reply
 from tests.fake_provider import Scenario
+from tests.redis_harness import RedisTarget
 
 VENDOR = MODEL.partition("/")[2]
 
@@ -266,6 +267,104 @@ async def test_strategies_share_entries(open_gateway: OpenGateway, fake: CacheFa
     assert [r["cached"] for r in consensus_again.results] == [True, True]
     assert consensus_again.data["consensus"]["reached"] is True
     assert (fake.count("a"), fake.count("b")) == (1, 1)
+
+
+# The cached answers decide before any model is called: nothing is sent only to be cancelled (and billed).
+BACKENDS = ["embedded", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "embedded":
+        return {}
+    target: RedisTarget = request.getfixturevalue("redis_target")
+    return target.settings()
+
+
+async def test_fastest_with_a_cached_model_asks_no_other(
+    open_gateway: OpenGateway, fake: CacheFake, backend_settings: dict[str, Any]
+) -> None:
+    for vendor in "abc":
+        fake.set(vendor, Scenario(text=f"answer {vendor}"))
+    async with open_gateway(**backend_settings) as gw:
+        await gw.ask(models=["openai/b"])
+        race = await gw.ask(models=["openai/a", "openai/b", "openai/c"], strategy="fastest")
+
+    assert (fake.count("a"), fake.count("b"), fake.count("c")) == (0, 1, 0)
+    assert race.data["model"] == "openai/b" and race.answer == "answer b"
+    assert [(r["status"], r["attempts"], r["cached"]) for r in race.results] == [
+        ("cancelled", 0, False), ("ok", 0, True), ("cancelled", 0, False)]  # fmt: skip
+    assert race.data["cost_usd"] == 0.0
+
+
+async def test_a_consensus_whose_cached_answers_hold_a_majority_asks_no_other_model(
+    open_gateway: OpenGateway, fake: CacheFake, backend_settings: dict[str, Any]
+) -> None:
+    for vendor in "abc":
+        fake.set(vendor, Scenario(text="Paris"))
+    async with open_gateway(**backend_settings) as gw:
+        for vendor in "ac":
+            await gw.ask(models=[f"openai/{vendor}"])
+        vote = await gw.ask(models=["openai/a", "openai/b", "openai/c"], strategy="consensus")
+
+    assert (fake.count("a"), fake.count("b"), fake.count("c")) == (1, 0, 1)
+    assert vote.data["consensus"] | {"groups": None} == {
+        "reached": True, "agreement": 0.6667, "votes": 2, "answered": 2, "requested": 3, "decided_early": True,
+        "groups": None}  # fmt: skip
+    assert [(r["status"], r["attempts"], r["cached"]) for r in vote.results] == [
+        ("ok", 0, True), ("cancelled", 0, False), ("ok", 0, True)]  # fmt: skip
+
+
+async def test_a_consensus_asks_only_the_models_without_a_cached_answer(
+    open_gateway: OpenGateway, fake: CacheFake, backend_settings: dict[str, Any]
+) -> None:
+    for vendor, text in {"a": "Paris", "b": "Lyon", "c": "Paris"}.items():  # no early majority: every vote counts
+        fake.set(vendor, Scenario(text=text))
+    async with open_gateway(**backend_settings) as gw:
+        await gw.ask(models=["openai/b"])
+        vote = await gw.ask(models=["openai/a", "openai/b", "openai/c"], strategy="consensus")
+
+    assert (fake.count("a"), fake.count("b"), fake.count("c")) == (1, 1, 1)  # b: only its first call
+    assert [(r["status"], r["cached"]) for r in vote.results] == [("ok", False), ("ok", True), ("ok", False)]
+    assert vote.answer == "Paris" and vote.data["consensus"]["votes"] == 2
+
+
+async def test_what_this_process_holds_locally_does_not_change_a_result(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """Hits held in the near cache answered a turn before hits read from Redis: a fastest winner, and a consensus's
+    figures, changed with what the process happened to hold. Every hit now counts, wherever it was read."""
+    texts = {"a": "Lyon", "b": "Paris", "c": "Paris."}
+    for vendor, text in texts.items():
+        fake.set(vendor, Scenario(text=text))
+    models = [f"openai/{vendor}" for vendor in texts]
+
+    def shape(reply: Reply) -> Any:
+        return reply.data.get("model"), reply.data.get("consensus"), [(r["status"], r["cached"]) for r in reply.results]
+
+    async with open_gateway(**redis_target.settings()) as filler:
+        for model in models:
+            await filler.ask(models=[model])
+    results = {}
+    for warm in (False, True):
+        async with open_gateway(**redis_target.settings()) as gw:
+            if warm:  # this process has read B and C before: the near cache holds them
+                near = gw.gateway.cache.backend.near  # type: ignore[attr-defined]
+                await gw.ask(models=models[1:2])  # starts the tracking connection
+                await asyncio.wait_for(near.wait_live(), 5)
+                for model in models[1:]:
+                    await gw.ask(models=[model])
+                assert len(near.entries) == 2
+            results[warm] = [
+                shape(await gw.ask(models=models, strategy=strategy, cache=mode))
+                for strategy in ("fastest", "consensus")
+                for mode in ("use", "only")
+            ]
+
+    assert results[True] == results[False]
+    assert results[False][0][0] == "openai/a"  # listed first
+    assert results[False][2][1]["answered"] == 3
+    assert fake.count() == 3
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,26 @@ async def test_if_the_first_caller_is_cancelled_the_others_still_get_the_answer(
     assert len(fake.disconnects) == 1  # the cancelled leader's request, and only it
 
 
+async def test_callers_sharing_a_failed_call_report_none_of_its_attempts_as_their_own(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """They sent nothing: the attempts summed over every result are the requests the provider received."""
+    fake.set(VENDOR, Scenario.error("server_error"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(max_attempts=2, backoff_base_s=0.001) as gw:
+        cache = gw.gateway.cache
+        leader = direct(gw)
+        await fake.wait_for_calls(1, VENDOR)
+        followers = [direct(gw) for _ in range(3)]
+        await until(lambda: cache.stats.coalesced >= 3, "the followers to wait on the leader's call")
+        release.set()
+        results = [await leader, *[await f for f in followers]]
+
+    assert {r.results[0].error.code for r in results if r.results[0].error} == {"upstream_error"}
+    assert [r.results[0].attempts for r in results] == [2, 0, 0, 0]
+    assert fake.count(VENDOR) == 2
+
+
 async def test_a_leader_with_a_short_deadline_does_not_fail_followers_with_time_left(
     open_gateway: OpenGateway, fake: CacheFake
 ) -> None:
