@@ -152,17 +152,38 @@ class ResultsFile:
     records: dict[tuple[str, int], dict[str, Any]]  # by row_key(id, sample); the first line wins
     keep_bytes: int  # the complete lines; anything after them is an interrupted write
     truncated_tail: bool
+    # The last line is a whole record without its newline (the file was edited, or copied): kept, and the
+    # next line written starts with the newline it lacks.
+    unterminated: bool = False
+
+
+_LINE_START = b'{"id":'  # how every line of a results file begins (runner.make_record puts the id first)
 
 
 def read_results(path: Path) -> ResultsFile:
-    """The finished (id, sample) records of ``path`` (absent: none). A cut-off last line is dropped."""
+    """The finished (id, sample) records of ``path`` (absent: none).
+
+    A last line without its newline is ours cut off mid-write only if it starts as our lines do; then it is
+    dropped (its query runs again). Anything else there is refused, never cut: the file may be someone's
+    notes, or another dataset, given as ``--out`` by mistake.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return ResultsFile({}, 0, False)
     except OSError as exc:
         raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})", "out") from None
-    keep = data.rfind(b"\n") + 1  # a line without its newline was cut off mid-write
+    keep = data.rfind(b"\n") + 1
+    unterminated = False
+    if data[keep:].strip() and not data[keep:].startswith(_LINE_START):
+        keep, unterminated = len(data), True  # a whole line or not ours: read (and so checked) as the others
+    elif data[keep:].startswith(_LINE_START):
+        try:
+            json.loads(data[keep:])
+        except ValueError:
+            pass  # cut off mid-write: dropped
+        else:
+            keep, unterminated = len(data), True
     records: dict[tuple[str, int], dict[str, Any]] = {}
     # b"\n" only: bytes.splitlines() also splits on a lone b"\r", which JSON allows between tokens.
     for number, raw in enumerate((line.removesuffix(b"\r") for line in data[:keep].split(b"\n")), start=1):
@@ -194,4 +215,4 @@ def read_results(path: Path) -> ResultsFile:
                 "out",
             )
         records.setdefault(row_key(row_id, sample), record)
-    return ResultsFile(records, keep, keep < len(data))
+    return ResultsFile(records, keep, keep < len(data), unterminated)

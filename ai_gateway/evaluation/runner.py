@@ -347,6 +347,8 @@ async def execute(
     todo = iter(plan.pending)
 
     with plan.out.open("a", encoding="utf-8") as out:
+        if plan.existing.unterminated:
+            out.write("\n")
 
         async def worker() -> None:
             for row, sample in todo:  # shared: each pair is taken by exactly one worker

@@ -309,6 +309,41 @@ def test_a_foreign_line_with_an_id_and_a_sample_is_not_a_results_line(
     )
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"my notes, with no newline at the end", id="notes"),
+        pytest.param(b'{"prompt": "another dataset, one line, no newline"}', id="a dataset line"),
+        pytest.param(b'{"id": 1, "sample": 0, "results": []}\nmy notes', id="notes after a results line"),
+    ],
+)
+def test_a_file_that_is_not_ours_is_never_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    """A last line without its newline was taken for our own line cut off mid-write, and cut: whatever file was
+    given as --out by mistake lost it. Only a line that starts as ours do may be dropped."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": 1, "prompt": "hello"}])
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 2
+    assert out.read_bytes() == content
+    assert "this is not a results file of ai-gateway eval (choose another --out)" in capsys.readouterr().err
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
+    """The file was edited or copied and lost its final newline: its last answer stands, and is not asked again."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": 1, "prompt": "one"}, {"id": 2, "prompt": "two"}])
+    out = tmp_path / "out.jsonl"
+    args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--no-progress")
+    assert run_cli(args, offline_setup, build_server) == 0
+    first = read_records(out)
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    data = write_jsonl(dataset, [{"id": 1, "prompt": "one"}, {"id": 2, "prompt": "two"}, {"id": 3, "prompt": "3"}])
+    assert run_cli(cli_args(str(data), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 0
+    records = read_records(out)
+    assert records[:2] == first and [r["id"] for r in records] == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------- replay and samples
 async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
                                                                   tmp_path: Path) -> None:  # fmt: skip
