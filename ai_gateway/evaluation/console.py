@@ -7,7 +7,9 @@ answer at all, 2 bad input (nothing was called), 130 interrupted (finished rows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
 
 
@@ -66,20 +69,38 @@ def run_cli(
 
         providers = (registry or Registry.from_settings)(settings, environ)
         run = functools.partial(_run_gateway, settings, providers, plan, view.update)
+    terminated = False
+
+    async def until_terminated() -> EvalSummary:
+        """SIGTERM (a scheduler, a container stopping) ends the run as Ctrl-C does: the queries in flight are
+        cancelled and the answers already written reach the cache before the process ends. Killed outright,
+        a replay would miss the answers whose lines were written but whose cache writes were still under way."""
+        main = asyncio.current_task()
+        assert main is not None
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            main.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals (Windows, not the main thread)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        return await run()
+
     try:
         with view:
-            summary = asyncio.run(run())
+            summary = asyncio.run(until_terminated())
     except EvalInputError as exc:
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         state = plan.state
         print(
-            f"ai-gateway eval: interrupted; {state.done} of {state.total} queries done and kept in {plan.out} "
-            "(run the same command again to resume)",
+            f"ai-gateway eval: {'terminated' if terminated else 'interrupted'}; {state.done} of {state.total} "
+            f"queries done and kept in {plan.out} (run the same command again to resume)",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     if args.json_summary:
         print(summary.model_dump_json(indent=2))
     else:

@@ -155,6 +155,7 @@ class ResultsFile:
     # The last line is a whole record without its newline (the file was edited, or copied): kept, and the
     # next line written starts with the newline it lacks.
     unterminated: bool = False
+    size: int = 0  # bytes when read: a run finds out whether another one wrote since
 
 
 _LINE_START = b'{"id":'  # how every line of a results file begins (runner.make_record puts the id first)
@@ -215,4 +216,4 @@ def read_results(path: Path) -> ResultsFile:
                 "out",
             )
         records.setdefault(row_key(row_id, sample), record)
-    return ResultsFile(records, keep, keep < len(data), unterminated)
+    return ResultsFile(records, keep, keep < len(data), unterminated, len(data))

@@ -18,7 +18,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not kept apart there
+    fcntl = None  # type: ignore[assignment]
 
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.dataset import EvalInputError, ResultsFile, Row, read_results, row_key
@@ -342,11 +347,12 @@ async def execute(
     config, state = plan.config, plan.state
     state.started = time.perf_counter()
     new: dict[tuple[str, int], dict[str, Any]] = {}
-    if plan.existing.truncated_tail:  # an interrupted write: drop the partial line, its query runs again
-        os.truncate(plan.out, plan.existing.keep_bytes)
     todo = iter(plan.pending)
 
     with plan.out.open("a", encoding="utf-8") as out:
+        _own(out, plan)
+        if plan.existing.truncated_tail:  # an interrupted write: drop the partial line, its query runs again
+            out.truncate(plan.existing.keep_bytes)
         if plan.existing.unterminated:
             out.write("\n")
 
@@ -375,6 +381,21 @@ async def execute(
             await asyncio.gather(*workers, return_exceptions=True)
             raise
     return summary_of(plan, new, time.perf_counter() - state.started)
+
+
+def _own(out: IO[str], plan: Plan) -> None:
+    """This run alone writes the file until it ends (a lock the system drops if the process dies), and the file
+    is as ``prepare`` read it. Two runs on one file asked every row twice and wrote every line twice; one
+    finishing between another's reading and writing would be asked again too."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise option_error(
+            "--out", f"another run is writing {plan.out}; wait for it to end, or choose another --out"
+        ) from None
+    if os.fstat(out.fileno()).st_size != plan.existing.size:
+        raise option_error("--out", f"{plan.out} changed while this run started (another run?); run it again")
 
 
 def summary_of(plan: Plan, new: dict[tuple[str, int], dict[str, Any]], elapsed_s: float) -> EvalSummary:

@@ -33,7 +33,10 @@ async def run_eval_tool(
         message = f"{state.done}/{state.total} queries, cache hits {state.cache_hits}, cost {cost}"
         await ctx.report_progress(state.done, state.total, message)
 
-    return await execute(plan, gateway_query(gateway), report)
+    try:
+        return await execute(plan, gateway_query(gateway), report)
+    except EvalInputError as exc:  # the results file, taken by another run before any query
+        raise ToolError(f"invalid argument out: {exc.detail}", log_level=QUIET) from None
 
 
 def plan_eval(gateway: Any, root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:

@@ -344,6 +344,37 @@ def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
     assert records[:2] == first and [r["id"] for r in records] == [1, 2, 3]
 
 
+async def test_two_runs_never_write_one_results_file(running: tuple[Client, Any], tmp_path: Path) -> None:
+    """Both asked every row and wrote every line; now the second is refused before it asks anything, and a run
+    prepared before another one wrote the file finds out instead of asking those rows again."""
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(3))
+    out = tmp_path / "out.jsonl"
+    config = EvalConfig(models=(A,))
+    first, second, stale = (prepare(dataset, load_dataset(dataset), config, out) for _ in range(3))
+    asked: list[str] = []
+    first_asked, release = asyncio.Event(), asyncio.Event()
+    real = gateway_query(gateway)
+
+    async def query(args: dict[str, Any]) -> dict[str, Any]:
+        asked.append(args["prompt"])
+        first_asked.set()
+        await release.wait()
+        return await real(args)
+
+    running_first = asyncio.create_task(execute(first, query))
+    await asyncio.wait_for(first_asked.wait(), 10)
+    before = len(asked)
+    with pytest.raises(EvalInputError, match=f"another run is writing {out}") as info:
+        await execute(second, query)
+    assert info.value.option == "out" and len(asked) == before  # the second asked nothing
+    release.set()
+    assert (await running_first).ran == 3
+    with pytest.raises(EvalInputError, match="changed while this run started"):
+        await execute(stale, query)
+    assert len(asked) == 3 and len(read_records(out)) == 3
+
+
 # ---------------------------------------------------------------------------- replay and samples
 async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple[Client, Any], fake: GatedFake,
                                                                   tmp_path: Path) -> None:  # fmt: skip
@@ -711,7 +742,16 @@ def test_an_eval_dir_that_is_not_a_directory_is_refused_at_start(tmp_path: Path)
 
 
 # ---------------------------------------------------------------------------- the CLI as a process
-async def test_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+async def test_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(
+    tmp_path: Path, signum: signal.Signals, code: int, word: str
+) -> None:
+    """SIGTERM (a scheduler, a container stopping) ends the run as Ctrl-C does: it used to kill the process with
+    no word, before the cache writes of the lines already written were done (a later replay missed them)."""
     write_jsonl(tmp_path / "data.jsonl", slow_rows())
     argv = ["eval", "data.jsonl", "--models", A, "--concurrency", "2", "--cache", "bypass", "--out", "out.jsonl"]
     async with PromptGatedFake() as fake:
@@ -722,13 +762,13 @@ async def test_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(tmp_path: Path
         )  # fmt: skip
         try:
             await fake.wait_until(lambda: fake.held == 2, "two slow rows held", timeout=30)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             async with asyncio.timeout(30):
                 _, err = await proc.communicate()
         finally:
             await stop_process(proc)
-        assert proc.returncode == 130, err.decode()
-        assert "interrupted; 6 of 10 queries done and kept in out.jsonl" in err.decode()
+        assert proc.returncode == code, err.decode()
+        assert f"{word}; 6 of 10 queries done and kept in out.jsonl" in err.decode()
         assert "Traceback" not in err.decode()
         assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == [1, 2, 3, 4, 5, 6]
 
