@@ -31,6 +31,7 @@ from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_WRITE_FAILED = 3
 EXIT_TERMINATED = 128 + signal.SIGTERM
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
 
@@ -93,6 +94,15 @@ def run_cli(
     except EvalInputError as exc:
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # the results file could not be opened or written (disk full, permissions)
+        state = plan.state
+        print(
+            f"ai-gateway eval: cannot write {plan.out} ({exc.strerror or type(exc).__name__}); {state.done} of "
+            f"{state.total} queries done and kept there; free the space (or fix the permission) and run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_WRITE_FAILED
     except (KeyboardInterrupt, asyncio.CancelledError):
         state = plan.state
         print(

@@ -166,6 +166,10 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
     if out.resolve() == dataset.resolve():
         raise option_error("--out", "must not be the dataset itself")
     existing = read_results(out)
+    # Every line, not only those of this dataset's rows: one file never holds two setups' answers.
+    for record in existing.records.values():
+        _check_compatible(out, record, config)
+        _check_same_sampling(out, record, record["sample"], config)
     pending: list[tuple[Row, int]] = []
     for row in rows:
         for sample in range(config.samples):
@@ -173,8 +177,6 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
             if record is None:
                 pending.append((row, sample))
             else:
-                _check_compatible(out, record, config)
-                _check_same_sampling(out, record, sample, config)
                 _check_same_question(out, record, row)
     queries = len(rows) * config.samples
     return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))

@@ -229,6 +229,12 @@ async def test_resuming_with_another_setup_is_refused(running: tuple[Client, Any
     with pytest.raises(EvalInputError, match="already holds results of another setup") as info:
         await evaluate(gateway, dataset, out, [A, B], strategy="consensus")
     assert info.value.option == "out"
+    # Another dataset (no id in common) is no way around it: the file would hold two setups' answers.
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x1", "prompt": "another question"}])
+    for options in ({"strategy": "consensus"}, {"temperature": 0.5}):
+        with pytest.raises(EvalInputError, match=r"another setup|was written with --temperature"):
+            await evaluate(gateway, other, out, [A, B], **options)
+    assert len(read_records(out)) == 2
     write_jsonl(out, ["not json at all"])
     with pytest.raises(EvalInputError, match="line 1: not valid JSON"):
         await evaluate(gateway, dataset, out, [A, B])
@@ -613,6 +619,35 @@ def test_cli_bad_line_exits_2_before_any_call(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "line 3: field 'messages[0].content' must be a non-empty string" in err
     assert built == [] and not (tmp_path / "o.jsonl").exists()  # no server was even built
+
+
+def test_cli_a_results_file_that_cannot_be_written_is_named_with_what_was_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk ended the run with a traceback and exit 1 (which means "some query unanswered")."""
+    import ai_gateway.evaluation.runner as runner
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(1, 6)])
+    out = tmp_path / "out.jsonl"
+    written = 0
+    real = runner._dumps
+
+    def dumps(record: dict[str, Any]) -> str:
+        nonlocal written
+        if written == 2:
+            raise OSError(28, "No space left on device")
+        written += 1
+        return real(record)
+
+    monkeypatch.setattr(runner, "_dumps", dumps)
+    args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--no-progress", "--concurrency", "1")
+    assert run_cli(args, offline_setup, build_server) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        f"ai-gateway eval: cannot write {out} (No space left on device); 2 of 5 queries done and kept there; free the "
+        "space (or fix the permission) and run the same command again to resume\n"
+    )
+    assert len(read_records(out)) == 2
 
 
 def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
