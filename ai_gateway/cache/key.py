@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ai_gateway.types import ChatRequest
 
@@ -39,7 +41,7 @@ def canonical(
     payload = {
         "schema": KEY_SCHEMA,
         "provider": provider,
-        "base_url": base_url,
+        "base_url": _keyable(base_url),
         "model": model,
         "system": request.system,
         "messages": [[m.role, m.content] for m in request.messages],
@@ -49,6 +51,22 @@ def canonical(
     if options:  # only when set: a provider without options keeps the keys it had before options joined them
         payload["options"] = dict(options)
     return _encode(payload)
+
+
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+
+
+def _keyable(base_url: str) -> str:
+    """The base URL without what may be a credential: a user:password before the host, or the value of a query
+    parameter named like one (``?api-key=``). The rest still tells one endpoint from another."""
+    if "@" not in base_url and "?" not in base_url:
+        return base_url
+    parts = urlsplit(base_url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode(
+        [(name, "" if _SECRET_PARAM.search(name) else value) for name, value in parse_qsl(parts.query, True)]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _number(value: object) -> object:

@@ -151,6 +151,24 @@ def test_every_option_but_the_declared_ones_is_cache_material() -> None:
     }
 
 
+def test_a_credential_in_the_base_url_is_no_part_of_the_key() -> None:
+    """A proxy reached as https://user:token@host or with ?api-key=... must not hash its credential into keys."""
+    args = ("openai", BASE["model"], BASE_REQUEST, 0)
+    forms = {
+        url: canonical(args[0], url, *args[1:])
+        for url in (
+            "https://user:sk-secret-1@proxy.example/v1",
+            "https://user:sk-secret-2@proxy.example/v1",
+            "https://proxy.example/v1?api-key=sk-secret-1&api-version=2024-06-01",
+        )
+    }
+    assert not any("sk-secret" in text for text in forms.values())
+    first, second, query = forms.values()
+    assert first == second  # another token, the same endpoint: the same entries
+    assert '"base_url":"https://proxy.example/v1?api-key=&api-version=2024-06-01"' in query
+    assert canonical("openai", "https://proxy.example/v1?api-version=2025-01-01", *args[1:]) != query
+
+
 def test_the_canonical_form_holds_no_api_key() -> None:
     text = canonical("openai", "http://x/v1", "m", BASE_REQUEST, 0)
     assert "key" not in text.lower()
