@@ -308,9 +308,7 @@ class Dispatcher:
         # Waited for another caller's answer (or error): its attempts were that caller's, not this one's;
         # an answer cost this caller nothing, like a cache hit.
         now = self.clock()
-        return replace(
-            outcome, attempts=0, cached=outcome.ok, latency_s=now - started, finished_at=now, hedge=hedge
-        )
+        return replace(outcome, attempts=0, cached=outcome.ok, latency_s=now - started, finished_at=now, hedge=hedge)
 
     def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
         now = self.clock()
