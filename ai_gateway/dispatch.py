@@ -185,11 +185,7 @@ class Dispatcher:
         started = self.clock()
         keys = {}
         for position, target in enumerate(targets):
-            adapter = target.adapter
-            key = store.key_for(
-                target.provider, adapter.config.base_url, target.model, request, policy, adapter.cache_options()
-            )
-            if key is not None:
+            if (key := _key(store, target, request, policy)) is not None:
                 keys[position] = key
         if not keys:
             return {}
@@ -227,10 +223,7 @@ class Dispatcher:
         store = self.cache
         key = None
         if store is not None:
-            adapter = target.adapter
-            key = store.key_for(
-                target.provider, adapter.config.base_url, target.model, request, policy, adapter.cache_options()
-            )
+            key = _key(store, target, request, policy)
         started = self.clock()
         if store is None or key is None:
             if policy.mode == "only":
@@ -446,6 +439,13 @@ class Dispatcher:
             raise
         finally:
             breaker.release(trial, result, error)
+
+
+def _key(store: ResponseCache, target: ModelTarget, request: ChatRequest, policy: CachePolicy) -> str | None:
+    adapter = target.adapter
+    return store.key_for(
+        target.provider, adapter.config.base_url, target.model, request, policy, adapter.cache_options()
+    )
 
 
 @dataclass(frozen=True, slots=True)
