@@ -1,9 +1,12 @@
 """Answer normalisation and vote counting for the consensus strategy.
 
 Two answers agree when their normalised forms are equal. Normalising folds
-case and Unicode forms, drops Markdown emphasis, a leading "The answer is" (or
-"Answer:", "Final answer:"...), punctuation around and inside words, and writes
-numbers canonically ("4.0", "4", "four" and "**4.**" agree; "1,000" is "1000").
+case and Unicode forms, drops Markdown markup, a leading "The answer is" (or
+"Answer:", "Final answer:"...), quotes, brackets and sentence punctuation around
+words, and writes numbers canonically ("4.0", "4", "four" and "**4.**" agree;
+"1,000" is "1000"). It never drops a symbol an answer can be made of: "C++" and
+"C", "10%" and "10", "2+2" and "22" stay apart (a false agreement is a false
+consensus, and a false grade in an evaluation).
 
 Ordering rule (documented in docs/strategies.md): groups are ranked by votes,
 most first; equal votes are ranked by the request position of the group's
@@ -15,7 +18,6 @@ majority of the successful answers, so a tie at the top is never a consensus.
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -25,13 +27,16 @@ _LEADING = re.compile(
     r"^(?:(?:so|thus|therefore|hence)[,:]?\s+)?(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|result)"
     r"(?:\s+is|\s*[:=])\s*"
 )
-_MARKDOWN = re.compile(r"[*_`#]+")
-_EDGE_PUNCT = string.punctuation + "“”‘’«»¿¡…–—"
-# A leading sign or decimal point belongs to a number ("-4", ".5"), so those survive.
-_LEADING_PUNCT = _EDGE_PUNCT.replace("-", "").replace("+", "").replace(".", "")
-_FRACTION = re.compile(r"^\d+/\d+$")
-_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
-_INNER_PUNCT = re.compile(r"[^\w]+")
+# Markup that starts a line (a heading, a quote, a bullet) says nothing about the answer.
+_LINE_MARKUP = re.compile(r"^[ \t]*(?:#{1,6}|>|[-*+\u2022])[ \t]+", re.MULTILINE)
+# What may wrap a word without being part of it: quotes and brackets, Markdown emphasis and code marks, and
+# (after it) sentence punctuation. Symbols that can be part of an answer ("C++", "C#", "10%", "2+2", "x/2",
+# "e^x", "-4") are never in these sets, so answers that differ by them never agree.
+_EMPHASIS = "*_~`"
+_OPENERS = "\"'“‘«‹([{<¿¡" + _EMPHASIS
+_CLOSERS = "\"'”’»›)]}>.,;:!?…" + _EMPHASIS
+_APOSTROPHES = re.compile(r"(?<=\w)['’](?=\w)")  # "it's" is "its": an apostrophe inside a word
+_FOLD = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
 _NUMBER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[-+]?\.\d+$")
 _WORDS = {
     word: str(value)
@@ -80,25 +85,17 @@ def _normalise_short(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_MINUS_SIGNS)
-    folded = _MARKDOWN.sub("", folded).strip()
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_FOLD)
+    folded = _LINE_MARKUP.sub("", folded).strip()
     previous = None
     while previous != folded:  # "Answer: the answer is 4" loses both prefixes
         previous = folded
-        folded = _LEADING.sub("", folded, count=1).strip()
+        folded = _LEADING.sub("", folded.lstrip(_EMPHASIS + " "), count=1).strip()
     tokens = []
     for raw in folded.split():
-        number = _canonical_number(raw.rstrip(_EDGE_PUNCT).lstrip(_LEADING_PUNCT))
-        if number is not None:
-            tokens.append(number)
-            continue
-        stripped = raw.strip(_EDGE_PUNCT)
-        if _FRACTION.match(stripped):  # "3/4" must not become "34"
-            tokens.append(stripped)
-            continue
-        cleaned = _INNER_PUNCT.sub("", stripped)
-        if cleaned:
-            tokens.append(cleaned)
+        word = _APOSTROPHES.sub("", raw.lstrip(_OPENERS).rstrip(_CLOSERS))
+        if word:
+            tokens.append(_canonical_number(word) or word)
     return " ".join(tokens)
 
 

@@ -28,6 +28,14 @@ from ai_gateway.strategies.voting import Tally, normalise
         (".5", "0.5"),
         ("\u22124", "-4"),
         ("3/4.", "3/4"),
+        ("4", "**The answer is:** 4"),
+        ("Paris", "# Paris"),
+        ("Paris", "- Paris"),
+        ("Paris", "> _Paris_"),
+        ("B", "(B)"),
+        ("x", "`x`"),
+        ("C++", "The answer is C++."),
+        ("snake_case", "`snake_case`"),
     ],
 )
 def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
@@ -47,6 +55,16 @@ def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
         (".5", "5"),
         ("\u22124", "4"),  # a Unicode minus sign is still a minus
         ("3/4", "34"),
+        # A symbol that is part of the answer is never dropped: these would be false agreements.
+        ("C++", "C"),
+        ("C#", "C"),
+        ("10%", "10"),
+        ("2+2", "22"),
+        ("2 + 2", "2 - 2"),
+        ("x/2", "x2"),
+        ("e^x", "ex"),
+        ("2*3", "23"),
+        ("$5", "5"),
     ],
 )
 def test_different_answers_stay_apart(a: str, b: str) -> None:
