@@ -12,10 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ai_gateway.strategies.voting import normalise
 from ai_gateway.types import broken_character
 
 ROLES = ("system", "user", "assistant")
 RowId = str | int
+QUESTION_FIELDS = ("prompt", "messages", "system")
+# query_models arguments that are the run's options, the same for every row: one given per row would not be used.
+RUN_OPTIONS = {
+    "models": "--models",
+    "strategy": "--strategy",
+    "temperature": "--temperature",
+    "sample": "--samples",
+    "samples": "--samples",
+    "cache": "--cache",
+    "timeout_s": "--timeout",
+    "max_tokens": None,
+    "hedge_after_s": None,
+}
 
 
 class EvalInputError(ValueError):
@@ -38,6 +52,17 @@ class Row:
     prompt: str | None
     messages: tuple[dict[str, str], ...] | None  # [{role, content}] exactly as given
     expected: str | None
+    system: str | None = None
+    # Every other field of the line, as given (a category, a source...): copied to each of its results lines.
+    meta: dict[str, Any] | None = None
+
+    def question(self) -> dict[str, Any]:
+        """What the row asks, as a results line records it: ``prompt`` or ``messages``, and ``system`` if given."""
+        asked: dict[str, Any]
+        asked = {"prompt": self.prompt} if self.prompt is not None else {"messages": list(self.messages or ())}
+        if self.system is not None:
+            asked["system"] = self.system
+        return asked
 
 
 def row_key(row_id: RowId, sample: int) -> tuple[str, int]:
@@ -57,7 +82,7 @@ def jsonl_lines(text: str) -> list[str]:
 def load_dataset(path: Path) -> list[Row]:
     """Every row of a JSONL dataset, or an EvalInputError for the first bad line (blank lines skipped)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not a line
     except FileNotFoundError:
         raise EvalInputError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
@@ -105,12 +130,41 @@ def _parse_row(path: Path, number: int, line: str) -> Row:
         raise EvalInputError(f"{where}: field 'id' must be a non-empty string or an integer, got {row_id!r}")
     if isinstance(row_id, str):
         _check_unicode(where, "id", row_id)
-    expected = data.get("expected")
-    if expected is not None and not isinstance(expected, str):
+    system = data.get("system")
+    if system is not None and (not isinstance(system, str) or not system.strip()):
+        raise EvalInputError(f"{where}: field 'system' must be a non-empty string (omit it for no system prompt)")
+    if system is not None:
+        _check_unicode(where, "system", system)
+    expected = _parse_expected(where, data.get("expected"))
+    for name in data.keys() & RUN_OPTIONS.keys():
+        option = RUN_OPTIONS[name]
+        how = f"set it for the whole run with {option}" if option else "the run sends none"
+        raise EvalInputError(
+            f"{where}: field {name!r} is a query option, not a dataset field: every row is asked with the run's "
+            f"options ({how}); remove it from the dataset, or split the rows that need another value into their "
+            "own dataset and run"
+        )
+    meta = {name: value for name, value in data.items() if name not in _ROW_FIELDS}
+    return Row(row_id, number, prompt, turns, expected, system, meta or None)
+
+
+_ROW_FIELDS = {"id", "expected", *QUESTION_FIELDS}
+
+
+def _parse_expected(where: str, expected: Any) -> str | None:
+    if expected is None:
+        return None
+    if not isinstance(expected, str):
         raise EvalInputError(f"{where}: field 'expected' must be a string, got {type(expected).__name__}")
-    if expected is not None:
-        _check_unicode(where, "expected", expected)
-    return Row(row_id, number, prompt, turns, expected)
+    _check_unicode(where, "expected", expected)
+    if not normalise(expected):
+        # Nothing to compare: every answer would be graded wrong (or, normalised to nothing too, right).
+        raise EvalInputError(
+            f"{where}: field 'expected' is {json.dumps(expected, ensure_ascii=False)}, which leaves nothing to "
+            "compare an answer with (punctuation and Markdown do not count); give the answer, or omit 'expected' "
+            "to leave the row ungraded"
+        )
+    return expected
 
 
 def _parse_messages(where: str, messages: Any) -> tuple[dict[str, str], ...]:

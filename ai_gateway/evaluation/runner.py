@@ -26,7 +26,14 @@ except ImportError:  # not POSIX (Windows): runs are not kept apart there
     fcntl = None  # type: ignore[assignment]
 
 from ai_gateway.errors import InvalidArgument
-from ai_gateway.evaluation.dataset import EvalInputError, ResultsFile, Row, read_results, row_key
+from ai_gateway.evaluation.dataset import (
+    QUESTION_FIELDS,
+    EvalInputError,
+    ResultsFile,
+    Row,
+    read_results,
+    row_key,
+)
 from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
 from ai_gateway.strategies import STRATEGIES
 from ai_gateway.strategies.voting import normalise
@@ -225,15 +232,17 @@ def _setting(value: Any, unset: str = "unset") -> str:
 
 def _check_same_question(out: Path, record: dict[str, Any], row: Row) -> None:
     """A done line is the answer to the question it recorded, not to whatever row has its id now: a row inserted
-    above rows with default (line-number) ids, or an edited prompt, would otherwise get another question's answer."""
-    field, asked = ("prompt", row.prompt) if row.prompt is not None else ("messages", list(row.messages or ()))
-    recorded = {name: record[name] for name in ("prompt", "messages") if name in record}  # none in older lines
-    if recorded and recorded != {field: asked}:
+    above rows with default (line-number) ids, or an edited prompt or system prompt, would otherwise get another
+    question's answer."""
+    recorded = {name: record[name] for name in QUESTION_FIELDS if name in record}  # none in older lines
+    asked = row.question()
+    if recorded and recorded != asked:
         was = ", ".join(f"{name} {_excerpt(value)}" for name, value in recorded.items())
+        now = ", ".join(f"{name} {_excerpt(value)}" for name, value in asked.items())
         raise option_error(
             "--out",
             f"{out} holds an answer to another question for id {json.dumps(row.id, ensure_ascii=False)} "
-            f"(dataset line {row.line}): it was asked {was}, the row now asks {field} {_excerpt(asked)}; the "
+            f"(dataset line {row.line}): it was asked {was}, the row now asks {now}; the "
             "dataset changed since those results were written. Rerun with the dataset the results came from, "
             "or choose another --out",
         )
@@ -246,7 +255,7 @@ def _excerpt(value: Any, limit: int = 60) -> str:
 
 def query_arguments(row: Row, sample: int, config: EvalConfig) -> dict[str, Any]:
     """The query_models arguments for one (row, sample); identical on every run with the same options."""
-    args: dict[str, Any] = {"prompt": row.prompt} if row.prompt is not None else {"messages": list(row.messages or ())}
+    args = row.question()
     args["models"] = list(config.models)
     args["strategy"] = config.strategy
     args["cache"] = config.cache
@@ -295,12 +304,9 @@ def tool_query(client: Any) -> QueryFn:
 def make_record(row: Row, sample: int, config: EvalConfig, result: dict[str, Any] | None,
                 failure: QueryFailed | None = None) -> dict[str, Any]:  # fmt: skip
     """One line of the results file."""
-    record: dict[str, Any] = {"id": row.id, "sample": sample}
-    if row.prompt is not None:
-        record["prompt"] = row.prompt
-    else:
-        record["messages"] = list(row.messages or ())
-    record["expected"] = row.expected
+    record: dict[str, Any] = {"id": row.id, "sample": sample, **row.question(), "expected": row.expected}
+    if row.meta is not None:
+        record["meta"] = row.meta
     record["strategy"] = config.strategy
     # As sent: a resume checks them, so one file never mixes temperatures or cache entries of a sample.
     record["temperature"] = config.temperature

@@ -569,6 +569,16 @@ async def test_resuming_with_another_temperature_or_sample_index_is_refused(
         ('{"messages": [{"role": "user", "content": "\\udc00"}]}', "line 2: field 'messages[0].content' is not valid"),
         ('{"prompt": "a", "id": "q\\ud83d"}', "line 2: field 'id' is not valid Unicode (a lone surrogate, \\ud83d"),
         ('{"prompt": "a", "expected": "\\ude00!"}', "line 2: field 'expected' is not valid Unicode"),
+        # Nothing to compare with: every answer would be graded wrong, or right if it normalised to nothing too.
+        ('{"prompt": "a", "expected": ""}', "line 2: field 'expected' is \"\", which leaves nothing to compare"),
+        ('{"prompt": "a", "expected": " **. "}', "line 2: field 'expected' is \" **. \", which leaves nothing"),
+        ('{"prompt": "a", "system": ""}', "line 2: field 'system' must be a non-empty string"),
+        ('{"prompt": "a", "system": ["be brief"]}', "line 2: field 'system' must be a non-empty string"),
+        ('{"prompt": "a", "system": "\\ud83d"}', "line 2: field 'system' is not valid Unicode"),
+        # A per-row query option would be silently unused: the run's options apply to every row.
+        ('{"prompt": "a", "temperature": 0.2}', "line 2: field 'temperature' is a query option, not a dataset field"),
+        ('{"prompt": "a", "max_tokens": 5}', "line 2: field 'max_tokens' is a query option"),
+        ('{"prompt": "a", "models": ["x/y"]}', "line 2: field 'models' is a query option"),
     ],
 )
 def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
@@ -595,6 +605,46 @@ async def test_unicode_line_separators_inside_strings_do_not_end_a_line(running:
     out.write_bytes(out.read_bytes().replace(b',"sample":', b',\r"sample":'))  # JSON whitespace inside a line
     again = await evaluate(gateway, dataset, out, [A])
     assert (again.resumed, again.ran, again.done) == (3, 0, 3)
+
+
+async def test_a_rows_system_prompt_is_sent_and_its_other_fields_are_kept(
+    running: tuple[Client, Any], fake: GatedFake, tmp_path: Path
+) -> None:
+    """Nothing a row gives is dropped: ``system`` is sent with its question, every other field is copied to its
+    results lines (``meta``), so results can be sliced by a dataset's own columns."""
+    _, gateway = running
+    rows = [
+        {"id": "s1", "prompt": "capital of France", "system": "Answer in one word.", "category": "geo", "level": 2},
+        {"id": "s2", "prompt": "capital of Spain", "source": {"book": "atlas", "page": 7}},
+    ]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A])
+
+    sent = {call.body["messages"][-1]["content"]: call.body["messages"] for call in fake.calls_for("ev-a")}
+    assert sent["capital of France"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "capital of France"},
+    ]
+    assert sent["capital of Spain"] == [{"role": "user", "content": "capital of Spain"}]
+    records = {r["id"]: r for r in read_records(out)}
+    assert (records["s1"]["system"], records["s1"]["meta"]) == ("Answer in one word.", {"category": "geo", "level": 2})
+    assert "system" not in records["s2"] and records["s2"]["meta"] == {"source": {"book": "atlas", "page": 7}}
+
+    # The system prompt is part of the question: another one is another question, not a resume.
+    rows[0]["system"] = "Answer in French."
+    write_jsonl(dataset, rows)
+    with pytest.raises(EvalInputError) as info:
+        await evaluate(gateway, dataset, out, [A])
+    assert 'it was asked prompt "capital of France", system "Answer in one word."' in str(info.value)
+    assert 'now asks prompt "capital of France", system "Answer in French."' in str(info.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte-order mark; it must not make line 1 bad JSON."""
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_bytes(b"\xef\xbb\xbf" + b'{"id": "first", "prompt": "hi"}\n{"prompt": "there"}\n')
+    assert [(row.id, row.prompt) for row in load_dataset(dataset)] == [("first", "hi"), (2, "there")]
 
 
 def test_an_escaped_surrogate_pair_is_one_character(tmp_path: Path) -> None:
