@@ -175,6 +175,8 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float)
     ev.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per query, in seconds")
     ev.add_argument("--out", "-o", required=True, help="results JSONL (appended to; a rerun resumes)")
+    ev.add_argument("--retry-failed", action="store_true",
+                    help="ask again the queries in --out that no model answered")  # fmt: skip
     ev.add_argument("--json-summary", action="store_true", help="print the summary as JSON instead of a table")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.add_argument("--via", choices=("gateway", "tool"), default="gateway",

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from ai_gateway import __version__
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
+from ai_gateway.evaluation.runner import MAX_SAMPLES
 from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway, running_gateway
 from ai_gateway.registry import Registry
@@ -189,7 +190,9 @@ def build_server(
         models: Annotated[list[str], Field(description="Model ids as provider/model.", min_length=1)],
         ctx: Context,
         strategy: StrategyName = "first_available",
-        samples: Annotated[int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1)] = 1,
+        samples: Annotated[
+            int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1, le=MAX_SAMPLES)
+        ] = 1,
         concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256)] = 4,
         cache: Literal["use", "refresh", "bypass", "only"] = "use",
         out: Annotated[
@@ -201,6 +204,9 @@ def build_server(
         ] = None,
         temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
         timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0)] = None,
+        retry_failed: Annotated[
+            bool, Field(description="Ask again the queries of the results file that no model answered.")
+        ] = False,
     ) -> EvalSummary:
         """Run every row of a JSONL dataset (prompt or messages, optional id and expected) through the gateway.
 
@@ -212,6 +218,7 @@ def build_server(
         return await run_eval_tool(
             holder.get(), ctx, root=eval_root, path=path, out=out, models=models, strategy=strategy, samples=samples,
             concurrency=concurrency, cache=cache, temperature=temperature, timeout_s=timeout_s,
+            retry_failed=retry_failed,
         )  # fmt: skip
 
     # -- run_eval -------------------------------------------------------------------------- end

@@ -53,6 +53,7 @@ def run_cli(
             cache=args.cache,
             temperature=args.temperature,
             timeout_s=args.timeout_s,
+            retry_failed=args.retry_failed,
         )
         dataset = Path(args.dataset)
         plan = prepare(dataset, load_dataset(dataset), config, Path(args.out))
@@ -60,6 +61,15 @@ def run_cli(
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     settings, environ = setup(args)
+    if config.cache == "only" and not settings.redis_url:
+        print(
+            "ai-gateway eval: --cache only replays answers from a cache that outlives a process, and "
+            "AI_GATEWAY_REDIS_URL is not set: this process's embedded cache starts empty, so every query would be "
+            "a cache_miss. Set AI_GATEWAY_REDIS_URL to the Redis the run filled (or replay with run_eval on the "
+            "server that ran it)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     # --no-progress (scripted runs): no bar, and rich (~40 ms of start-up) is never imported.
     view = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
     # Built before the progress bar shows: a bad provider configuration exits with its message first.
@@ -292,6 +302,8 @@ def print_summary(summary: EvalSummary) -> None:
         lines.append("  (set prices for models with none in AI_GATEWAY_MODEL_PRICES: see docs/configuration.md)")
     lines.append(f"time: {summary.elapsed_s:.2f}s{rate}")
     lines.append(f"results: {summary.results_path}")
+    if summary.unanswered:
+        lines.append(f"to ask the {summary.unanswered} with no answer again: the same command with --retry-failed")
     for line in lines:
         console.print(line, highlight=False, markup=False)
 

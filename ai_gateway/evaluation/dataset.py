@@ -65,6 +65,11 @@ class Row:
         return asked
 
 
+def answered(record: dict[str, Any]) -> bool:
+    """Some model answered the line's query (with consensus, whether or not they agreed)."""
+    return any(r.get("status") == "ok" for r in record["results"])
+
+
 def row_key(row_id: RowId, sample: int) -> tuple[str, int]:
     """(id, sample) as a dictionary key; the JSON form keeps 7 and "7" apart."""
     return json.dumps(row_id, ensure_ascii=False), sample
@@ -203,7 +208,8 @@ def _check_unicode(where: str, field: str, text: str) -> None:
 class ResultsFile:
     """What an earlier run left in the results file."""
 
-    records: dict[tuple[str, int], dict[str, Any]]  # by row_key(id, sample); the first line wins
+    # By row_key(id, sample). The last line wins: a query asked again (--retry-failed) appends its new line.
+    records: dict[tuple[str, int], dict[str, Any]]
     keep_bytes: int  # the complete lines; anything after them is an interrupted write
     truncated_tail: bool
     # The last line is a whole record without its newline (the file was edited, or copied): kept, and the
@@ -216,7 +222,7 @@ _LINE_START = b'{"id":'  # how every line of a results file begins (runner.make_
 
 
 def read_results(path: Path) -> ResultsFile:
-    """The finished (id, sample) records of ``path`` (absent: none).
+    """The finished (id, sample) records of ``path`` (absent: none); of two lines for one, the later.
 
     A last line without its newline is ours cut off mid-write only if it starts as our lines do; then it is
     dropped (its query runs again). Anything else there is refused, never cut: the file may be someone's
@@ -269,5 +275,5 @@ def read_results(path: Path) -> ResultsFile:
                 "of ai-gateway eval (choose another --out)",
                 "out",
             )
-        records.setdefault(row_key(row_id, sample), record)
+        records[row_key(row_id, sample)] = record
     return ResultsFile(records, keep, keep < len(data), unterminated, len(data))

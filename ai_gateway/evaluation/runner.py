@@ -31,6 +31,7 @@ from ai_gateway.evaluation.dataset import (
     EvalInputError,
     ResultsFile,
     Row,
+    answered,
     read_results,
     row_key,
 )
@@ -39,6 +40,7 @@ from ai_gateway.strategies import STRATEGIES
 from ai_gateway.strategies.voting import normalise
 
 CACHE_MODES = ("use", "refresh", "bypass", "only")
+MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -61,6 +63,7 @@ class EvalConfig:
     cache: str = "use"
     temperature: float | None = None
     timeout_s: float | None = None
+    retry_failed: bool = False  # ask again the queries no model answered (their new lines supersede the old)
 
     def sample_arg(self, index: int) -> int | None:
         """The ``sample`` sent for sample ``index``: a function of the index and the temperature only, never of
@@ -82,8 +85,8 @@ class EvalConfig:
             raise bad("--models", "name at least one model as provider/model")
         if self.strategy not in STRATEGIES:
             raise bad("--strategy", f"must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-        if self.samples < 1:
-            raise bad("--samples", f"must be 1 or more; got {self.samples}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise bad("--samples", f"must lie between 1 and {MAX_SAMPLES:,}; got {self.samples:,}")
         if self.concurrency < 1:
             raise bad("--concurrency", f"must be 1 or more; got {self.concurrency}")
         if self.cache not in CACHE_MODES:
@@ -181,10 +184,10 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
     for row in rows:
         for sample in range(config.samples):
             record = existing.records.get(row_key(row.id, sample))
-            if record is None:
-                pending.append((row, sample))
-            else:
+            if record is not None:
                 _check_same_question(out, record, row)
+            if record is None or (config.retry_failed and not answered(record)):
+                pending.append((row, sample))
     queries = len(rows) * config.samples
     return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ async def run_eval_tool(
     gateway: Any, ctx: Any, *, root: Path, path: str, out: str | None, **options: Any
 ) -> EvalSummary:
     """Check everything (paths inside ``root``, relative ones starting there), then run and summarise."""
-    plan = plan_eval(gateway, root, path, out, options)
+    # Off the loop: reading and checking a big dataset and results file takes seconds, in which the server would
+    # answer no other call.
+    plan = await asyncio.to_thread(plan_eval, root, path, out, options)
+    try:
+        check_models(gateway, plan.config)
+    except EvalInputError as exc:
+        raise _argument_error(exc) from None
 
     async def report(state: RunState) -> None:
         cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)
@@ -39,7 +46,7 @@ async def run_eval_tool(
         raise ToolError(f"invalid argument out: {exc.detail}", log_level=QUIET) from None
 
 
-def plan_eval(gateway: Any, root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:
+def plan_eval(root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:
     """The checked plan, or a ToolError naming the argument at fault. Nothing is called yet."""
     dataset = _inside(root, path, "path")
     if not dataset.is_file():
@@ -49,12 +56,14 @@ def plan_eval(gateway: Any, root: Path, path: str, out: str | None, options: dic
         raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist", log_level=QUIET)
     try:
         config = EvalConfig(models=tuple(options.pop("models")), **options)
-        plan = prepare(dataset, load_dataset(dataset), config, out_path)
-        check_models(gateway, config)
+        return prepare(dataset, load_dataset(dataset), config, out_path)
     except EvalInputError as exc:
-        field = _FIELDS.get(exc.option, exc.option)
-        raise ToolError(f"invalid argument {field}: {exc.detail}", log_level=QUIET) from None
-    return plan
+        raise _argument_error(exc) from None
+
+
+def _argument_error(exc: EvalInputError) -> ToolError:
+    field = _FIELDS.get(exc.option, exc.option)
+    return ToolError(f"invalid argument {field}: {exc.detail}", log_level=QUIET)
 
 
 def _inside(root: Path, given: str, argument: str) -> Path:

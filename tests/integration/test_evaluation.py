@@ -169,6 +169,54 @@ async def test_errors_and_cache_hits_are_counted_per_model(running: tuple[Client
     assert fake.count("ev-b") == 4  # the second run's answers all came from the cache
 
 
+class DownFake(GatedFake):
+    """While ``down``, every model fails (401, which neither retries nor trips a breaker) the prompts starting with
+    "down", and ev-a those starting with "half"; the others are echoed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def _answer(self, request: Any, dialect: str, model: str, body: Any, call: Any) -> Any:
+        prompt = body["messages"][-1]["content"]
+        failing = self.down and (prompt.startswith("down") or (prompt.startswith("half") and model == "ev-a"))
+        self._scenarios[model] = Scenario.error("auth") if failing else Scenario()  # read before the first await
+        return await super()._answer(request, dialect, model, body, call)
+
+
+async def test_retry_failed_asks_again_only_the_queries_no_model_answered(tmp_path: Path) -> None:
+    """A resume skips every query in the file, failed ones too (a run must not re-bill an outage's rows without
+    being asked); ``retry_failed`` asks again those no model answered, and their new lines supersede the old."""
+    rows = [{"id": f"r{i}", "prompt": f"{'down' if i < 3 else 'up'} {i}"} for i in range(6)]
+    rows.append({"id": "half", "prompt": "half: only B answers"})  # one model answered: answered, never retried
+    async with DownFake() as fake:
+        server = build_server(Settings(_env_file=None), provider_env(fake.url))
+        async with Client(server):
+            gateway = lifespan_gateway(server)
+            dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+            out = tmp_path / "out.jsonl"
+            first = await evaluate(gateway, dataset, out, [A, B], strategy="consensus")
+            assert (first.answered, first.unanswered) == (4, 3)
+
+            calls = fake.count()
+            fake.down = False
+            again = await evaluate(gateway, dataset, out, [A, B], strategy="consensus")
+            assert (again.resumed, again.ran, again.unanswered, fake.count()) == (7, 0, 3, calls)
+
+            retried = await evaluate(gateway, dataset, out, [A, B], strategy="consensus", retry_failed=True)
+            assert (retried.resumed, retried.ran, retried.answered, retried.unanswered) == (4, 3, 7, 0)
+            assert fake.count() == calls + 2 * 3  # two models, the three failed queries
+            lines = read_records(out)
+            assert len(lines) == 10
+            assert sorted(r["id"] for r in lines[7:]) == ["r0", "r1", "r2"]
+            assert all(r["answer"] == r["prompt"] for r in lines[7:])
+
+            # Two lines for a query now: the later one counts, on every later run, and nothing is asked again.
+            later = await evaluate(gateway, dataset, out, [A, B], strategy="consensus", retry_failed=True)
+            assert (later.resumed, later.ran, later.answered, later.unanswered) == (7, 0, 7, 0)
+            assert fake.count() == calls + 6
+
+
 async def test_the_tool_path_gives_the_same_records(running: tuple[Client, Any], fake: GatedFake,
                                                    tmp_path: Path) -> None:  # fmt: skip
     client, gateway = running
@@ -716,6 +764,18 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert run("mock/fail:auth", "fail.jsonl", "--json-summary") == 1
     summary = json.loads(capsys.readouterr().out)
     assert (summary["answered"], summary["unanswered"], summary["per_model"][0]["errors"]) == (0, 2, {"auth": 2})
+    assert run("mock/fail:auth", "fail.jsonl") == 1
+    assert "to ask the 2 with no answer again: the same command with --retry-failed" in capsys.readouterr().out
+    assert run("mock/fixed:4", "fail.jsonl", "--retry-failed") == 2  # another setup: refused, as any resume
+    capsys.readouterr()
+    # A new process's embedded cache is empty: a replay from it could only miss every query.
+    assert run("mock/fixed:4", "replay.jsonl", "--cache", "only") == 2
+    assert "--cache only replays answers from a cache that outlives a process, and AI_GATEWAY_REDIS_URL is not set" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "replay.jsonl").exists()
+    assert run("mock/fail:auth", "fail.jsonl", "--retry-failed", "--samples", "1001") == 2
+    assert "--samples: must lie between 1 and 1,000; got 1,001" in capsys.readouterr().err
     assert run("nope/model", "bad.jsonl") == 2
     assert "--models: models[0]: 'nope/model'" in capsys.readouterr().err
 
@@ -756,6 +816,17 @@ async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP
     assert len(read_records(tmp_path / "data.results.jsonl")) == 10
     assert [m["model"] for m in summary["per_model"]] == [A, B]
 
+    # retry_failed reaches the runner: the queries no model answered are asked again, and only they.
+    fake.set("ev-a", Scenario.error("auth"))
+    fake.set("ev-b", Scenario.error("auth"))
+    write_jsonl(tmp_path / "more.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
+    async with Client(make_server()) as client:
+        failed = (await client.call_tool("run_eval", {"path": "more.jsonl", "models": [A, B]})).structured_content
+        fake.set("ev-a", None)
+        retry = {"path": "more.jsonl", "models": [A, B], "retry_failed": True}
+        retried = (await client.call_tool("run_eval", retry)).structured_content
+    assert (failed["unanswered"], retried["ran"], retried["answered"]) == (2, 2, 2)
+
 
 async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any], tmp_path: Path) -> None:
     client, _ = running
@@ -771,6 +842,8 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
     write_jsonl(dataset, ['{"prompt": "ok"}'])
     with pytest.raises(ToolError, match=r"^invalid argument models: models\[0\]"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
+    with pytest.raises(ToolError, match=r"samples\s.*less than or equal to 1000"):
+        await client.call_tool("run_eval", {"path": str(dataset), "models": [A], "samples": 1001})
 
 
 async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
