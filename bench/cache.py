@@ -193,6 +193,13 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
             for client in (embedded, shared, far):
                 hit = await client.call_tool("query_models", args)  # the embedded one fills its own entry
             await add_same_shape_tool(servers["embedded"], hit.structured_content)
+
+            @servers["embedded"].tool
+            async def ping_get() -> str:
+                """ping, after one raw GET of the stored value: the floor for any hit read from Redis via MCP."""
+                await raw.get(keys[0])
+                return "pong"
+
             for server in servers.values():
                 await near_ready(lifespan_gateway(server))
             client_schema = {name: await client_schema_lookup(servers["embedded"], name) for name in TOOLS}
@@ -202,6 +209,7 @@ async def hits(url: str, redis_url: str, n: int) -> Figures:
                     "client_schema_ping": client_schema["ping"],
                     "mcp_trivial": lambda: embedded.call_tool("ping", {}),
                     "mcp_trivial_shaped": lambda: embedded.call_tool("same_shape", {}),
+                    "mcp_trivial_get": lambda: embedded.call_tool("ping_get", {}),
                     "mcp_hit_embedded": lambda: embedded.call_tool("query_models", args),
                     "mcp_hit_redis": lambda: shared.call_tool("query_models", args),
                     "mcp_hit_redis_far": lambda: far.call_tool("query_models", args),
@@ -317,6 +325,10 @@ def report(fig: Figures) -> Figures:
         "ping (the client's validation and typed parsing of that result, and its serialisation); of that, "
         f"fastmcp's client finding the TypeAdapter for query_models' output schema, which it re-normalises and "
         f"re-hashes on every call: {med['client_schema_qm']:.3f} ms (ping's: {med['client_schema_ping']:.3f} ms)",
+        f"a trivial tool making one raw GET of the same value: +{med['mcp_trivial_get'] - trivial:.3f} ms over ping "
+        f"({(med['mcp_trivial_get'] - trivial) / get:.1f}x a raw GET in a tight loop); the first read from Redis "
+        f"(a hit with no near cache) costs +{med['mcp_hit_redis_far'] - med['mcp_hit_embedded']:.3f} ms over the "
+        "embedded hit",
         f"a raw GET made between provider calls: {get_in_context:.3f} ms ({get_in_context / get:.1f}x one in a tight "
         f"loop); the miss penalty is {penalty / get_in_context:.1f}x it",
         f"the miss penalty without the near cache: {med['miss_use_far'] - med['miss_bypass']:+.3f} ms (the near "
