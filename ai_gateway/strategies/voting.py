@@ -1,12 +1,13 @@
 """Answer normalisation and vote counting for the consensus strategy.
 
 Two answers agree when their normalised forms are equal. Normalising folds
-case and Unicode forms, drops Markdown markup, a leading "The answer is" (or
-"Answer:", "Final answer:"...), quotes, brackets and sentence punctuation around
-words, and writes numbers canonically ("4.0", "4", "four" and "**4.**" agree;
-"1,000" is "1000"). It never drops a symbol an answer can be made of: "C++" and
-"C", "10%" and "10", "2+2" and "22" stay apart (a false agreement is a false
-consensus, and a false grade in an evaluation).
+case and Unicode forms, unwraps paired Markdown and LaTeX markup, drops a
+leading "The answer is" (or "Answer:", "Final answer:"...), quotes, brackets and
+sentence punctuation around words, and writes numbers canonically ("4.0", "4",
+"four", "$4$" and "**4.**" agree; "1,000" is "1000"). It never drops a symbol
+an answer can be made of: "C++" and "C", "10%" and "10", "2+2" and "22",
+"x > 5" and "x < 5" stay apart (a false agreement is a false consensus, and a
+false grade in an evaluation). The rules, with examples: docs/strategies.md.
 
 Ordering rule (documented in docs/strategies.md): groups are ranked by votes,
 most first; equal votes are ranked by the request position of the group's
@@ -25,18 +26,38 @@ from functools import lru_cache
 
 _LEADING = re.compile(
     r"^(?:(?:so|thus|therefore|hence)[,:]?\s+)?(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|result)"
-    r"(?:\s+is|\s*[:=])\s*"
+    r"(?:\s+is\s*:?|\s*[:=])\s*"
 )
-# Markup that starts a line (a heading, a quote, a bullet) says nothing about the answer.
-_LINE_MARKUP = re.compile(r"^[ \t]*(?:#{1,6}|>|[-*+\u2022])[ \t]+", re.MULTILINE)
-# What may wrap a word without being part of it: quotes and brackets, Markdown emphasis and code marks, and
-# (after it) sentence punctuation. Symbols that can be part of an answer ("C++", "C#", "10%", "2+2", "x/2",
-# "e^x", "-4") are never in these sets, so answers that differ by them never agree.
-_EMPHASIS = "*_~`"
-_OPENERS = "\"'“‘«‹([{<¿¡" + _EMPHASIS
-_CLOSERS = "\"'”’»›)]}>.,;:!?…" + _EMPHASIS
-_APOSTROPHES = re.compile(r"(?<=\w)['’](?=\w)")  # "it's" is "its": an apostrophe inside a word
+# Markup that starts a line: a heading; a quote or a bullet unless a number follows ("- 5" and "> 5" may be the
+# answer itself: read as markup, they would agree with "+ 5" and "< 5").
+_LINE_MARKUP = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|(?:>|[-*+\u2022])[ \t]+(?![-+.]?\d))", re.MULTILINE)
+# Paired markup around an answer or part of it: emphasis (*, **, ***), code spans and blocks, LaTeX math ($...$,
+# $$...$$, \(...\), \[...\]) and \boxed{...} / \text{...}. Only in pairs: "*args", "**kwargs" and "$5" keep their
+# symbols. Underscores are left alone ("__init__" and "_id" are names far more often than emphasis), and so is a
+# strikethrough (~~5~~ is an answer taken back, not the answer).
+_PAIRED = re.compile(
+    r"```[^\n`]*\n(.*?)\n?[ \t]*```"  # a fenced code block, its language tag dropped
+    r"|(?<![*\w])(?P<mark>\*{1,3}|`+)(?=\S)(.+?)(?<=\S)(?P=mark)(?![*\w])"
+    r"|\$\$(.+?)\$\$|(?<![\w$])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])"
+    r"|\\\((.+?)\\\)|\\\[(.+?)\\\]"
+    r"|\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}",
+    re.DOTALL,
+)
+# Characters that carry nothing: zero-width spaces and joiners, a byte-order mark.
+_INVISIBLE = str.maketrans(dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff")))
 _FOLD = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
+# What may wrap a word without being part of it: quotes and brackets, and (after it) sentence punctuation in several
+# scripts. Symbols that can be part of an answer ("C++", "C#", "10%", "2+2", "x/2", "e^x", "-4", "x > 5", "f'")
+# are never in these sets, so answers that differ by them never agree. A straight single quote only wraps a whole
+# answer (see _QUOTED): as a closer it would make "f'" agree with "f".
+_OPENERS = '"“‘„‚«‹([{¿¡「『【—'
+_CLOSERS = '"”’“‘»›)]}.,;:!?…」』】。、—'  # “ and ‘ close a German quotation („so“)
+_QUOTED = re.compile(r"^'(.+)'$", re.DOTALL)
+_APOSTROPHES = re.compile(r"(?<=[^\W\d_])['’](?=[^\W\d_])")  # "it's" is "its": an apostrophe between letters
+_ABBREVIATION = re.compile(r"^(?:[^\W\d_]\.)+[^\W\d_]$")  # "u.s" (from "U.S."), "d.c": dotted letters
+_SYMBOL_WORDS = {"*", ":", "~"}  # operators on their own ("2 * 3", "2 : 3"), not punctuation to drop
+_NUMBER_START = frozenset("0123456789+-.$€£¥")
+_AFFIXED_NUMBER = re.compile(r"^([$€£¥]?)(.+?)(%?)$")  # "$1,000", "50.0%": the number inside is canonical
 _NUMBER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[-+]?\.\d+$")
 _WORDS = {
     word: str(value)
@@ -85,18 +106,53 @@ def _normalise_short(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_FOLD)
+    folded = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).casefold().translate(_FOLD)
     folded = _LINE_MARKUP.sub("", folded).strip()
     previous = None
-    while previous != folded:  # "Answer: the answer is 4" loses both prefixes
+    while previous != folded:  # "Answer: the answer is 4" loses both prefixes; "**$4$**" both pairs
         previous = folded
-        folded = _LEADING.sub("", folded.lstrip(_EMPHASIS + " "), count=1).strip()
-    tokens = []
+        folded = _PAIRED.sub(_inside, folded)
+        folded = _LEADING.sub("", folded, count=1).strip()
+        folded = _QUOTED.sub(r"\1", folded)
+    tokens: list[str] = []
     for raw in folded.split():
-        word = _APOSTROPHES.sub("", raw.lstrip(_OPENERS).rstrip(_CLOSERS))
-        if word:
-            tokens.append(_canonical_number(word) or word)
+        opened = raw.lstrip(_OPENERS)
+        word = opened.rstrip(_CLOSERS)
+        if word == "%" and tokens and _canonical_number(tokens[-1]) is not None:
+            tokens[-1] += "%"  # "10 %" is "10%"
+            continue
+        if not word:
+            if raw in _SYMBOL_WORDS:
+                tokens.append(raw)
+            continue
+        if word[-1].isdigit() and opened[len(word) :].startswith("!"):
+            word += "!"  # "5!" is a factorial; "Yes!" is only emphatic
+        if "'" in word or "’" in word:
+            word = _APOSTROPHES.sub("", word)
+        if "." in word and _ABBREVIATION.match(word):
+            word = word.replace(".", "")
+        if word[0] in _NUMBER_START or word in _WORDS:  # the rest cannot be a number: no regex for them
+            word = _canonical_affixed(word) or word
+        tokens.append(word)
     return " ".join(tokens)
+
+
+def _inside(match: re.Match[str]) -> str:
+    """The content of a paired markup match (whichever alternative matched; not the emphasis mark itself)."""
+    mark = _PAIRED.groupindex["mark"]
+    return next(group for i, group in enumerate(match.groups(), 1) if group is not None and i != mark)
+
+
+def _canonical_affixed(word: str) -> str | None:
+    """A number, canonical, with its currency sign or percent kept: "$1,000.00" -> "$1000", "50.0%" -> "50%"."""
+    if (number := _canonical_number(word)) is not None:
+        return number
+    if word[0] not in "$€£¥" and not word.endswith("%"):
+        return None
+    match = _AFFIXED_NUMBER.match(word)
+    if match is None or (number := _canonical_number(match[2])) is None:
+        return None
+    return f"{match[1]}{number}{match[3]}"
 
 
 def _canonical_number(token: str) -> str | None:
