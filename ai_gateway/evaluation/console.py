@@ -61,7 +61,7 @@ def run_cli(
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     settings, environ = setup(args)
-    if config.cache == "only" and not settings.redis_url:
+    if config.cache == "only" and plan.pending and not settings.redis_url:
         print(
             "ai-gateway eval: --cache only replays answers from a cache that outlives a process, and "
             "AI_GATEWAY_REDIS_URL is not set: this process's embedded cache starts empty, so every query would be "

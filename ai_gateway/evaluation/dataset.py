@@ -113,7 +113,7 @@ def load_dataset(path: Path) -> list[Row]:
 def _parse_row(path: Path, number: int, line: str) -> Row:
     where = f"{path} line {number}"
     try:
-        data: Any = json.loads(line)
+        data: Any = json.loads(line, parse_constant=_not_json)
     except ValueError as exc:
         raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -170,6 +170,11 @@ def _parse_expected(where: str, expected: Any) -> str | None:
             "to leave the row ungraded"
         )
     return expected
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and Infinity; copied to a results line (meta), they would make it unreadable elsewhere.
+    raise ValueError(f"{constant} is not a JSON value; write null or a string")
 
 
 def _parse_messages(where: str, messages: Any) -> tuple[dict[str, str], ...]:

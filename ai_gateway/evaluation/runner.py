@@ -237,21 +237,28 @@ def _check_same_question(out: Path, record: dict[str, Any], row: Row) -> None:
     """A done line is the answer to the question it recorded, not to whatever row has its id now: a row inserted
     above rows with default (line-number) ids, or an edited prompt or system prompt, would otherwise get another
     question's answer."""
-    recorded = {name: record[name] for name in QUESTION_FIELDS if name in record}  # none in older lines
+    if not any(name in record for name in ("prompt", "messages")):  # older lines did not record the question
+        return
     asked = row.question()
-    if recorded and recorded != asked:
-        was = ", ".join(f"{name} {_excerpt(value)}" for name, value in recorded.items())
-        now = ", ".join(f"{name} {_excerpt(value)}" for name, value in asked.items())
-        raise option_error(
-            "--out",
-            f"{out} holds an answer to another question for id {json.dumps(row.id, ensure_ascii=False)} "
-            f"(dataset line {row.line}): it was asked {was}, the row now asks {now}; the "
-            "dataset changed since those results were written. Rerun with the dataset the results came from, "
-            "or choose another --out",
-        )
+    changed = [name for name in QUESTION_FIELDS if record.get(name) != asked.get(name)]
+    if not changed:
+        return
+    if changed == ["system"] and "system" not in record:
+        why = "the line was written by a version that sent no system prompt"
+    else:
+        why = "the dataset changed since those results were written"
+    diff = "; ".join(f"{name} was {_excerpt(record.get(name))}, now {_excerpt(asked.get(name))}" for name in changed)
+    raise option_error(
+        "--out",
+        f"{out} holds an answer to another question for id {json.dumps(row.id, ensure_ascii=False)} "
+        f"(dataset line {row.line}): {diff}; {why}. Rerun with the dataset the results came from, "
+        "or choose another --out",
+    )
 
 
 def _excerpt(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "none"
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

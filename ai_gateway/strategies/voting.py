@@ -121,7 +121,7 @@ def _normalise(text: str) -> str:
         if word == "%" and tokens and _canonical_number(tokens[-1]) is not None:
             tokens[-1] += "%"  # "10 %" is "10%"
             continue
-        if not word:
+        if not word.strip("*`"):  # punctuation, or emphasis and code marks left unpaired
             if raw in _SYMBOL_WORDS:
                 tokens.append(raw)
             continue

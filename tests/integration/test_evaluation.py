@@ -304,12 +304,12 @@ async def test_resuming_with_a_changed_dataset_is_refused(running: tuple[Client,
         await evaluate(gateway, dataset, out, [A])
     assert info.value.option == "out"
     assert str(info.value) == (
-        f'--out: {out} holds an answer to another question for id 1 (dataset line 1): it was asked prompt "capital '
-        'of france", the row now asks prompt "capital of peru"; the dataset changed since those results were '
-        "written. Rerun with the dataset the results came from, or choose another --out"
+        f'--out: {out} holds an answer to another question for id 1 (dataset line 1): prompt was "capital of '
+        'france", now "capital of peru"; the dataset changed since those results were written. Rerun with the '
+        "dataset the results came from, or choose another --out"
     )
     write_jsonl(dataset, [rows[0], {"messages": [{"role": "user", "content": "capital of spain"}]}])
-    with pytest.raises(EvalInputError, match=r"for id 2 \(dataset line 2\): it was asked prompt .*now asks messages"):
+    with pytest.raises(EvalInputError, match=r"id 2 \(dataset line 2\): prompt was .*, now none; messages was none"):
         await evaluate(gateway, dataset, out, [A])
     assert fake.count() == calls
 
@@ -627,6 +627,9 @@ async def test_resuming_with_another_temperature_or_sample_index_is_refused(
         ('{"prompt": "a", "temperature": 0.2}', "line 2: field 'temperature' is a query option, not a dataset field"),
         ('{"prompt": "a", "max_tokens": 5}', "line 2: field 'max_tokens' is a query option"),
         ('{"prompt": "a", "models": ["x/y"]}', "line 2: field 'models' is a query option"),
+        # Python reads NaN; copied into a results line's meta, it would make the line unreadable to other tools.
+        ('{"prompt": "a", "score": NaN}', "line 2: not valid JSON (NaN is not a JSON value; write null or a string)"),
+        ('{"prompt": "a", "w": -Infinity}', "line 2: not valid JSON (-Infinity is not a JSON value"),
     ],
 )
 def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
@@ -684,8 +687,15 @@ async def test_a_rows_system_prompt_is_sent_and_its_other_fields_are_kept(
     write_jsonl(dataset, rows)
     with pytest.raises(EvalInputError) as info:
         await evaluate(gateway, dataset, out, [A])
-    assert 'it was asked prompt "capital of France", system "Answer in one word."' in str(info.value)
-    assert 'now asks prompt "capital of France", system "Answer in French."' in str(info.value)
+    assert 'system was "Answer in one word.", now "Answer in French."; the dataset changed' in str(info.value)
+
+    # A line from a version that sent no system prompt was asked without it: refused, and said so.
+    write_jsonl(out, [{k: v for k, v in r.items() if k != "system"} for r in read_records(out)])
+    with pytest.raises(EvalInputError) as info:
+        await evaluate(gateway, dataset, out, [A])
+    assert 'system was none, now "Answer in French."; the line was written by a version that sent no system' in str(
+        info.value
+    )
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
@@ -774,6 +784,9 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
         capsys.readouterr().err
     )
     assert not (tmp_path / "replay.jsonl").exists()
+    # ... but a file with nothing left to ask is only summarised, as with any other --cache.
+    assert run("mock/fixed:4", "ok.jsonl", "--cache", "only") == 0
+    assert "2 of 2 queries answered (0 run now, 2 from an earlier run)" in capsys.readouterr().out
     assert run("mock/fail:auth", "fail.jsonl", "--retry-failed", "--samples", "1001") == 2
     assert "--samples: must lie between 1 and 1,000; got 1,001" in capsys.readouterr().err
     assert run("nope/model", "bad.jsonl") == 2
