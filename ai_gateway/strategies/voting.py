@@ -43,6 +43,7 @@ _PAIRED = re.compile(
     r"|\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}",
     re.DOTALL,
 )
+_MARK = _PAIRED.groupindex["mark"]  # the emphasis mark's group: matched, but never the content
 # Characters that carry nothing: zero-width spaces and joiners, a byte-order mark.
 _INVISIBLE = str.maketrans(dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff")))
 _FOLD = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
@@ -139,8 +140,7 @@ def _normalise(text: str) -> str:
 
 def _inside(match: re.Match[str]) -> str:
     """The content of a paired markup match (whichever alternative matched; not the emphasis mark itself)."""
-    mark = _PAIRED.groupindex["mark"]
-    return next(group for i, group in enumerate(match.groups(), 1) if group is not None and i != mark)
+    return next(group for i, group in enumerate(match.groups(), 1) if group is not None and i != _MARK)
 
 
 def _canonical_affixed(word: str) -> str | None:
