@@ -173,6 +173,7 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), default="use",
                     help="only: replay from the cache, no provider calls (misses fail with cache_miss)")  # fmt: skip
     ev.add_argument("--temperature", type=float)
+    ev.add_argument("--max-tokens", dest="max_tokens", type=int, help="most tokens each model may generate per query")
     ev.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per query, in seconds")
     ev.add_argument("--out", "-o", required=True, help="results JSONL (appended to; a rerun resumes)")
     ev.add_argument("--retry-failed", action="store_true",

@@ -203,6 +203,9 @@ def build_server(
             ),
         ] = None,
         temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
+        max_tokens: Annotated[
+            int | None, Field(description="Most tokens each model may generate per query.", ge=1)
+        ] = None,
         timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0)] = None,
         retry_failed: Annotated[
             bool, Field(description="Ask again the queries of the results file that no model answered.")
@@ -217,7 +220,7 @@ def build_server(
 
         return await run_eval_tool(
             holder.get(), ctx, root=eval_root, path=path, out=out, models=models, strategy=strategy, samples=samples,
-            concurrency=concurrency, cache=cache, temperature=temperature, timeout_s=timeout_s,
+            concurrency=concurrency, cache=cache, temperature=temperature, max_tokens=max_tokens, timeout_s=timeout_s,
             retry_failed=retry_failed,
         )  # fmt: skip
 

@@ -7,6 +7,9 @@ It makes no network call and needs no key. The model name chooses the behaviour:
     mock/fail:<code>               always fails with <code> (mock/fail:rate_limited)
     ...@<n>ms or ...@<n>s          answer (or fail) after a delay (mock/fixed:4@80ms)
 
+A word counts as a token: an answer longer than the request's ``max_tokens`` is cut
+there and finishes with ``length``, as a real model's would.
+
 It exists for users (agents, evaluation pipelines, demos). The real adapters are
 never tested through it.
 """
@@ -107,12 +110,12 @@ class MockAdapter(Adapter):
             raise error
         prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         text = prompt if behaviour.kind == "echo" else behaviour.arg
-        usage = Usage(
-            input_tokens=sum(len(m.content.split()) for m in request.messages), output_tokens=len(text.split())
-        )
-        return Completion(
-            text=text, finish_reason=FinishReason.STOP, usage=usage, model=model, raw_finish_reason="stop"
-        )
+        words, finish = text.split(), FinishReason.STOP
+        if request.max_tokens is not None and len(words) > request.max_tokens:
+            words, finish = words[: request.max_tokens], FinishReason.LENGTH
+            text = " ".join(words)
+        usage = Usage(input_tokens=sum(len(m.content.split()) for m in request.messages), output_tokens=len(words))
+        return Completion(text=text, finish_reason=finish, usage=usage, model=model, raw_finish_reason=str(finish))
 
 
 MOCK = ProviderSpec(

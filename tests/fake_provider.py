@@ -275,24 +275,41 @@ def _last_user_text(items: list[Any], key: str) -> str:
     return ""
 
 
-def _success(dialect: str, model: str, text: str, n_in: int, n_out: int) -> dict[str, Any]:
+def _output_limit(dialect: str, body: dict[str, Any]) -> int | None:
+    """The most tokens the request lets the model generate, where each vendor takes it."""
+    if dialect == "gemini":
+        config = body.get("generationConfig")
+        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    elif dialect == "ollama":
+        options = body.get("options")
+        limit = options.get("num_predict") if isinstance(options, dict) else None
+    elif dialect == "openai":
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    else:
+        limit = body.get("max_tokens")
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def _success(dialect: str, model: str, text: str, n_in: int, n_out: int, *, cut: bool = False) -> dict[str, Any]:
+    """A vendor's success body; ``cut``: the answer stopped at the output limit (each vendor's own reason)."""
     n = next(_ids)
     if dialect == "openai":
         return {"id": f"chatcmpl-fake{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if cut else "stop"}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
     if dialect == "anthropic":
         return {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+                "content": [{"type": "text", "text": text}], "stop_reason": "max_tokens" if cut else "end_turn",
+                "stop_sequence": None, "usage": {"input_tokens": n_in, "output_tokens": n_out}}
     if dialect == "gemini":
-        return {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP",
-                                "index": 0}],
+        return {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                                "finishReason": "MAX_TOKENS" if cut else "STOP", "index": 0}],
                 "usageMetadata": {"promptTokenCount": n_in, "candidatesTokenCount": n_out,
                                   "totalTokenCount": n_in + n_out},
                 "modelVersion": model, "responseId": f"fake{n}"}
     return {"model": model, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
-            "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
+            "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "length" if cut else "stop",
             "total_duration": 1, "prompt_eval_count": n_in, "eval_count": n_out}
 
 
@@ -571,7 +588,12 @@ class FakeProvider:
         prompt = _last_user_text(body["contents"] if dialect == "gemini" else body["messages"],
                                  "parts" if dialect == "gemini" else "content")
         text = prompt if scenario.text is None else scenario.text
-        payload = _success(dialect, model, text, len(prompt.split()), len(text.split()))
+        # A word is a token here; an answer longer than the request's output limit is cut there, as vendors do.
+        words, limit = text.split(), _output_limit(dialect, body)
+        cut = limit is not None and len(words) > limit
+        if cut:
+            text, words = " ".join(words[:limit]), words[:limit]
+        payload = _success(dialect, model, text, len(prompt.split()), len(words), cut=cut)
         if scenario.trickle_ms is None:
             return self._done(call, "ok", _json_response(200, payload))
         return await self._trickle(request, _encode(payload).encode(), scenario.trickle_ms, call)

@@ -93,6 +93,57 @@ async def test_fixed_text_scenario_applies_by_model_on_every_dialect(
     assert got == expected_success(dialect, "fixed", "4", 5, 1, got)
 
 
+LIMIT_FIELD = {
+    "openai": ("max_tokens",),
+    "anthropic": ("max_tokens",),
+    "gemini": ("generationConfig", "maxOutputTokens"),
+    "ollama": ("options", "num_predict"),
+}
+LENGTH_REASON = {  # where the reason lies, then the vendor's word for "stopped at the limit"
+    "openai": ("choices", 0, "finish_reason", "length"),
+    "anthropic": ("stop_reason", "max_tokens"),
+    "gemini": ("candidates", 0, "finishReason", "MAX_TOKENS"),
+    "ollama": ("done_reason", "length"),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(
+    ("limit", "text", "cut"),
+    [(3, "what is", False), (3, "what is two", False), (3, "what is two plus", True), (1, "what is two plus", True)],
+)
+async def test_an_answer_longer_than_the_output_limit_is_cut_with_the_vendors_reason(
+    client: httpx.AsyncClient, dialect: str, limit: int, text: str, cut: bool
+) -> None:
+    path, body = request_for(dialect, "echo-model", text)
+    *parents, name = LIMIT_FIELD[dialect]
+    holder = body
+    for parent in parents:
+        holder = holder.setdefault(parent, {})
+    holder[name] = limit
+    got = (await client.post(path, json=body)).json()
+    *where, length_reason = LENGTH_REASON[dialect]
+    reason = got
+    for step in where:
+        reason = reason[step]
+    words = text.split()[:limit]
+    expected = expected_success(dialect, "echo-model", " ".join(words), len(text.split()), len(words), got)
+    if cut:  # the same body but for the reason: the vendor's own word for "stopped at the limit"
+        target = expected
+        for step in where[:-1]:
+            target = target[step]
+        target[where[-1]] = length_reason
+    assert (reason == length_reason) is cut
+    assert got == expected
+
+
+async def test_openai_max_completion_tokens_limits_the_answer_too(client: httpx.AsyncClient) -> None:
+    path, body = request_for("openai", "echo-model", "one two three four")
+    got = (await client.post(path, json={**body, "max_completion_tokens": 2})).json()
+    assert got["choices"][0]["message"]["content"] == "one two"
+    assert got["choices"][0]["finish_reason"] == "length"
+
+
 async def test_calls_are_recorded(fake: FakeProvider, client: httpx.AsyncClient) -> None:
     await post(client, "openai", "a")
     path, body = request_for("gemini", "b")

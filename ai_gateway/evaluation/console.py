@@ -52,6 +52,7 @@ def run_cli(
             concurrency=args.concurrency,
             cache=args.cache,
             temperature=args.temperature,
+            max_tokens=args.max_tokens,
             timeout_s=args.timeout_s,
             retry_failed=args.retry_failed,
         )
@@ -252,7 +253,12 @@ def print_summary(summary: EvalSummary) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"ai-gateway eval: {summary.strategy}, {summary.samples} sample(s) per row", box=box.SIMPLE)
+    title = f"ai-gateway eval: {summary.strategy}, {summary.samples} sample(s) per row"
+    if summary.temperature is not None:
+        title += f", temperature {summary.temperature:g}"
+    if summary.max_tokens is not None:
+        title += f", at most {summary.max_tokens:,} tokens out"
+    table = Table(title=title, box=box.SIMPLE)
     table.add_column("model", no_wrap=True)
     columns = (
         "answered",
@@ -289,6 +295,13 @@ def print_summary(summary: EvalSummary) -> None:
     ]
     if summary.graded:
         lines.append(f"accuracy: {_pct(summary.accuracy)} ({summary.correct} of {summary.graded} graded queries)")
+    if summary.truncated:
+        # A cut-off answer is usually graded wrong for its length, not its content: say so before anyone reads
+        # the accuracy as the model's.
+        by_model = ", ".join(f"{m.model} {m.truncated:,}" for m in summary.per_model if m.truncated)
+        higher = "a higher --max-tokens" if summary.max_tokens is not None else "--max-tokens above the default"
+        answers = f"{summary.truncated:,} answer{'s' * (summary.truncated != 1)}"
+        lines.append(f"cut off at the output token limit: {answers} ({by_model}); {higher} lets them finish")
     lines.append(
         f"tokens: {summary.input_tokens:,} in / {summary.output_tokens:,} out; saved by the cache: "
         f"{summary.saved_input_tokens:,} in / {summary.saved_output_tokens:,} out"

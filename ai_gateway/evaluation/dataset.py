@@ -27,7 +27,7 @@ RUN_OPTIONS = {
     "samples": "--samples",
     "cache": "--cache",
     "timeout_s": "--timeout",
-    "max_tokens": None,
+    "max_tokens": "--max-tokens",
     "hedge_after_s": None,
 }
 

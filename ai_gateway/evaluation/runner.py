@@ -62,6 +62,7 @@ class EvalConfig:
     concurrency: int = 4
     cache: str = "use"
     temperature: float | None = None
+    max_tokens: int | None = None
     timeout_s: float | None = None
     retry_failed: bool = False  # ask again the queries no model answered (their new lines supersede the old)
 
@@ -93,6 +94,8 @@ class EvalConfig:
             raise bad("--cache", f"must be one of {', '.join(CACHE_MODES)}; got {self.cache!r}")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise bad("--temperature", f"must lie between 0 and 2; got {self.temperature:g}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise bad("--max-tokens", f"must be 1 or more; got {self.max_tokens}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise bad("--timeout", f"must be a positive number of seconds; got {self.timeout_s:g}")
 
@@ -205,19 +208,23 @@ def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> 
 
 
 def _check_same_sampling(out: Path, record: dict[str, Any], sample: int, config: EvalConfig) -> None:
-    """A done line must have been asked as this run would ask it: another temperature is another experiment, and
-    another sample index another cache entry (a later ``--cache only`` replay would miss it). Lines that do not
-    record them (older files) are not checked."""
+    """A done line must have been asked as this run would ask it: another temperature or output limit is another
+    experiment, and another sample index another cache entry (a later ``--cache only`` replay would miss it).
+
+    Lines that do not record the temperature or the sample index (older files) are not checked for them. Every
+    version that could send ``max_tokens`` records it, so a line without one was sent none."""
     where = f"id {json.dumps(record.get('id'), ensure_ascii=False)}, sample {sample}"
-    if "temperature" in record and record["temperature"] != config.temperature:
-        was = record["temperature"]
-        raise option_error(
-            "--out",
-            f"{out} was written with --temperature {_setting(was)} ({where}), this run has --temperature "
-            f"{_setting(config.temperature)}; rerun with "
-            f"{'no --temperature' if was is None else f'--temperature {_setting(was)}'} to resume, "
-            "or choose another --out",
-        )
+    sent_with = {"--max-tokens": (record.get("max_tokens"), config.max_tokens)}
+    if "temperature" in record:
+        sent_with = {"--temperature": (record["temperature"], config.temperature), **sent_with}
+    for flag, (was, now) in sent_with.items():
+        if was != now:
+            raise option_error(
+                "--out",
+                f"{out} was written with {flag} {_setting(was)} ({where}), this run has {flag} {_setting(now)}; "
+                f"rerun with {f'no {flag}' if was is None else f'{flag} {_setting(was)}'} to resume, "
+                "or choose another --out",
+            )
     sent = config.sample_arg(sample)
     if "sample_index" in record and record["sample_index"] != sent:
         raise option_error(
@@ -272,6 +279,7 @@ def query_arguments(row: Row, sample: int, config: EvalConfig) -> dict[str, Any]
     for name, value in (
         ("sample", config.sample_arg(sample)),
         ("temperature", config.temperature),
+        ("max_tokens", config.max_tokens),
         ("timeout_s", config.timeout_s),
     ):
         if value is not None:
@@ -320,6 +328,7 @@ def make_record(row: Row, sample: int, config: EvalConfig, result: dict[str, Any
     record["strategy"] = config.strategy
     # As sent: a resume checks them, so one file never mixes temperatures or cache entries of a sample.
     record["temperature"] = config.temperature
+    record["max_tokens"] = config.max_tokens
     record["sample_index"] = config.sample_arg(sample)
     answer = result["answer"] if result is not None else None
     record["answer"] = answer
@@ -350,6 +359,7 @@ def _model_result(r: dict[str, Any]) -> dict[str, Any]:
         "cost_usd": r.get("cost_usd"),
         "cost_saved_usd": r.get("cost_saved_usd"),
         "attempts": r.get("attempts", 0),
+        "finish_reason": r.get("finish_reason"),  # "length": cut off at the output limit, often graded wrong
         "error": error["code"] if error else None,
     }
 
@@ -436,6 +446,8 @@ def summary_of(plan: Plan, new: dict[tuple[str, int], dict[str, Any]], elapsed_s
         strategy=config.strategy,
         samples=config.samples,
         cache=config.cache,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
         rows=len(plan.rows),
         queries=len(plan.rows) * config.samples,
         resumed=plan.state.total - len(plan.pending),

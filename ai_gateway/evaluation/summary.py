@@ -28,6 +28,7 @@ class ModelStats(BaseModel):
     cancelled: int = Field(0, description="Calls cancelled because another model answered first (not errors).")
     skipped: int = Field(0, description="Calls never started (first_available: an earlier model answered).")
     cache_hits: int = Field(0, description="Answers served from the response cache.")
+    truncated: int = Field(0, description="Answers cut off at the output token limit (finish_reason length).")
     cache_hit_rate: float | None = Field(None, description="cache_hits / (answered + errors).")
     input_tokens: int = Field(0, description="Tokens sent to the provider (answers from the cache excluded).")
     output_tokens: int = Field(0, description="Tokens the provider generated (answers from the cache excluded).")
@@ -57,6 +58,8 @@ class EvalSummary(BaseModel):
     models: list[str]
     samples: int
     cache: str
+    temperature: float | None = Field(None, description="The temperature sent with every query (null: none).")
+    max_tokens: int | None = Field(None, description="The output token limit sent with every query (null: none).")
     rows: int = Field(description="Rows in the dataset.")
     queries: int = Field(description="rows x samples.")
     done: int = Field(description="Queries with a line in the results file (this run and earlier ones).")
@@ -70,6 +73,7 @@ class EvalSummary(BaseModel):
     )
     accuracy: float | None = Field(None, description="correct / graded (a query with no answer counts as wrong).")
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
+    truncated: int = Field(0, description="Model answers cut off at the output token limit (finish_reason length).")
     input_tokens: int = 0
     output_tokens: int = 0
     saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
@@ -155,8 +159,8 @@ def summarise(
         s.cost_usd = _usd(tally.cost, tally.priced, s.unpriced)
         s.cost_saved_usd = _usd(tally.saved, tally.priced_hits, s.unpriced_cache_hits)
         per_model.append(s)
-    counts = ("cache_hits", "input_tokens", "output_tokens", "saved_input_tokens", "saved_output_tokens", "unpriced",
-              "unpriced_cache_hits")  # fmt: skip
+    counts = ("cache_hits", "truncated", "input_tokens", "output_tokens", "saved_input_tokens", "saved_output_tokens",
+              "unpriced", "unpriced_cache_hits")  # fmt: skip
     total: dict[str, Any] = {name: sum(getattr(s, name) for s in per_model) for name in counts}
     every = list(tallies.values())
     total["cost_usd"] = _usd(sum(t.cost for t in every), sum(t.priced for t in every), total["unpriced"])
@@ -192,6 +196,7 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
         tally.errors[r.get("error") or "unknown"] += 1
         return
     s.answered += 1
+    s.truncated += r.get("finish_reason") == "length"
     usage = r.get("usage") or {}
     n_in, n_out = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
     if r.get("cached"):

@@ -14,7 +14,7 @@ from ai_gateway.evaluation.runner import EvalConfig, Plan, RunState, check_model
 from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
-_FIELDS = {"dataset": "path", "timeout": "timeout_s"}  # CLI option -> run_eval argument
+_FIELDS = {"dataset": "path", "timeout": "timeout_s", "max-tokens": "max_tokens"}  # CLI option -> run_eval argument
 QUIET = logging.INFO  # a caller's mistake, not the server's: no ERROR line with a traceback
 
 

@@ -598,6 +598,82 @@ async def test_resuming_with_another_temperature_or_sample_index_is_refused(
     assert (more.resumed, more.ran) == (4, 2)
 
 
+async def test_max_tokens_is_sent_recorded_and_a_cut_off_answer_counted(
+    running: tuple[Client, Any], fake: GatedFake, tmp_path: Path
+) -> None:
+    """--max-tokens reaches every model (OpenAI's and Anthropic's own fields), each line records it and each
+    model's finish reason, the summary counts the answers cut off at the limit, and a resume under another limit
+    (or none) is refused as another experiment."""
+    client, gateway = running
+    short, long = "one two three", "one two three four five six"  # the fake echoes: 3 and 6 tokens
+    rows = [{"id": "short", "prompt": short, "expected": short}, {"id": "long", "prompt": long, "expected": long}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    summary = await evaluate(gateway, dataset, out, [A, B], strategy="consensus", max_tokens=4)
+
+    for model, field in ((A, "max_completion_tokens"), (B, "max_tokens")):  # each vendor's own field
+        assert [call.body[field] for call in fake.calls_for(vendor(model))] == [4, 4]
+    records = {r["id"]: r for r in read_records(out)}
+    assert [records[i]["max_tokens"] for i in ("short", "long")] == [4, 4]
+    assert [m["finish_reason"] for m in records["short"]["results"]] == ["stop", "stop"]
+    assert [m["finish_reason"] for m in records["long"]["results"]] == ["length", "length"]
+    assert (records["long"]["answer"], records["long"]["correct"]) == ("one two three four", False)
+    assert (summary.max_tokens, summary.truncated, summary.correct) == (4, 2, 1)
+    assert [(m.model, m.truncated, m.output_tokens) for m in summary.per_model] == [(A, 1, 7), (B, 1, 7)]
+
+    calls = fake.count()
+    for other, flag in ((8, "--max-tokens 8"), (None, "--max-tokens unset")):
+        with pytest.raises(EvalInputError) as info:
+            await evaluate(gateway, dataset, out, [A, B], strategy="consensus", max_tokens=other)
+        assert str(info.value) == (
+            f'--out: {out} was written with --max-tokens 4 (id "short", sample 0), this run has {flag}; '
+            "rerun with --max-tokens 4 to resume, or choose another --out"
+        )
+    with pytest.raises(ToolError) as tool_info:
+        arguments = {"path": str(dataset), "out": str(out), "models": [A, B], "strategy": "consensus"}
+        await client.call_tool("run_eval", {**arguments, "max_tokens": 5})
+    assert str(tool_info.value).startswith(f"invalid argument out: {out} was written with --max-tokens 4")
+    # No version sent max_tokens without recording it: a line without one was sent none.
+    write_jsonl(out, [{k: v for k, v in r.items() if k != "max_tokens"} for r in records.values()])
+    with pytest.raises(EvalInputError, match="was written with --max-tokens unset"):
+        await evaluate(gateway, dataset, out, [A, B], strategy="consensus", max_tokens=4)
+    assert fake.count() == calls
+
+    # The same limit through run_eval: sent, and the cut-off answers counted in its summary.
+    fresh = (await client.call_tool("run_eval", {**arguments, "out": str(tmp_path / "tool.jsonl"), "max_tokens": 2}))
+    assert (fresh.structured_content["max_tokens"], fresh.structured_content["truncated"]) == (2, 4)
+    assert [call.body["max_tokens"] for call in fake.calls_for("ev-b")][-2:] == [2, 2]
+    with pytest.raises(ToolError, match=r"max_tokens\s.*greater than or equal to 1"):
+        await client.call_tool("run_eval", {**arguments, "max_tokens": 0})
+
+
+def test_cli_max_tokens_is_sent_and_the_summary_says_what_was_cut_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"prompt": "one two three four five", "expected": "one two three four five"}, {"prompt": "hi"}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+
+    def run(out: str, *extra: str) -> int:
+        args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(tmp_path / out), *extra)
+        return run_cli(args, offline_setup, build_server)
+
+    assert run("cut.jsonl", "--max-tokens", "2") == 0
+    printed = capsys.readouterr().out
+    assert "ai-gateway eval: first_available, 1 sample(s) per row, at most 2 tokens out" in printed
+    assert "accuracy: 0.0% (0 of 1 graded queries)" in printed
+    cut_off = "cut off at the output token limit: 1 answer (mock/echo 1); a higher --max-tokens lets them finish"
+    assert cut_off in printed
+    assert [r["answer"] for r in read_records(tmp_path / "cut.jsonl")] == ["one two", "hi"]
+
+    assert run("cut.jsonl", "--max-tokens", "9") == 2
+    assert "was written with --max-tokens 2 (id 1, sample 0), this run has --max-tokens 9" in capsys.readouterr().err
+    assert run("other.jsonl", "--max-tokens", "0") == 2
+    assert capsys.readouterr().err == "ai-gateway eval: --max-tokens: must be 1 or more; got 0\n"
+    assert run("whole.jsonl") == 0
+    printed = capsys.readouterr().out
+    assert "accuracy: 100.0% (1 of 1 graded queries)" in printed and "cut off" not in printed
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("line", "message"),
@@ -625,7 +701,8 @@ async def test_resuming_with_another_temperature_or_sample_index_is_refused(
         ('{"prompt": "a", "system": "\\ud83d"}', "line 2: field 'system' is not valid Unicode"),
         # A per-row query option would be silently unused: the run's options apply to every row.
         ('{"prompt": "a", "temperature": 0.2}', "line 2: field 'temperature' is a query option, not a dataset field"),
-        ('{"prompt": "a", "max_tokens": 5}', "line 2: field 'max_tokens' is a query option"),
+        ('{"prompt": "a", "max_tokens": 5}', "line 2: field 'max_tokens' is a query option, not a dataset field: "
+         "every row is asked with the run's options (set it for the whole run with --max-tokens)"),
         ('{"prompt": "a", "models": ["x/y"]}', "line 2: field 'models' is a query option"),
         # Python reads NaN; copied into a results line's meta, it would make the line unreadable to other tools.
         ('{"prompt": "a", "score": NaN}', "line 2: not valid JSON (NaN is not a JSON value; write null or a string)"),
