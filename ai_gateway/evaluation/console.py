@@ -295,6 +295,12 @@ def print_summary(summary: EvalSummary) -> None:
     ]
     if summary.graded:
         lines.append(f"accuracy: {_pct(summary.accuracy)} ({summary.correct} of {summary.graded} graded queries)")
+    if summary.pass_at_k is not None:
+        k = summary.samples
+        lines.append(
+            f"pass@{k}: {_pct(summary.pass_at_k)} · majority@{k}: {_pct(summary.majority_at_k)} "
+            f"(over {summary.k_rows:,} rows with an expected answer and all {k} samples done)"
+        )
     if summary.truncated:
         # A cut-off answer is usually graded wrong for its length, not its content: say so before anyone reads
         # the accuracy as the model's.

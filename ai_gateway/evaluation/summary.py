@@ -7,7 +7,7 @@ so a resumed run summarises the whole dataset, not just the rows it ran.
 from __future__ import annotations
 
 import functools
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -71,7 +71,25 @@ class EvalSummary(BaseModel):
     correct: int = Field(
         0, description="Graded queries whose chosen answer matches the dataset's current expected answer."
     )
-    accuracy: float | None = Field(None, description="correct / graded (a query with no answer counts as wrong).")
+    accuracy: float | None = Field(
+        None,
+        description="correct / graded (a query with no answer counts as wrong); with several samples per row, the "
+        "mean over samples (pass@1).",
+    )
+    k_rows: int = Field(
+        0,
+        description="Several samples per row: the rows with an expected answer whose samples are all done, over "
+        "which pass_at_k and majority_at_k are taken.",
+    )
+    pass_at_k: float | None = Field(
+        None, description="Several samples per row (k): share of k_rows where at least one sample's answer is correct."
+    )
+    majority_at_k: float | None = Field(
+        None,
+        description="Several samples per row (k): share of k_rows where the most common normalised answer of the k "
+        "samples is correct (self-consistency; samples with no answer do not vote; a tie goes to the answer of the "
+        "lowest sample).",
+    )
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
     truncated: int = Field(0, description="Model answers cut off at the output token limit (finish_reason length).")
     input_tokens: int = 0
@@ -128,6 +146,10 @@ def summarise(
     """
     tallies = {model: _ModelTally(model) for model in models}
     done = answered = graded = correct = 0
+    k = fields["samples"]
+    # Several samples: each graded row's chosen answers (normalised) by sample, for pass@k and majority@k.
+    samples_of: defaultdict[str, list[tuple[int, str | None]]] = defaultdict(list)
+    want_of: dict[str, str] = {}
     for key, record in records:
         done += 1
         results = record.get("results") or []
@@ -140,7 +162,11 @@ def summarise(
             # Re-graded, as per model below: the line's stored "correct" used the expected answer of its day,
             # and a rerun after fixing a gold label must count the fix.
             answer = record.get("answer")
-            correct += isinstance(answer, str) and normalise(answer) == want_form
+            form = normalise(answer) if isinstance(answer, str) else None
+            correct += form == want_form
+            if k > 1:
+                samples_of[key[0]].append((key[1], form))
+                want_of[key[0]] = want_form
         for r in results:
             tally = tallies.get(r.get("model"))
             if tally is None:
@@ -167,6 +193,7 @@ def summarise(
     total["cost_saved_usd"] = _usd(
         sum(t.saved for t in every), sum(t.priced_hits for t in every), total["unpriced_cache_hits"]
     )
+    k_rows, passed, majority = _at_k(samples_of, want_of, k)
     elapsed = fields["elapsed_s"]
     return EvalSummary(
         **fields,
@@ -177,10 +204,30 @@ def summarise(
         graded=graded,
         correct=correct,
         accuracy=_ratio(correct, graded),
+        k_rows=k_rows,
+        pass_at_k=_ratio(passed, k_rows),
+        majority_at_k=_ratio(majority, k_rows),
         **total,
         queries_per_s=round(fields["ran"] / elapsed, 1) if elapsed > 0 else None,
         per_model=per_model,
     )
+
+
+def _at_k(samples_of: dict[str, list[tuple[int, str | None]]], want_of: dict[str, str], k: int) -> tuple[int, int, int]:
+    """(rows with all k samples done, rows where one of them is right, rows whose majority answer is right)."""
+    rows = passed = majority = 0
+    for row, samples in samples_of.items():
+        if len(samples) < k:  # a resumable run not finished yet: its row is left out, not counted wrong
+            continue
+        rows += 1
+        want = want_of[row]
+        given = [form for _, form in sorted(samples, key=lambda sample: sample[0]) if form is not None]
+        passed += want in given
+        if given:
+            votes = Counter(given)
+            most = max(votes.values())
+            majority += next(form for form in given if votes[form] == most) == want
+    return rows, passed, majority
 
 
 def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:

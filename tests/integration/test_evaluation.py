@@ -24,7 +24,7 @@ from ai_gateway.cli import build_parser, describe_settings_error
 from ai_gateway.evaluation.console import lifespan_gateway, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
-from ai_gateway.evaluation.summary import EvalSummary
+from ai_gateway.evaluation.summary import EvalSummary, summarise
 from ai_gateway.price_memo import table_build
 from ai_gateway.pricing import usd
 from ai_gateway.server import build_server
@@ -672,6 +672,45 @@ def test_cli_max_tokens_is_sent_and_the_summary_says_what_was_cut_off(
     assert run("whole.jsonl") == 0
     printed = capsys.readouterr().out
     assert "accuracy: 100.0% (1 of 1 graded queries)" in printed and "cut off" not in printed
+
+
+def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
+    """Over the rows with an expected answer and every sample done: pass@k (one sample right) and majority@k
+    (the most common normalised answer right; no answer does not vote; a tie goes to the lowest sample, whatever
+    order the lines are in)."""
+    answers = {  # row: (expected, {sample: chosen answer}), in the order the lines were written
+        "r1": ("Paris", {0: "Lyon", 1: "Paris", 2: "Paris"}),  # pass, majority
+        "r2": ("4", {0: "5", 1: "4", 2: "6"}),  # pass; a three-way tie goes to sample 0: wrong
+        "r3": ("4", {2: "5", 1: None, 0: "4"}),  # pass; "4" and "5" tie, sample 0's "4" wins: right
+        "r4": ("x", {0: "x", 1: "x"}),  # a sample not done yet: left out of both
+        "r5": (None, {0: "a", 1: "b", 2: "c"}),  # not graded
+        "r6": ("yes", {0: None, 1: None, 2: None}),  # no answer at all: neither
+        "r7": ("blue", {0: "**Blue.**", 1: "red", 2: "red"}),  # pass (normalised); majority says red
+    }
+    records, expected = [], {}
+    for row, (want, by_sample) in answers.items():
+        for sample, answer in by_sample.items():
+            key = (json.dumps(row), sample)
+            records.append((key, {"answer": answer, "results": []}))
+            expected[key] = want
+    fields = {"dataset": "d", "results_path": "r", "strategy": "first_available", "cache": "use", "rows": 7,
+              "queries": 21, "resumed": 0, "ran": 20, "elapsed_s": 1.0}  # fmt: skip
+    summary = summarise(records, expected, models=[A], samples=3, **fields)
+    assert (summary.graded, summary.correct) == (17, 7)
+    assert (summary.k_rows, summary.pass_at_k, summary.majority_at_k) == (5, 0.8, 0.4)
+
+    single = summarise([(("1", 0), {"answer": "a", "results": []})], {("1", 0): "a"}, models=[A], samples=1, **fields)
+    assert (single.k_rows, single.pass_at_k, single.majority_at_k, single.accuracy) == (0, None, None, 1.0)
+
+
+def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"prompt": "2+2", "expected": "2+2"}, {"prompt": "3+3", "expected": "6"}, {"prompt": "no answer key"}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    argv = (str(dataset), "--models", "mock/echo", "--out", str(tmp_path / "o.jsonl"), "--samples", "3")
+    assert run_cli(cli_args(*argv, "--temperature", "0.7"), offline_setup, build_server) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy: 50.0% (3 of 6 graded queries)" in printed
+    assert "pass@3: 50.0% · majority@3: 50.0% (over 2 rows with an expected answer and all 3 samples done)" in printed
 
 
 # ---------------------------------------------------------------------------- bad input
