@@ -449,6 +449,25 @@ async def test_cache_only_replays_a_run_with_the_provider_stopped(running: tuple
     assert (replay.input_tokens, replay.saved_input_tokens) == (0, first.input_tokens)
 
 
+async def test_answers_cut_off_at_max_tokens_replay_exactly(running: tuple[Client, Any], fake: GatedFake,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """A cut-off answer is the complete answer to a request with that limit (max_tokens is part of its cache key):
+    it is stored, so a --cache only replay of a run with --max-tokens gives every line back, with no call."""
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(4))  # "question number N": 3 tokens each
+    first = await evaluate(gateway, dataset, tmp_path / "run.jsonl", [A, B], strategy="consensus", max_tokens=2)
+    await gateway.cache.flush()
+    calls = fake.count()
+    await fake.stop()
+
+    replay = await evaluate(gateway, dataset, tmp_path / "replay.jsonl", [A, B], strategy="consensus",
+                            max_tokens=2, cache="only")  # fmt: skip
+    run, replayed = read_records(tmp_path / "run.jsonl"), read_records(tmp_path / "replay.jsonl")
+    assert by_key(replayed) == by_key(run) and {r["answer"] for r in run} == {"question number"}
+    assert all(m["cached"] and m["finish_reason"] == "length" for r in replayed for m in r["results"])
+    assert (first.truncated, replay.truncated, replay.cache_hits, fake.count()) == (8, 8, 8, calls)
+
+
 async def test_a_replay_of_a_consensus_decided_early_is_exact(running: tuple[Client, Any], fake: GatedFake,
                                                               tmp_path: Path) -> None:  # fmt: skip
     """Two of three models agree and the third is cancelled, so its answer was never stored. The replay must
