@@ -87,8 +87,8 @@ class EvalSummary(BaseModel):
     majority_at_k: float | None = Field(
         None,
         description="Several samples per row (k): share of k_rows where the most common normalised answer of the k "
-        "samples is correct (self-consistency; samples with no answer do not vote; a tie goes to the answer of the "
-        "lowest sample).",
+        "samples is correct (self-consistency; samples with no answer, or one that normalises to nothing, do not vote; "
+        "a tie goes to the answer of the lowest sample).",
     )
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
     truncated: int = Field(0, description="Model answers cut off at the output token limit (finish_reason length).")
@@ -221,7 +221,9 @@ def _at_k(samples_of: dict[str, list[tuple[int, str | None]]], want_of: dict[str
             continue
         rows += 1
         want = want_of[row]
-        given = [form for _, form in sorted(samples, key=lambda sample: sample[0]) if form is not None]
+        # No answer, or one with nothing left once normalised ("..."), is no vote: as in a consensus, it agrees
+        # with nothing, and "" votes piling up must not outvote a real answer.
+        given = [form for _, form in sorted(samples, key=lambda sample: sample[0]) if form]
         passed += want in given
         if given:
             votes = Counter(given)

@@ -7,7 +7,8 @@ sentence punctuation around words, and writes numbers canonically ("4.0", "4",
 "four", "$4$" and "**4.**" agree; "1,000" is "1000"). It never drops a symbol
 an answer can be made of: "C++" and "C", "10%" and "10", "2+2" and "22",
 "x > 5" and "x < 5" stay apart (a false agreement is a false consensus, and a
-false grade in an evaluation). The rules, with examples: docs/strategies.md.
+false grade in an evaluation). An answer that normalises to nothing ("...",
+"The answer is:") agrees with no other. The rules, with examples: docs/strategies.md.
 
 Ordering rule (documented in docs/strategies.md): groups are ranked by votes,
 most first; equal votes are ranked by the request position of the group's
@@ -183,13 +184,16 @@ class Tally:
     """Votes counted so far, by normalised answer."""
 
     requested: int
-    groups: dict[str, Group] = field(default_factory=dict)
+    groups: dict[str | int, Group] = field(default_factory=dict)  # by normalised answer (an empty one: by position)
     answered: int = 0
     decided_early: bool = False
 
     def add(self, position: int, text: str) -> Group:
         key = normalise(text)
-        group = self.groups.setdefault(key, Group(key))
+        # An answer with nothing left once normalised ("...", "The answer is:", one cut off at a tiny max_tokens)
+        # holds nothing to agree on: it counts as answered but joins no other answer, so two are never a consensus.
+        slot: str | int = key if key else position
+        group = self.groups.setdefault(slot, Group(key))
         group.members.append(position)
         group.members.sort()
         self.answered += 1

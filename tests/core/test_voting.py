@@ -127,6 +127,21 @@ def test_only_short_answers_are_remembered() -> None:
     assert voting._normalise_short.cache_info().currsize == before + 1
 
 
+def test_answers_with_nothing_left_once_normalised_never_agree() -> None:
+    """Two models answering "The answer is:" (or "...", or cut off at a tiny max_tokens) agree on nothing."""
+    tally = Tally(requested=3)
+    for position, text in enumerate(["The answer is:", "The answer is", "..."]):
+        tally.add(position, text)
+    assert (tally.answered, [g.votes for g in tally.ranked()]) == (3, [1, 1, 1])
+    assert not tally.reached() and not tally.has_majority_of_requested()
+    assert [g.normalized for g in tally.ranked()] == ["", "", ""] and tally.leader().members == [0]  # type: ignore[union-attr]
+
+    tally = Tally(requested=3)  # they still count as answered: two of three agreeing is a majority
+    for position, text in enumerate(["Paris", "**", "paris."]):
+        tally.add(position, text)
+    assert tally.reached() and tally.leader().members == [0, 2]  # type: ignore[union-attr]
+
+
 def test_tally_needs_a_strict_majority_of_the_answers() -> None:
     tally = Tally(requested=4)
     tally.add(0, "4")

@@ -705,6 +705,7 @@ def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
         "r5": (None, {0: "a", 1: "b", 2: "c"}),  # not graded
         "r6": ("yes", {0: None, 1: None, 2: None}),  # no answer at all: neither
         "r7": ("blue", {0: "**Blue.**", 1: "red", 2: "red"}),  # pass (normalised); majority says red
+        "r8": ("blue", {0: "...", 1: "**", 2: "blue"}),  # answers of nothing do not vote: pass, majority
     }
     records, expected = [], {}
     for row, (want, by_sample) in answers.items():
@@ -715,8 +716,8 @@ def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
     fields = {"dataset": "d", "results_path": "r", "strategy": "first_available", "cache": "use", "rows": 7,
               "queries": 21, "resumed": 0, "ran": 20, "elapsed_s": 1.0}  # fmt: skip
     summary = summarise(records, expected, models=[A], samples=3, **fields)
-    assert (summary.graded, summary.correct) == (17, 7)
-    assert (summary.k_rows, summary.pass_at_k, summary.majority_at_k) == (5, 0.8, 0.4)
+    assert (summary.graded, summary.correct) == (20, 8)
+    assert (summary.k_rows, summary.pass_at_k, summary.majority_at_k) == (6, round(5 / 6, 4), 0.5)
 
     single = summarise([(("1", 0), {"answer": "a", "results": []})], {("1", 0): "a"}, models=[A], samples=1, **fields)
     assert (single.k_rows, single.pass_at_k, single.majority_at_k, single.accuracy) == (0, None, None, 1.0)
