@@ -22,6 +22,7 @@ from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from ai_gateway import __version__
+from ai_gateway.pricing import usd
 from tests.fake_provider import Scenario
 from tests.integration.conftest import (
     KEYS,
@@ -142,6 +143,44 @@ async def test_low_level_client_session(gateway: ServerProcess, module_fake: Gat
     assert not result.is_error
     assert_answer(result.structured_content, model_id, "from a session")
     assert [c.path for c in module_fake.calls] == ["/v1/messages"]
+
+
+async def test_run_eval_over_http_reports_progress_resumes_and_replays(
+    servers: Servers, module_fake: GatedFake
+) -> None:
+    """An agent on the official SDK client runs an evaluation on an HTTP deployment: progress per query, the summary,
+    then a rerun that resumes everything and a --cache only replay, neither calling the provider."""
+    directory = servers.logs[0].parent  # the server's working directory: its evaluation directory
+    rows = [{"id": i, "prompt": f"eval over http {i}", "expected": f"eval over http {i}"} for i in range(1, 4)]
+    (directory / "http-eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    progress: list[tuple[float, float | None, str | None]] = []
+    finished = asyncio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+        if done == total:
+            finished.set()
+
+    arguments = {"path": "http-eval.jsonl", "models": [MODELS["openai"]], "concurrency": 1}
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        Client(streamable_http_client(f"{servers.plain.base_url}/mcp", http_client=http)) as client,
+    ):
+        first = await client.call_tool("run_eval", arguments, progress_callback=on_progress)
+        await asyncio.wait_for(finished.wait(), 30)  # notifications may be handled after the result arrives
+        again = await client.call_tool("run_eval", arguments)
+        replay_arguments = {**arguments, "cache": "only", "out": "http-replay.jsonl"}
+        replay = await client.call_tool("run_eval", replay_arguments)
+    assert not (first.is_error or again.is_error or replay.is_error)
+    summary = first.structured_content
+    assert (summary["ran"], summary["answered"], summary["accuracy"]) == (3, 3, 1.0)
+    assert summary["results_path"] == str(directory / "http-eval.results.jsonl")
+    assert sorted(p[:2] for p in progress) == [(1.0, 3.0), (2.0, 3.0), (3.0, 3.0)]
+    last = next(message for done, _, message in progress if done == 3)
+    assert summary["cost_usd"] > 0 and last == f"3/3 queries, cache hits 0, cost {usd(summary['cost_usd'])}"
+    assert (again.structured_content["resumed"], again.structured_content["ran"]) == (3, 0)
+    assert (replay.structured_content["cache_hits"], replay.structured_content["accuracy"]) == (3, 1.0)
+    assert len(module_fake.calls) == 3  # one call per row, ever
 
 
 async def test_fastmcp_client_over_http_runs_a_consensus(gateway: ServerProcess, module_fake: GatedFake) -> None:
