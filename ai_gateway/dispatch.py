@@ -419,7 +419,8 @@ class Dispatcher:
                 ) from None
             if not completion.text.strip():
                 reason = completion.raw_finish_reason or str(completion.finish_reason)
-                raise EmptyResponse(f"the model returned no text (finish reason: {reason})", provider=target.provider)
+                message = f"the model returned no text (finish reason: {reason})"
+                raise EmptyResponse(message, provider=target.provider, completion=completion)
             result = "success"
             r.health.record(target.provider, target.id, "ok", self.clock() - started)
             return completion

@@ -40,7 +40,10 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ai_gateway.types import Completion
 
 
 class ErrorCode(StrEnum):
@@ -155,6 +158,12 @@ class ContentFiltered(PermanentError):
 
 class EmptyResponse(PermanentError):
     code = ErrorCode.EMPTY_RESPONSE
+
+    def __init__(self, message: str, *, completion: Completion | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # What the provider did send: its finish reason and the usage it billed. A reasoning model given a small
+        # max_tokens spends them all thinking and finishes with "length" before writing any text.
+        self.completion = completion
 
 
 class AuthError(PermanentError):

@@ -18,7 +18,7 @@ from ai_gateway.cache.key import answer_prefix
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
-from ai_gateway.errors import InvalidArgument
+from ai_gateway.errors import EmptyResponse, InvalidArgument
 from ai_gateway.http import SharedClient, WarmUp
 from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
@@ -362,7 +362,7 @@ def build_result(
         else None
     )
     # A partial sum would understate: one unpriced answer makes the total unknown.
-    paid = [r.cost_usd for r in results if r.status == "ok" and not r.cached]
+    paid = [r.cost_usd for r in results if (r.status == "ok" or r.usage is not None) and not r.cached]
     saved = [r.cost_saved_usd for r in results if r.cached]
     return QueryResult(
         strategy=strategy,
@@ -389,10 +389,12 @@ def _total_usd(costs: list[float | None]) -> float | None:
 
 def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | None = None) -> ModelResult:
     completion, error = outcome.completion, outcome.error
-    usage = completion.usage if completion else None
+    # An empty answer is an error, but the provider billed it: its usage, cost and finish reason are reported.
+    billed = completion if completion is not None else error.completion if isinstance(error, EmptyResponse) else None
+    usage = billed.usage if billed else None
     # Priced here, after the cache: a cached answer's envelope carries its usage, never a cost.
     price = None
-    if usage is not None and pricing is not None and outcome.status == "ok":
+    if usage is not None and pricing is not None and (outcome.status == "ok" or billed is not completion):
         price = pricing.cost(outcome.target.provider, outcome.target.model, usage)
         price = None if price is None else round(price, USD_DIGITS)
     provider_model = completion.model if completion and completion.model != outcome.target.model else None
@@ -410,7 +412,7 @@ def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | N
         if usage
         else None,
         error=ErrorInfo(**{**error.to_dict(), "message": redact(error.message, secrets)}) if error else None,
-        finish_reason=str(completion.finish_reason) if completion else None,
+        finish_reason=str(billed.finish_reason) if billed else None,
         provider_model=provider_model,
         attempts=outcome.attempts,
         hedge=outcome.hedge,

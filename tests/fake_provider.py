@@ -149,7 +149,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "fail_body": (dict, NoneType), "fail_headers": (dict,), "error_message": (str, NoneType),
     "retry_after": (str, NoneType), "fail_times": (int, NoneType), "hang": (bool,),
     "trickle_ms": (*_NUMBER, NoneType), "malformed": (bool,), "wrong_content_type": (bool,),
-    "close_connection": (bool,),
+    "close_connection": (bool,), "thinking": (int,),
 }
 
 
@@ -176,6 +176,9 @@ class Scenario:
     malformed: bool = False  # 200 with a truncated JSON body
     wrong_content_type: bool = False  # 200 text/html, like a proxy's error page
     close_connection: bool = False  # drop the TCP connection without an answer
+    # Tokens a reasoning model spends thinking before its answer: they count as output and take from the request's
+    # output limit, so a limit at or below them leaves no text at all (finish reason: the vendor's "length").
+    thinking: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.delay_ms) and self.delay_ms >= 0):
@@ -188,6 +191,8 @@ class Scenario:
             raise ValueError(f"trickle_ms must be a number > 0, got {self.trickle_ms!r}")
         if self.fail_times is not None and self.fail_times < 0:
             raise ValueError(f"fail_times must be >= 0, got {self.fail_times!r}")
+        if self.thinking < 0:
+            raise ValueError(f"thinking must be >= 0, got {self.thinking!r}")
         modes = [f for f in _FAILURE_FLAGS if getattr(self, f)]
         if self.error_kind is not None or self.fail_status is not None:
             modes.append("error")
@@ -588,12 +593,15 @@ class FakeProvider:
         prompt = _last_user_text(body["contents"] if dialect == "gemini" else body["messages"],
                                  "parts" if dialect == "gemini" else "content")
         text = prompt if scenario.text is None else scenario.text
-        # A word is a token here; an answer longer than the request's output limit is cut there, as vendors do.
+        # A word is a token here; an answer longer than what the request's output limit leaves after thinking is
+        # cut there, as vendors do.
         words, limit = text.split(), _output_limit(dialect, body)
-        cut = limit is not None and len(words) > limit
+        thought = scenario.thinking if limit is None else min(scenario.thinking, limit)
+        room = None if limit is None else limit - thought
+        cut = room is not None and len(words) > room
         if cut:
-            text, words = " ".join(words[:limit]), words[:limit]
-        payload = _success(dialect, model, text, len(prompt.split()), len(words), cut=cut)
+            text, words = " ".join(words[:room]), words[:room]
+        payload = _success(dialect, model, text, len(prompt.split()), thought + len(words), cut=cut)
         if scenario.trickle_ms is None:
             return self._done(call, "ok", _json_response(200, payload))
         return await self._trickle(request, _encode(payload).encode(), scenario.trickle_ms, call)

@@ -137,6 +137,20 @@ async def test_an_answer_longer_than_the_output_limit_is_cut_with_the_vendors_re
     assert got == expected
 
 
+@pytest.mark.parametrize(("limit", "text", "output_tokens"), [(None, "Paris is the capital", 9), (7, "Paris is", 7),
+                                                              (5, "", 5), (3, "", 3)])  # fmt: skip
+async def test_a_thinking_model_spends_the_limit_before_its_answer(
+    fake: FakeProvider, client: httpx.AsyncClient, limit: int | None, text: str, output_tokens: int
+) -> None:
+    """Reasoning tokens count as output and come out of the limit: at or below them, no text at all."""
+    fake.set("thinker", Scenario(text="Paris is the capital", thinking=5))
+    path, body = request_for("openai", "thinker")
+    got = (await client.post(path, json=body if limit is None else {**body, "max_tokens": limit})).json()
+    choice = got["choices"][0]
+    assert (choice["message"]["content"], got["usage"]["completion_tokens"]) == (text, output_tokens)
+    assert choice["finish_reason"] == ("stop" if limit is None else "length")
+
+
 async def test_openai_max_completion_tokens_limits_the_answer_too(client: httpx.AsyncClient) -> None:
     path, body = request_for("openai", "echo-model", "one two three four")
     got = (await client.post(path, json={**body, "max_completion_tokens": 2})).json()

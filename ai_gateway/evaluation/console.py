@@ -305,9 +305,15 @@ def print_summary(summary: EvalSummary) -> None:
         # A cut-off answer is usually graded wrong for its length, not its content: say so before anyone reads
         # the accuracy as the model's.
         by_model = ", ".join(f"{m.model} {m.truncated:,}" for m in summary.per_model if m.truncated)
-        higher = "a higher --max-tokens" if summary.max_tokens is not None else "--max-tokens above the default"
         answers = f"{summary.truncated:,} answer{'s' * (summary.truncated != 1)}"
-        lines.append(f"cut off at the output token limit: {answers} ({by_model}); {higher} lets them finish")
+        if summary.max_tokens is not None:
+            fix = "a higher --max-tokens lets them finish (in another --out: a results file keeps one limit)"
+        else:
+            fix = (
+                "no --max-tokens was set, so the limit was the provider's default (Anthropic's adapter sends its "
+                "default_max_tokens) or the model's own maximum; --max-tokens can raise a default"
+            )
+        lines.append(f"cut off at the output token limit: {answers} ({by_model}); {fix}")
     lines.append(
         f"tokens: {summary.input_tokens:,} in / {summary.output_tokens:,} out; saved by the cache: "
         f"{summary.saved_input_tokens:,} in / {summary.saved_output_tokens:,} out"
@@ -321,8 +327,14 @@ def print_summary(summary: EvalSummary) -> None:
         lines.append("  (set prices for models with none in AI_GATEWAY_MODEL_PRICES: see docs/configuration.md)")
     lines.append(f"time: {summary.elapsed_s:.2f}s{rate}")
     lines.append(f"results: {summary.results_path}")
-    if summary.unanswered:
-        lines.append(f"to ask the {summary.unanswered} with no answer again: the same command with --retry-failed")
+    if summary.unanswered_cut_off:
+        lines.append(
+            f"{summary.unanswered_cut_off:,} with no answer were cut off at the output token limit before any text "
+            "(a model that spent it thinking): asked again with the same limit, they fail alike"
+        )
+    if retry := summary.unanswered - summary.unanswered_cut_off:
+        others = "other " if summary.unanswered_cut_off else ""
+        lines.append(f"to ask the {retry:,} {others}with no answer again: the same command with --retry-failed")
     for line in lines:
         console.print(line, highlight=False, markup=False)
 

@@ -28,7 +28,17 @@ RUN_OPTIONS = {
     "cache": "--cache",
     "timeout_s": "--timeout",
     "max_tokens": "--max-tokens",
+    # The same limit under each vendor's own name: kept as meta, it would look applied and not be.
+    "max_completion_tokens": "--max-tokens",
+    "max_output_tokens": "--max-tokens",
+    "maxOutputTokens": "--max-tokens",
+    "num_predict": "--max-tokens",
     "hedge_after_s": None,
+    # Sampling parameters query_models does not take: no run sends them.
+    "top_p": None,
+    "top_k": None,
+    "presence_penalty": None,
+    "frequency_penalty": None,
 }
 
 

@@ -132,9 +132,9 @@ class RunState:
         self.done += 1
         self.ran += 1
         for r in record["results"]:
-            if r.get("status") != "ok":
-                continue
             usage = r.get("usage")
+            if r.get("status") != "ok" and not usage:  # a failure the provider billed (an empty answer) counts
+                continue
             if r.get("cached"):
                 self.cache_hits += 1
                 saved = r.get("cost_saved_usd")

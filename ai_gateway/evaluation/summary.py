@@ -35,12 +35,14 @@ class ModelStats(BaseModel):
     saved_input_tokens: int = Field(0, description="Input tokens of the answers served from the cache.")
     saved_output_tokens: int = Field(0, description="Output tokens of the answers served from the cache.")
     cost_usd: float | None = Field(
-        0.0, description="USD of its answers from a provider whose cost is known; null when none of them is priced."
+        0.0,
+        description="USD of its calls a provider billed (answers, and empty answers) whose cost is known; null when "
+        "none of them is priced.",
     )
     cost_saved_usd: float | None = Field(
         0.0, description="USD its answers served from the cache would have cost; null when none of them is priced."
     )
-    unpriced: int = Field(0, description="Answers from a provider with no known cost (not in cost_usd).")
+    unpriced: int = Field(0, description="Calls a provider billed with no known cost (not in cost_usd).")
     unpriced_cache_hits: int = Field(
         0, description="Answers from the cache with no known price (not in cost_saved_usd)."
     )
@@ -65,6 +67,12 @@ class EvalSummary(BaseModel):
     done: int = Field(description="Queries with a line in the results file (this run and earlier ones).")
     answered: int = Field(description="Done queries that at least one model answered.")
     unanswered: int = Field(description="Done queries that no model answered.")
+    unanswered_cut_off: int = Field(
+        0,
+        description="Unanswered queries whose every failed model was cut off at the output token limit before "
+        "writing any text (a reasoning model that spent the limit thinking): asked again with the same limit, they "
+        "fail alike.",
+    )
     resumed: int = Field(description="Queries already in the results file when this run started (not re-run).")
     ran: int = Field(description="Queries this run finished.")
     graded: int = Field(0, description="Done queries whose row has an expected answer.")
@@ -97,12 +105,14 @@ class EvalSummary(BaseModel):
     saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
     saved_output_tokens: int = 0
     cost_usd: float | None = Field(
-        0.0, description="USD of the answers from providers whose cost is known; null when none of them is priced."
+        0.0,
+        description="USD of the calls providers billed (answers, and empty answers) whose cost is known; null when "
+        "none of them is priced.",
     )
     cost_saved_usd: float | None = Field(
         0.0, description="USD the answers served from the cache would have cost; null when none of them is priced."
     )
-    unpriced: int = Field(0, description="Answers from providers with no known cost (not in cost_usd).")
+    unpriced: int = Field(0, description="Calls providers billed with no known cost (not in cost_usd).")
     unpriced_cache_hits: int = Field(
         0, description="Answers from the cache with no known price (not in cost_saved_usd)."
     )
@@ -145,7 +155,7 @@ def summarise(
     ``fields`` are the run's own facts (dataset, results_path, rows, ...).
     """
     tallies = {model: _ModelTally(model) for model in models}
-    done = answered = graded = correct = 0
+    done = answered = graded = correct = cut_off = 0
     k = fields["samples"]
     # Several samples: each graded row's chosen answers (normalised) by sample, for pass@k and majority@k.
     samples_of: defaultdict[str, list[tuple[int, str | None]]] = defaultdict(list)
@@ -155,6 +165,9 @@ def summarise(
         results = record.get("results") or []
         if any(r.get("status") == "ok" for r in results):
             answered += 1
+        else:
+            failed = [r for r in results if r.get("status") == "error"]
+            cut_off += bool(failed) and all(r.get("finish_reason") == "length" for r in failed)
         want = expected.get(key)
         want_form = None if want is None else expected_form(want)
         if want_form is not None:
@@ -201,6 +214,7 @@ def summarise(
         done=done,
         answered=answered,
         unanswered=done - answered,
+        unanswered_cut_off=cut_off,
         graded=graded,
         correct=correct,
         accuracy=_ratio(correct, graded),
@@ -232,6 +246,19 @@ def _at_k(samples_of: dict[str, list[tuple[int, str | None]]], want_of: dict[str
     return rows, passed, majority
 
 
+def _paid(tally: _ModelTally, r: dict[str, Any], usage: dict[str, Any]) -> None:
+    """A call a provider billed: its tokens, and its cost (or one more unpriced call)."""
+    s = tally.stats
+    s.input_tokens += usage.get("input_tokens") or 0
+    s.output_tokens += usage.get("output_tokens") or 0
+    cost = r.get("cost_usd")
+    if cost is None:
+        s.unpriced += 1
+    else:
+        tally.cost += cost
+        tally.priced += 1
+
+
 def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
     """One model's outcome on one query; ``want`` is the expected answer, already normalised."""
     s, status = tally.stats, r.get("status")
@@ -241,17 +268,18 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
     if status == "skipped" and not r.get("error"):
         s.skipped += 1
         return
+    s.truncated += r.get("finish_reason") == "length"  # an empty answer cut off before any text included
+    usage = r.get("usage") or {}
     if status != "ok":
         tally.errors[r.get("error") or "unknown"] += 1
+        if usage:  # an empty answer: billed all the same
+            _paid(tally, r, usage)
         return
     s.answered += 1
-    s.truncated += r.get("finish_reason") == "length"
-    usage = r.get("usage") or {}
-    n_in, n_out = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
     if r.get("cached"):
         s.cache_hits += 1
-        s.saved_input_tokens += n_in
-        s.saved_output_tokens += n_out
+        s.saved_input_tokens += usage.get("input_tokens") or 0
+        s.saved_output_tokens += usage.get("output_tokens") or 0
         saved = r.get("cost_saved_usd")  # absent from lines written before costs were recorded: unknown
         if saved is None:
             s.unpriced_cache_hits += 1
@@ -259,14 +287,7 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
             tally.saved += saved
             tally.priced_hits += 1
     else:
-        s.input_tokens += n_in
-        s.output_tokens += n_out
-        cost = r.get("cost_usd")
-        if cost is None:
-            s.unpriced += 1
-        else:
-            tally.cost += cost
-            tally.priced += 1
+        _paid(tally, r, usage)
     if r.get("latency_ms") is not None:
         tally.latencies.append(r["latency_ms"])
     if want is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
 _FIELDS = {"dataset": "path", "timeout": "timeout_s", "max-tokens": "max_tokens"}  # CLI option -> run_eval argument
+# The runner's messages name the CLI's options; a run_eval caller passed arguments.
+_CLI_OPTION = re.compile(
+    r"(?<![\w-])--(models|strategy|samples|concurrency|cache|temperature|max-tokens|timeout|out|retry-failed)(?![\w-])"
+)
 QUIET = logging.INFO  # a caller's mistake, not the server's: no ERROR line with a traceback
 
 
@@ -43,7 +48,7 @@ async def run_eval_tool(
     try:
         return await execute(plan, gateway_query(gateway), report)
     except EvalInputError as exc:  # the results file, taken by another run before any query
-        raise ToolError(f"invalid argument out: {exc.detail}", log_level=QUIET) from None
+        raise _argument_error(exc) from None
 
 
 def plan_eval(root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:
@@ -63,7 +68,8 @@ def plan_eval(root: Path, path: str, out: str | None, options: dict[str, Any]) -
 
 def _argument_error(exc: EvalInputError) -> ToolError:
     field = _FIELDS.get(exc.option, exc.option)
-    return ToolError(f"invalid argument {field}: {exc.detail}", log_level=QUIET)
+    detail = _CLI_OPTION.sub(lambda option: _FIELDS.get(option[1], option[1].replace("-", "_")), exc.detail)
+    return ToolError(f"invalid argument {field}: {detail}", log_level=QUIET)
 
 
 def _inside(root: Path, given: str, argument: str) -> Path:

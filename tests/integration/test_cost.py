@@ -100,6 +100,31 @@ ROW_A = (3 * 2.5 + 3 * 10.0) / 1e6  # "question number i": 3 words in, echoed: 3
 ROW_B = (3 * 1.0 + 3 * 4.0) / 1e6
 
 
+async def test_an_empty_answer_cut_off_at_the_limit_is_an_error_that_still_costs(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    """A reasoning model that spends max_tokens thinking returns no text, finish reason length: an error
+    (empty_response), but the provider billed it, so its usage, cost and finish reason are in the result."""
+    fake.set("gpt-4o-mini", Scenario(text="Paris", thinking=50))
+    fake.set("claude-haiku-4-5", Scenario(text="Paris"))
+    async with Client(make_server(model_prices=PRICES)) as client:
+        args = {"prompt": PROMPT, "models": [OPENAI, ANTHROPIC], "max_tokens": 20}
+        result = await client.call_tool("query_models", args)
+        again = await client.call_tool("query_models", args)
+    thinker, answerer = by_model(result).values()
+    assert (thinker["status"], thinker["error"]["code"], thinker["text"]) == ("error", "empty_response", None)
+    assert (thinker["finish_reason"], thinker["usage"]["output_tokens"]) == ("length", 20)
+    assert thinker["cost_usd"] == pytest.approx((6 * 2.5 + 20 * 10.0) / 1e6)
+    anthropic_cost = (6 * 1.0 + 1 * 5.0) / 1e6
+    assert (answerer["status"], answerer["cost_usd"]) == ("ok", pytest.approx(anthropic_cost))
+    sc = result.structured_content
+    assert sc["cost_usd"] == pytest.approx(thinker["cost_usd"] + anthropic_cost)  # what the call cost, failure included
+    assert sc["usage"]["output_tokens"] == 21
+    # Never cached: asked again, the thinking model is called (and billed) again; the answer comes from the cache.
+    assert [r["cached"] for r in again.structured_content["results"]] == [False, True]
+    assert fake.count("gpt-4o-mini") == 2 and fake.count("claude-haiku-4-5") == 1
+
+
 async def test_eval_cost_in_a_run_its_replay_and_a_resume(make_server: Callable[..., FastMCP], fake: GatedFake,
                                                            tmp_path: Path) -> None:  # fmt: skip
     server = make_server(model_prices=PRICES)

@@ -21,7 +21,7 @@ from fastmcp.exceptions import ToolError
 from pydantic import ValidationError
 
 from ai_gateway.cli import build_parser, describe_settings_error
-from ai_gateway.evaluation.console import lifespan_gateway, run_cli
+from ai_gateway.evaluation.console import lifespan_gateway, print_summary, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
 from ai_gateway.evaluation.summary import EvalSummary, summarise
@@ -590,7 +590,11 @@ async def test_resuming_with_another_temperature_or_sample_index_is_refused(
     assert capsys.readouterr().err == f"ai-gateway eval: {refused}\n"
     with pytest.raises(ToolError) as tool_info:
         await client.call_tool("run_eval", {"path": str(dataset), "out": str(out), "models": [A], "temperature": 1.5})
-    assert str(tool_info.value) == "invalid argument out: " + refused.removeprefix("--out: ")
+    # In the tool's terms: its arguments, not the CLI's options.
+    assert str(tool_info.value) == (
+        f'invalid argument out: {out} was written with temperature unset (id "q1", sample 0), this run has '
+        "temperature 1.5; rerun with no temperature to resume, or choose another out"
+    )
 
     lines = read_records(out)
     write_jsonl(out, [{**lines[0], "sample_index": 0}, lines[1]])  # as if sent with an index this run does not send
@@ -651,7 +655,10 @@ async def test_max_tokens_is_sent_recorded_and_a_cut_off_answer_counted(
     with pytest.raises(ToolError) as tool_info:
         arguments = {"path": str(dataset), "out": str(out), "models": [A, B], "strategy": "consensus"}
         await client.call_tool("run_eval", {**arguments, "max_tokens": 5})
-    assert str(tool_info.value).startswith(f"invalid argument out: {out} was written with --max-tokens 4")
+    assert str(tool_info.value) == (
+        f'invalid argument out: {out} was written with max_tokens 4 (id "short", sample 0), this run has max_tokens 5; '
+        "rerun with max_tokens 4 to resume, or choose another out"
+    )
     # No version sent max_tokens without recording it: a line without one was sent none.
     write_jsonl(out, [{k: v for k, v in r.items() if k != "max_tokens"} for r in records.values()])
     with pytest.raises(EvalInputError, match="was written with --max-tokens unset"):
@@ -664,6 +671,40 @@ async def test_max_tokens_is_sent_recorded_and_a_cut_off_answer_counted(
     assert [call.body["max_tokens"] for call in fake.calls_for("ev-b")][-2:] == [2, 2]
     with pytest.raises(ToolError, match=r"max_tokens\s.*greater than or equal to 1"):
         await client.call_tool("run_eval", {**arguments, "max_tokens": 0})
+
+
+async def test_a_model_that_thinks_past_max_tokens_is_counted_cut_off_and_billed(
+    running: tuple[Client, Any], fake: GatedFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reasoning model that spends the whole limit thinking answers nothing (empty_response): its line keeps the
+    finish reason and the billed usage, the summary counts it cut off and does not suggest --retry-failed, which
+    would fail alike under the same limit."""
+    _, gateway = running
+    fake.set("ev-a", Scenario(thinking=10))
+    fake.set("ev-b", Scenario(thinking=10))
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    summary = await evaluate(gateway, dataset, tmp_path / "out.jsonl", [A, B], max_tokens=4)
+
+    (record, _) = read_records(tmp_path / "out.jsonl")
+    assert [(m["status"], m["error"], m["finish_reason"], m["usage"]["output_tokens"]) for m in record["results"]] == [
+        ("error", "empty_response", "length", 4),
+        ("error", "empty_response", "length", 4),
+    ]
+    assert (summary.unanswered, summary.unanswered_cut_off, summary.truncated) == (2, 2, 4)
+    assert [(m.errors, m.truncated, m.output_tokens) for m in summary.per_model] == [({"empty_response": 2}, 2, 8)] * 2
+    print_summary(summary)
+    printed = capsys.readouterr().out
+    assert "2 with no answer were cut off at the output token limit before any text" in printed
+    assert "--retry-failed" not in printed
+    assert "(openai/ev-a 2, anthropic/ev-b 2); a higher --max-tokens lets them finish (in another --out" in printed
+    print_summary(summary.model_copy(update={"max_tokens": None}))  # the limit was a default or the model's own
+    assert "no --max-tokens was set, so the limit was the provider's default" in capsys.readouterr().out
+
+    fake.set("ev-b", Scenario(error_kind="rate_limited"))  # an outage is worth retrying; a cut-off is not
+    other = await evaluate(gateway, dataset, tmp_path / "other.jsonl", [A, B], max_tokens=4)
+    assert (other.unanswered, other.unanswered_cut_off) == (2, 0)
+    print_summary(other)
+    assert "to ask the 2 with no answer again: the same command with --retry-failed" in capsys.readouterr().out
 
 
 def test_cli_max_tokens_is_sent_and_the_summary_says_what_was_cut_off(
@@ -763,6 +804,12 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
         ('{"prompt": "a", "max_tokens": 5}', "line 2: field 'max_tokens' is a query option, not a dataset field: "
          "every row is asked with the run's options (set it for the whole run with --max-tokens)"),
         ('{"prompt": "a", "models": ["x/y"]}', "line 2: field 'models' is a query option"),
+        # The output limit under a vendor's own name is still the run's --max-tokens, not a column to keep.
+        ('{"prompt": "a", "max_completion_tokens": 5}', "field 'max_completion_tokens' is a query option, not a "
+         "dataset field: every row is asked with the run's options (set it for the whole run with --max-tokens)"),
+        ('{"prompt": "a", "num_predict": 5}', "field 'num_predict' is a query option"),
+        ('{"prompt": "a", "top_p": 0.9}', "field 'top_p' is a query option, not a dataset field: every row is asked "
+         "with the run's options (the run sends none)"),
         # Python reads NaN; copied into a results line's meta, it would make the line unreadable to other tools.
         ('{"prompt": "a", "score": NaN}', "line 2: not valid JSON (NaN is not a JSON value; write null or a string)"),
         ('{"prompt": "a", "w": -Infinity}', "line 2: not valid JSON (-Infinity is not a JSON value"),
@@ -993,6 +1040,15 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
         await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
     with pytest.raises(ToolError, match=r"samples\s.*less than or equal to 1000"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": [A], "samples": 1001})
+    # Options are named as the tool's arguments; a path that merely contains "--out" is left as it is.
+    odd = write_jsonl(tmp_path / "rows--out.jsonl", ['{"prompt": "ok", "max_tokens": 5}'])
+    with pytest.raises(ToolError) as info:
+        await client.call_tool("run_eval", {"path": str(odd), "models": [A]})
+    assert str(info.value) == (
+        f"invalid argument path: {odd} line 1: field 'max_tokens' is a query option, not a dataset field: every row "
+        "is asked with the run's options (set it for the whole run with max_tokens); remove it from the dataset, or "
+        "split the rows that need another value into their own dataset and run"
+    )
 
 
 async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
