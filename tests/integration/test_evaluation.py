@@ -683,7 +683,9 @@ async def test_a_model_that_thinks_past_max_tokens_is_counted_cut_off_and_billed
     fake.set("ev-a", Scenario(thinking=10))
     fake.set("ev-b", Scenario(thinking=10))
     dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
-    summary = await evaluate(gateway, dataset, tmp_path / "out.jsonl", [A, B], max_tokens=4)
+    plan = prepare(dataset, load_dataset(dataset), EvalConfig(models=(A, B), max_tokens=4), tmp_path / "out.jsonl")
+    summary = await execute(plan, gateway_query(gateway))
+    assert (plan.state.output_tokens, plan.state.unpriced) == (16, 4)  # the progress line's totals: billed, unpriced
 
     (record, _) = read_records(tmp_path / "out.jsonl")
     assert [(m["status"], m["error"], m["finish_reason"], m["usage"]["output_tokens"]) for m in record["results"]] == [
