@@ -28,7 +28,9 @@ class ModelStats(BaseModel):
     cancelled: int = Field(0, description="Calls cancelled because another model answered first (not errors).")
     skipped: int = Field(0, description="Calls never started (first_available: an earlier model answered).")
     cache_hits: int = Field(0, description="Answers served from the response cache.")
-    truncated: int = Field(0, description="Answers cut off at the output token limit (finish_reason length).")
+    truncated: int = Field(
+        0, description="Its calls cut off at the output token limit (finish_reason length), empty answers included."
+    )
     cache_hit_rate: float | None = Field(None, description="cache_hits / (answered + errors).")
     input_tokens: int = Field(0, description="Tokens sent to the provider (answers from the cache excluded).")
     output_tokens: int = Field(0, description="Tokens the provider generated (answers from the cache excluded).")
@@ -99,7 +101,9 @@ class EvalSummary(BaseModel):
         "a tie goes to the answer of the lowest sample).",
     )
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
-    truncated: int = Field(0, description="Model answers cut off at the output token limit (finish_reason length).")
+    truncated: int = Field(
+        0, description="Model calls cut off at the output token limit (finish_reason length), empty answers included."
+    )
     input_tokens: int = 0
     output_tokens: int = 0
     saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
