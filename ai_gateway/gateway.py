@@ -392,9 +392,10 @@ def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | N
     # An empty answer is an error, but the provider billed it: its usage, cost and finish reason are reported.
     billed = completion if completion is not None else error.completion if isinstance(error, EmptyResponse) else None
     usage = billed.usage if billed else None
-    # Priced here, after the cache: a cached answer's envelope carries its usage, never a cost.
+    # Priced here, after the cache: a cached answer's envelope carries its usage, never a cost. Only an answer
+    # (status ok) or a billed empty answer has a usage at all.
     price = None
-    if usage is not None and pricing is not None and (outcome.status == "ok" or billed is not completion):
+    if usage is not None and pricing is not None:
         price = pricing.cost(outcome.target.provider, outcome.target.model, usage)
         price = None if price is None else round(price, USD_DIGITS)
     provider_model = completion.model if completion and completion.model != outcome.target.model else None

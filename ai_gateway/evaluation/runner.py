@@ -214,10 +214,10 @@ def _check_same_sampling(out: Path, record: dict[str, Any], sample: int, config:
     Lines that do not record the temperature or the sample index (older files) are not checked for them. Every
     version that could send ``max_tokens`` records it, so a line without one was sent none."""
     where = f"id {json.dumps(record.get('id'), ensure_ascii=False)}, sample {sample}"
-    sent_with = {"--max-tokens": (record.get("max_tokens"), config.max_tokens)}
+    sent_with = [("--max-tokens", record.get("max_tokens"), config.max_tokens)]
     if "temperature" in record:
-        sent_with = {"--temperature": (record["temperature"], config.temperature), **sent_with}
-    for flag, (was, now) in sent_with.items():
+        sent_with.insert(0, ("--temperature", record["temperature"], config.temperature))
+    for flag, was, now in sent_with:
         if was != now:
             raise option_error(
                 "--out",
