@@ -82,26 +82,49 @@ def run_cli(
         providers = (registry or Registry.from_settings)(settings, environ)
         run = functools.partial(_run_gateway, settings, providers, plan, view.update)
     terminated = False
+    # Decided as asyncio.run decides for its own handler (which replaces it by the time the run starts): a shell
+    # that started this in the background ignores SIGINT for it, and Ctrl-C meant for the foreground must not stop it.
+    ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    async def until_terminated() -> EvalSummary:
-        """SIGTERM (a scheduler, a container stopping) ends the run as Ctrl-C does: the queries in flight are
-        cancelled and the answers already written reach the cache before the process ends. Killed outright,
-        a replay would miss the answers whose lines were written but whose cache writes were still under way."""
+    async def until_signalled() -> EvalSummary:
+        """Ctrl-C stops the run in two steps. The first starts no new query and lets those in flight finish:
+        providers bill a query that is cut off too, and a resume would pay for it again. The second (or the
+        first, when nothing is in flight) cancels them. Either way every line written is kept.
+
+        SIGTERM (a scheduler, a container stopping, whose grace period a slow query could outlast) cancels at
+        once, as a second Ctrl-C does: the answers already written reach the cache before the process ends.
+        Killed outright, a replay would miss the answers whose lines were written but whose cache writes were
+        still under way."""
         main = asyncio.current_task()
         assert main is not None
+        state = plan.state
 
         def terminate() -> None:
             nonlocal terminated
             terminated = True
             main.cancel()
 
+        def interrupt() -> None:
+            if state.stopping or not state.in_flight:
+                main.cancel()
+                return
+            state.stopping = True
+            n = state.in_flight
+            view.note(
+                f"ai-gateway eval: stopping: no new query starts; waiting for the {n} in flight to finish and be "
+                f"kept (a provider bills {'it' if n == 1 else 'them'} even if stopped). Ctrl-C again to stop now"
+            )
+
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals (Windows, not the main thread)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+            loop.add_signal_handler(signal.SIGTERM, terminate)
+            if ctrl_c:
+                loop.add_signal_handler(signal.SIGINT, interrupt)  # in place of asyncio.run's (it cancels at once)
         return await run()
 
     try:
         with view:
-            summary = asyncio.run(until_terminated())
+            summary = asyncio.run(until_signalled())
     except EvalInputError as exc:
         print(f"ai-gateway eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -115,19 +138,26 @@ def run_cli(
         )
         return EXIT_WRITE_FAILED
     except (KeyboardInterrupt, asyncio.CancelledError):
-        state = plan.state
-        print(
-            f"ai-gateway eval: {'terminated' if terminated else 'interrupted'}; {state.done} of {state.total} "
-            f"queries done and kept in {plan.out} (run the same command again to resume)",
-            file=sys.stderr,
-        )
+        _say_stopped(plan, "terminated" if terminated else "interrupted")
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     if args.json_summary:
         print(summary.model_dump_json(indent=2))
     else:
         print_summary(summary)
+    if summary.done < summary.queries and plan.state.stopping:  # stopped by a first Ctrl-C
+        _say_stopped(plan, "interrupted")
+        return EXIT_INTERRUPTED
     complete = summary.done == summary.queries and summary.unanswered == 0
     return EXIT_OK if complete else EXIT_UNANSWERED
+
+
+def _say_stopped(plan: Plan, how: str) -> None:
+    state = plan.state
+    print(
+        f"ai-gateway eval: {how}; {state.done} of {state.total} queries done and kept in {plan.out} (run the same "
+        "command again to resume)",
+        file=sys.stderr,
+    )
 
 
 async def _run_gateway(settings: Any, registry: Any, plan: Plan, on_record: Callable[[RunState], None]) -> EvalSummary:
@@ -215,6 +245,10 @@ class ProgressView:
         self.progress.totals = totals_line(state)
         self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
 
+    def note(self, message: str) -> None:
+        """A line above the bar (printed on its own, it would be drawn over)."""
+        self.progress.console.print(message, highlight=False, markup=False)
+
     def __enter__(self) -> ProgressView:
         self.progress.start()
         return self
@@ -227,6 +261,9 @@ class ProgressView:
 class _NoProgress:
     def update(self, state: RunState, force: bool = False) -> None:
         pass
+
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
     def __enter__(self) -> _NoProgress:
         return self

@@ -127,6 +127,10 @@ class RunState:
     unpriced: int = 0  # answers from providers with no known cost
     unpriced_cache_hits: int = 0
     started: float = field(default_factory=time.perf_counter)
+    in_flight: int = 0  # queries asked and not yet written
+    # Set by a first Ctrl-C: no new query starts, and those in flight finish and are written. Providers bill a
+    # query that is cut off too; cancelled, it would be paid for again when the run resumes.
+    stopping: bool = False
 
     def add(self, record: dict[str, Any]) -> None:
         self.done += 1
@@ -369,8 +373,10 @@ async def execute(
 ) -> EvalSummary:
     """Run the pending queries, ``plan.config.concurrency`` at a time, appending each line as it finishes.
 
-    Cancellation (Ctrl-C, a cancelled tool call) stops scheduling, cancels the queries in
-    flight and re-raises; every line written so far stays in the file.
+    Cancellation (a second Ctrl-C, SIGTERM, a cancelled tool call) stops scheduling, cancels the
+    queries in flight and re-raises; every line written so far stays in the file. ``state.stopping``
+    (a first Ctrl-C) stops scheduling only: the queries in flight finish, are written, and the
+    summary of the lines so far is returned.
     """
     config, state = plan.config, plan.state
     state.started = time.perf_counter()
@@ -385,11 +391,18 @@ async def execute(
             out.write("\n")
 
         async def worker() -> None:
-            for row, sample in todo:  # shared: each pair is taken by exactly one worker
+            while not state.stopping:
+                pair = next(todo, None)  # shared: each pair is taken by exactly one worker
+                if pair is None:
+                    return
+                row, sample = pair
+                state.in_flight += 1
                 try:
                     result, failure = await query(query_arguments(row, sample, config)), None
                 except QueryFailed as exc:
                     result, failure = None, exc
+                finally:
+                    state.in_flight -= 1
                 record = make_record(row, sample, config, result, failure)
                 out.write(_dumps(record) + "\n")
                 out.flush()

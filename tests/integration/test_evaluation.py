@@ -1107,43 +1107,72 @@ def test_an_eval_dir_that_is_not_a_directory_is_refused_at_start(tmp_path: Path)
 
 
 # ---------------------------------------------------------------------------- the CLI as a process
+async def _stderr_line(proc: asyncio.subprocess.Process, needle: str) -> str:
+    """Lines of the process's stderr up to the first holding ``needle`` (all of them, for the assertion)."""
+    assert proc.stderr is not None
+    seen = ""
+    async with asyncio.timeout(30):
+        while needle not in seen:
+            line = await proc.stderr.readline()
+            assert line, f"stderr ended before {needle!r}: {seen}"
+            seen += line.decode()
+    return seen
+
+
 @pytest.mark.parametrize(
-    ("signum", "code", "word"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
-    ids=["ctrl-c", "sigterm"],
+    ("signals", "code", "word", "kept", "view"),
+    [
+        ([signal.SIGINT], 130, "interrupted", 8, []),
+        ([signal.SIGINT, signal.SIGINT], 130, "interrupted", 6, ["--no-progress"]),
+        ([signal.SIGTERM], 143, "terminated", 6, []),
+    ],
+    ids=["ctrl-c", "ctrl-c-twice", "sigterm"],
 )
-async def test_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(
-    tmp_path: Path, signum: signal.Signals, code: int, word: str
+async def test_cli_interrupted_keeps_finished_rows_and_a_rerun_resumes(
+    tmp_path: Path, signals: list[signal.Signals], code: int, word: str, kept: int, view: list[str]
 ) -> None:
-    """SIGTERM (a scheduler, a container stopping) ends the run as Ctrl-C does: it used to kill the process with
+    """A first Ctrl-C starts no new query and lets the two in flight finish: a provider bills a query cut off
+    too, and the resume would have paid for it again. A second Ctrl-C, or SIGTERM (a scheduler, a container
+    stopping: its grace period may be shorter than a query), cancels them. SIGTERM used to kill the process with
     no word, before the cache writes of the lines already written were done (a later replay missed them)."""
     write_jsonl(tmp_path / "data.jsonl", slow_rows())
     argv = ["eval", "data.jsonl", "--models", A, "--concurrency", "2", "--cache", "bypass", "--out", "out.jsonl"]
     async with PromptGatedFake() as fake:
         env = subprocess_env(fake.url)
         proc = await asyncio.create_subprocess_exec(
-            *CLI, *argv, env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            *CLI, *argv, *view, env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
             await fake.wait_until(lambda: fake.held == 2, "two slow rows held", timeout=30)
-            proc.send_signal(signum)
+            err = ""
+            for signum in signals:
+                proc.send_signal(signum)
+                if signum == signal.SIGINT and not err:
+                    err = await _stderr_line(proc, "Ctrl-C again to stop now")
+                    assert "stopping: no new query starts; waiting for the 2 in flight to finish" in err
+            if kept == 8:
+                fake.gate.set()  # the two in flight answer; nothing else may be asked
             async with asyncio.timeout(30):
-                _, err = await proc.communicate()
+                out, rest = await proc.communicate()
+            err += rest.decode()
         finally:
             await stop_process(proc)
-        assert proc.returncode == code, err.decode()
-        assert f"{word}; 6 of 10 queries done and kept in out.jsonl" in err.decode()
-        assert "Traceback" not in err.decode()
-        assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == [1, 2, 3, 4, 5, 6]
+        assert proc.returncode == code, err
+        assert f"{word}; {kept} of 10 queries done and kept in out.jsonl" in err
+        assert "Traceback" not in err
+        assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == list(range(1, kept + 1))
+        assert fake.count() == 8  # six fast rows, and the two slow ones asked before the signal
+        # Drained, the run ends with the summary of what it did (stopped at once, with none).
+        assert (b"8 of 10 queries answered, 2 not run" in out) == (kept == 8), out.decode()
 
         fake.gate.set()
         before = fake.count()
-        code, out, err2 = await run_cli_process(*argv, "--json-summary", env=env, cwd=tmp_path)
+        code, stdout, err2 = await run_cli_process(*argv, "--json-summary", env=env, cwd=tmp_path)
         assert code == 0, err2
-        assert fake.count() - before == 4
-        summary = json.loads(out)
-        assert (summary["resumed"], summary["ran"], summary["done"], summary["answered"]) == (6, 4, 10, 10)
+        assert fake.count() - before == 10 - kept
+        summary = json.loads(stdout)
+        assert (summary["resumed"], summary["ran"], summary["done"], summary["answered"]) == (kept, 10 - kept, 10, 10)
         records = read_records(tmp_path / "out.jsonl")
         assert sorted(r["id"] for r in records) == list(range(1, 11)) and len(by_key(records)) == 10
 
