@@ -14,6 +14,7 @@ even its cancellation comes back as an Outcome.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,18 +22,23 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
-from ai_gateway.cache.store import CachePolicy, PeerFailure, ResponseCache
+from ai_gateway.cache.store import LEASE_TTL_S, CachePolicy, PeerFailure, ResponseCache
 from ai_gateway.errors import (
+    AuthError,
     CacheMiss,
     Cancelled,
     CircuitOpen,
+    ConnectFailed,
     DeadlineExceeded,
     EmptyResponse,
     ErrorCode,
     GatewayError,
     InternalError,
     LoadShed,
+    NotFound,
     ProviderTimeout,
+    QuotaExhausted,
+    RateLimited,
 )
 from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
@@ -61,6 +67,16 @@ def caller_specific(error: GatewayError) -> bool:
     """Failures that say something about this caller (its deadline, its cancellation, this gateway's
     load), not about the provider: never shared with callers waiting for the same answer."""
     return isinstance(error, DeadlineExceeded | Cancelled | LoadShed)
+
+
+def process_specific(error: GatewayError) -> bool:
+    """Failures that say something about this gateway process: its circuit, its credentials and account (a wrong
+    key, an exhausted quota, its rate limits, a model its key may not use), its network and its own code. Callers
+    in this process share them (same key, same circuit); another process, which may hold another key or sit on
+    another network, is not told them: it makes the call itself."""
+    return caller_specific(error) or isinstance(
+        error, CircuitOpen | AuthError | QuotaExhausted | RateLimited | NotFound | ConnectFailed | InternalError
+    )
 
 
 def never() -> bool:
@@ -237,12 +253,14 @@ class Dispatcher:
         async def lead() -> Outcome:
             """Only the first caller in this process reads, claims the call across processes, and calls."""
             assert store is not None and key is not None
+            # An open circuit refuses at once: nothing to claim, and no other process to make wait for it.
+            claim = policy.writes and self.available(target)
             # A replay (cache only) must not turn a slow Redis reply into a miss: it waits for Redis's verdict.
             hit, lease = await store.lookup(
                 key,
                 read=policy.reads,
-                claim=policy.writes,
-                lease_ttl_s=max(deadline.remaining(), 0.1),
+                claim=claim,
+                lease_ttl_s=min(max(deadline.remaining(), 0.1), LEASE_TTL_S),
                 patient=policy.mode == "only",
                 together=policy.together,
             )
@@ -251,25 +269,30 @@ class Dispatcher:
             if policy.mode == "only":
                 error = CacheMiss("cache only: not in the cache; no provider was called", provider=target.provider)
                 return Outcome(target, "error", error=error, hedge=hedge)
-            if policy.writes and lease is None:  # another gateway process is making this call: wait for it
+            if claim and lease is None:  # another gateway process is making this call: wait for it
                 peer = await store.await_peer(key, deadline.remaining(), replacing=policy.mode == "refresh")
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
-                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=max(deadline.remaining(), 0.1))
+                lease_ttl_s = min(max(deadline.remaining(), 0.1), LEASE_TTL_S)
+                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=lease_ttl_s)
             outcome: Outcome | None = None  # stays None if this caller is cancelled (raise_cancel)
+            stop_renewing = store.keep_lease(key, lease) if lease is not None else None
             try:
                 outcome = await self._call_provider(
                     target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
                 )
                 return outcome
             finally:
+                if stop_renewing is not None:
+                    stop_renewing()
                 if policy.writes:  # store the answer, or release the lease, in any case
-                    # Only what the provider said is shared with other processes; this caller's own deadline,
-                    # cancellation or load shedding is not their failure: they make the call themselves.
+                    # Only what the provider said about the request is shared with other processes; this caller's
+                    # own deadline or cancellation, and this process's circuit, key or network, are not their
+                    # failure: they make the call themselves.
                     failure = None
                     error = outcome.error if outcome is not None and outcome.status == "error" else None
-                    if error is not None and not caller_specific(error):
-                        failure = PeerFailure(str(error.code), error.message)
+                    if error is not None and not process_specific(error):
+                        failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s)
                     stored = outcome.completion if outcome is not None and outcome.ok else None
                     # A refresh that got an answer it may not store, or an error about the call, removes the
                     # entry it was to replace; one that ended for reasons of its own (cancelled, its deadline,
@@ -299,9 +322,10 @@ class Dispatcher:
         if led:
             return outcome
         # Waited for another caller's answer (or error): its attempts were that caller's, not this one's;
-        # an answer cost this caller nothing, like a cache hit.
+        # an answer cost this caller nothing, like a cache hit, and so did an empty one.
         now = self.clock()
-        return replace(outcome, attempts=0, cached=outcome.ok, latency_s=now - started, finished_at=now, hedge=hedge)
+        return replace(outcome, error=_unbilled(outcome.error), attempts=0, cached=outcome.ok, latency_s=now - started,
+                       finished_at=now, hedge=hedge)  # fmt: skip
 
     def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
         now = self.clock()
@@ -313,7 +337,12 @@ class Dispatcher:
         if isinstance(peer, Completion):
             return self._cached(target, peer, started, hedge)
         now = self.clock()
-        error = GatewayError(f"{peer.message} (from another gateway process)", provider=target.provider)
+        error = GatewayError(
+            f"{peer.message} (from another gateway process)",
+            provider=target.provider,
+            status=peer.status,
+            retry_after_s=peer.retry_after_s,
+        )
         error.code = ErrorCode(peer.code)  # type: ignore[misc]  (validated by await_peer)
         return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
 
@@ -440,6 +469,16 @@ class Dispatcher:
             raise
         finally:
             breaker.release(trial, result, error)
+
+
+def _unbilled(error: GatewayError | None) -> GatewayError | None:
+    """A billed empty answer as a caller that waited for it sees it: the same error and finish reason, without the
+    usage the provider billed once, to the caller that made the call (counted for each, it was counted N times)."""
+    if not isinstance(error, EmptyResponse) or error.completion is None or error.completion.usage is None:
+        return error
+    unbilled = copy.copy(error)
+    unbilled.completion = replace(error.completion, usage=None)
+    return unbilled
 
 
 def _key(store: ResponseCache, target: ModelTarget, request: ChatRequest, policy: CachePolicy) -> str | None:

@@ -73,6 +73,13 @@ return 1
 """
 
 
+# Extend the lease only while it is still this holder's (it may have lapsed and been taken by another).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -164,6 +171,7 @@ class RedisBackend:
             )
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
+        self._renew = self.client.register_script(_RENEW)
         self._queued: list[_Queued] = []  # calls waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # lookups and settles sent (each pipeline counts once)
@@ -388,6 +396,11 @@ class RedisBackend:
         if taken:
             self._held.add(token)
         return bool(taken)
+
+    async def renew(self, lease_key: str, token: str, ttl_s: float) -> None:
+        """Keep a lease this process holds from lapsing while its call runs (see ``ResponseCache.keep_lease``)."""
+        if token in self._held and self.healthy:
+            await self._guard(self._renew(keys=[lease_key], args=[token, max(1, int(ttl_s * 1000))]))
 
     async def _verdict(self) -> bool:
         """Whether Redis is well, once the probe started by a timeout (if any) has decided."""

@@ -27,7 +27,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from ai_gateway.cache.envelope import decode, encode
@@ -53,6 +53,11 @@ class Backend(Protocol):
 
 
 LEASE_POLL_S = 0.025
+# A lease lives this long unless its holder renews it (every third of it, while its call runs): a holder that
+# died or froze holds the others up this long at most, where a lease as long as its call's deadline held them
+# up to that whole deadline.
+LEASE_TTL_S = 6.0
+LEASE_RENEW_S = LEASE_TTL_S / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,8 @@ class PeerFailure:
 
     code: str
     message: str
+    status: int | None = None  # the HTTP status the provider answered, if any
+    retry_after_s: float | None = None  # how long the provider asked to wait, as it said it
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,8 @@ class ResponseCache:
                 self.stats.hits += 1
                 return completion, None
             self.stats.misses += 1
+            if raw is not None and claim:  # corrupt or foreign bytes, which Redis took for an answer: no lease
+                taken = await self.backend.lease(lease_key(key), token, lease_ttl_s)  # type: ignore[attr-defined]
         # taken None: Redis could not say (it is failing): make the call ourselves rather than wait.
         return None, (token if taken is None or taken else None)
 
@@ -219,6 +228,26 @@ class ResponseCache:
             self._settling[key] = completion
             task.add_done_callback(lambda _: self._settled(key, completion))
 
+    def keep_lease(self, key: str, lease: str) -> Callable[[], None]:
+        """Renew the lease on ``key`` while its call runs; returns what stops the renewals.
+
+        A timer, not a task: most calls end before the first renewal is due, and pay nothing for it.
+        """
+        renew = getattr(self.backend, "renew", None)
+        if renew is None:  # the embedded cache: no other process waits on it
+            return _nothing
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            nonlocal handle
+            task = loop.create_task(renew(lease_key(key), lease, LEASE_TTL_S), name="cache-lease-renew")
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            handle = loop.call_later(LEASE_RENEW_S, tick)
+
+        handle = loop.call_later(LEASE_RENEW_S, tick)
+        return lambda: handle.cancel()
+
     def _settled(self, key: str, completion: Completion) -> None:
         if self._settling.get(key) is completion:  # not a newer answer stored since
             del self._settling[key]
@@ -229,7 +258,7 @@ class ResponseCache:
         try:
             settle = getattr(self.backend, "settle", None)
             if lease is not None and settle is not None:
-                error = None if failure is None else json.dumps({"code": failure.code, "message": failure.message})
+                error = None if failure is None else json.dumps(asdict(failure))
                 error_bytes = error and error.encode()
                 await settle(
                     key, value, self.ttl_s, lease_key(key), lease, error_key(key), error_bytes, replace=replace
@@ -297,8 +326,14 @@ class ResponseCache:
                 if failure is not None:
                     try:
                         data = json.loads(failure)
-                        return PeerFailure(str(ErrorCode(data["code"])), str(data["message"]))
-                    except (ValueError, KeyError, TypeError, RecursionError):
+                        status, retry_after_s = data.get("status"), data.get("retry_after_s")
+                        return PeerFailure(
+                            str(ErrorCode(data["code"])),
+                            str(data["message"]),
+                            status if _number(status) and isinstance(status, int) else None,
+                            float(retry_after_s) if _number(retry_after_s) else None,
+                        )
+                    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         return None  # an unknown or garbled marker: make the call ourselves
                 if not leased:
                     return None  # the holder gave up (cancelled, crashed) without an answer: call ourselves
@@ -314,3 +349,11 @@ class ResponseCache:
     async def aclose(self) -> None:
         await self.flush()
         await self.backend.aclose()
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _nothing() -> None:
+    pass

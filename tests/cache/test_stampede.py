@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from ai_gateway import dispatch as dispatch_module
+from ai_gateway.cache import store as store_module
+from ai_gateway.cache.store import LEASE_TTL_S
 from ai_gateway.schemas import QueryResult
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, PROMPT, CacheFake, Running, cancel_after_write, until
@@ -56,6 +59,24 @@ async def test_followers_do_not_report_the_leaders_attempts_and_usage_as_their_o
     assert fake.count(VENDOR) == 1
     assert sum(r.only["attempts"] for r in replies) == 1
     assert sum((r.data.get("usage") or {}).get("output_tokens", 0) for r in replies) == 1
+
+
+async def test_callers_sharing_a_billed_empty_answer_report_its_tokens_and_cost_once(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """An empty answer is an error, but billed (a reasoning model that spent the limit thinking): reported on each
+    caller that waited for it, its cost was counted ten times for one call."""
+    fake.set(VENDOR, Scenario(text="Paris", thinking=50, delay_ms=200))
+    async with open_gateway() as gw:
+        replies = await asyncio.gather(*(gw.query(max_tokens=20) for _ in range(10)))
+
+    assert fake.count(VENDOR) == 1
+    assert [r.only["error"]["code"] for r in replies] == ["empty_response"] * 10
+    assert [r.only["finish_reason"] for r in replies] == ["length"] * 10  # each caller still learns why
+    [billed] = [r for r in replies if r.only["usage"] is not None]
+    assert billed.only["usage"]["output_tokens"] == 20 and billed.only["cost_usd"] > 0
+    assert sum(r.only["cost_usd"] or 0 for r in replies) == billed.only["cost_usd"]
+    assert sum(r.data["cost_usd"] or 0 for r in replies) == billed.data["cost_usd"]
 
 
 async def test_if_the_first_caller_is_cancelled_the_others_still_get_the_answer(
@@ -220,6 +241,160 @@ async def test_when_the_lease_holder_fails_its_peers_fail_alike_and_nothing_is_s
     assert peer_result.results[0].error is not None and peer_result.results[0].error.code == "bad_request"
     assert fake.count(VENDOR) == 1
     assert [k for k in redis_target.stored_keys() if not (b":lease:" in k or b":error:" in k)] == []
+
+
+@pytest.mark.parametrize("kind", ["auth", "quota_exhausted", "not_found"])
+async def test_errors_of_the_holder_s_key_are_not_shared_with_other_gateway_processes(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A wrong key, an exhausted quota or a model the key may not use is the holder's: another process may hold
+    another key. It used to be handed the holder's error "(from another gateway process)" and never asked."""
+    fake.set(VENDOR, Scenario.error(kind, times=1))  # the holder's call fails; the peer's own call is echoed
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two, timeout_s=30)
+        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+        release.set()
+        holder_result, peer_result = await holder, await peer
+
+    assert holder_result.results[0].error is not None and holder_result.results[0].error.code == kind
+    assert (peer_result.results[0].status, peer_result.answer) == ("ok", PROMPT), peer_result.results[0].error
+    assert fake.count(VENDOR) == 2
+
+
+async def test_a_gateway_with_an_open_circuit_neither_claims_the_call_nor_tells_others_its_refusal(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """A circuit is one process's judgement. The refusal used to be published as the call's error, and the other
+    gateways waiting on the same question (114 of 200 calls in a review) failed with it, never calling."""
+    fake.set(VENDOR, Scenario.error("server_error", times=1))
+    settings = redis_target.settings()
+    async with open_gateway(**settings, breaker_fail_max=1, max_attempts=1) as one, open_gateway(**settings) as two:
+        opened = await one.ask(prompt="another question")  # its failure opens the circuit of gateway one
+        assert opened.only["error"]["code"] == "upstream_error"
+        before = redis_target.stored_keys()  # that failure's error marker (about the provider: shared)
+        refused = await one.ask()
+        assert refused.only["error"]["code"] == "circuit_open"
+        assert redis_target.stored_keys() == before  # no lease taken, no error marker for others
+        answered = await two.ask()
+
+    assert (answered.only["status"], answered.answer) == ("ok", PROMPT)  # the fake echoes once it stops failing
+    assert fake.count(VENDOR) == 2  # the failure, and gateway two's own call
+
+
+async def test_an_error_shared_by_another_process_keeps_its_status_and_retry_after(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter's clients read retry_after_s to back off, as the holder's do (docs/strategies.md)."""
+    fake.set(VENDOR, Scenario.error("overloaded", retry_after="30"))
+    release = fake.hold(VENDOR)
+    settings = {**redis_target.settings(), "max_attempts": 1}
+    async with open_gateway(**settings) as one, open_gateway(**settings) as two:
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two, timeout_s=30)
+        await asyncio.wait_for(waiting.wait(), 5)
+        release.set()
+        holder_result, peer_result = await holder, await peer
+
+    mine, theirs = holder_result.results[0].error, peer_result.results[0].error
+    assert mine is not None and theirs is not None
+    assert (theirs.code, theirs.status, theirs.retry_after_s) == (mine.code, mine.status, mine.retry_after_s)
+    assert (mine.code, mine.status, mine.retry_after_s) == ("overloaded", 503, 30.0)
+    assert theirs.message.endswith("(from another gateway process)")
+    assert fake.count(VENDOR) == 1
+
+
+async def test_a_lease_lives_a_few_seconds_whatever_the_call_s_deadline(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """A holder that dies (killed, out of memory) or freezes cannot settle: its lease then held every other gateway
+    asking the same question until it expired, and it lived as long as the holder's deadline (up to 300 s)."""
+    release = fake.hold(VENDOR)
+    raw = redis_target.client()
+    try:
+        async with open_gateway(**redis_target.settings()) as one:
+            holder = direct(one, timeout_s=120)
+            await fake.wait_for_calls(1, VENDOR)
+            [lease] = [k for k in redis_target.stored_keys() if b":lease:" in k]
+            left_ms = raw.pttl(lease)
+            release.set()
+            await holder
+    finally:
+        raw.close()
+    assert 0 < left_ms <= LEASE_TTL_S * 1000
+
+
+async def test_a_live_holder_renews_its_lease_so_its_peers_keep_waiting_for_its_answer(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call longer than the lease: renewed while it runs, the lease never lapses, and the peer gets the holder's
+    answer instead of making the same call. Renewals are counted, not timed: twelve, a third of the lease apart,
+    span four lease lifetimes (call_later never fires early)."""
+    monkeypatch.setattr(store_module, "LEASE_TTL_S", 0.3)
+    monkeypatch.setattr(store_module, "LEASE_RENEW_S", 0.1)
+    monkeypatch.setattr(dispatch_module, "LEASE_TTL_S", 0.3)
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        backend: Any = one.gateway.cache.backend
+        renewals, renewed, real_renew = 0, asyncio.Event(), backend.renew
+        extended: list[tuple[int, int]] = []
+        raw = redis_target.client()
+
+        async def renew(lease_key: str, token: str, ttl_s: float) -> None:
+            nonlocal renewals
+            before = raw.pttl(lease_key)
+            await real_renew(lease_key, token, ttl_s)
+            extended.append((before, raw.pttl(lease_key)))
+            renewals += 1
+            if renewals == 12:
+                renewed.set()
+
+        monkeypatch.setattr(backend, "renew", renew)
+        waiting = watch_waits(two, monkeypatch)
+        holder = direct(one, timeout_s=60)
+        await fake.wait_for_calls(1, VENDOR)
+        peer = direct(two, timeout_s=60)
+        await asyncio.wait_for(waiting.wait(), 5)
+        await asyncio.wait_for(renewed.wait(), 30)
+        release.set()
+        holder_result, peer_result = await holder, await peer
+        raw.close()
+
+    assert all(0 < before < after for before, after in extended), extended
+    assert (holder_result.answer, peer_result.answer) == ("Paris", "Paris")
+    assert peer_result.results[0].cached is True  # the holder's answer
+    assert fake.count(VENDOR) == 1
+
+
+async def test_bytes_that_are_no_answer_under_a_key_are_a_miss_that_claims_the_call(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis returns whatever is stored, and its lookup took no lease: the gateway used to read that as another
+    process making the call, and waited for one that did not exist before making it."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**redis_target.settings()) as seed:
+        await seed.ask()
+    [key] = [k for k in redis_target.stored_keys() if b":lease:" not in k and b":error:" not in k]
+    raw = redis_target.client()
+    raw.set(key, b"\x00garbage, not an envelope")
+    try:
+        async with open_gateway(**redis_target.settings()) as gw:
+            waiting = watch_waits(gw, monkeypatch)
+            reply = await gw.ask()
+        stored = raw.get(key)
+    finally:
+        raw.close()
+
+    assert (reply.only["status"], reply.answer, reply.only["cached"]) == ("ok", "Paris", False)
+    assert not waiting.is_set()
+    assert fake.count(VENDOR) == 2
+    assert stored is not None and b"Paris" in stored  # replaced
 
 
 async def test_when_the_lease_holder_is_cancelled_a_peer_calls_the_provider_itself(
