@@ -23,6 +23,7 @@ from ai_gateway.evaluation.runner import (
     RunState,
     check_models,
     execute,
+    fit_concurrency,
     gateway_query,
     prepare,
     tool_query,
@@ -75,12 +76,12 @@ def run_cli(
     view = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
     # Built before the progress bar shows: a bad provider configuration exits with its message first.
     if args.via == "tool":
-        run = functools.partial(_run_tool, build(settings, environ), plan, view.update)
+        run = functools.partial(_run_tool, build(settings, environ), plan, view)
     else:
         from ai_gateway.registry import Registry
 
         providers = (registry or Registry.from_settings)(settings, environ)
-        run = functools.partial(_run_gateway, settings, providers, plan, view.update)
+        run = functools.partial(_run_gateway, settings, providers, plan, view)
     terminated = False
     # Decided as asyncio.run decides for its own handler (which replaces it by the time the run starts): a shell
     # that started this in the background ignores SIGINT for it, and Ctrl-C meant for the foreground must not stop it.
@@ -160,26 +161,30 @@ def _say_stopped(plan: Plan, how: str) -> None:
     )
 
 
-async def _run_gateway(settings: Any, registry: Any, plan: Plan, on_record: Callable[[RunState], None]) -> EvalSummary:
+async def _run_gateway(settings: Any, registry: Any, plan: Plan, view: Any) -> EvalSummary:
     """The rows through ``Gateway.query``, the code path behind the tool, without the MCP server: no
     fastmcp import (~0.8 s of every run's start here) and no MCP framing per row."""
     from ai_gateway.gateway import running_gateway
 
     async with running_gateway(settings, registry) as gateway:
-        return await _execute(gateway, plan, gateway_query(gateway), on_record)
+        return await _execute(gateway, plan, gateway_query(gateway), view.update, view.note)
 
 
-async def _run_tool(server: Any, plan: Plan, on_record: Callable[[RunState], None]) -> EvalSummary:
+async def _run_tool(server: Any, plan: Plan, view: Any) -> EvalSummary:
     """The rows through the ``query_models`` tool of an in-memory MCP server (``--via tool``)."""
     from fastmcp import Client
 
     async with Client(server) as client:
         gateway = lifespan_gateway(server)
-        return await _execute(gateway, plan, tool_query(client), on_record)
+        return await _execute(gateway, plan, tool_query(client), view.update, view.note)
 
 
-async def _execute(gateway: Any, plan: Plan, query: Any, on_record: Callable[[RunState], None]) -> EvalSummary:
+async def _execute(
+    gateway: Any, plan: Plan, query: Any, on_record: Callable[[RunState], None], note: Callable[[str], None]
+) -> EvalSummary:
     check_models(gateway, plan.config)
+    if (lowered := fit_concurrency(gateway, plan)) is not None:
+        note(f"ai-gateway eval: {lowered}")
     if gateway.warm is not None:
         # Load what the run needs before its first row, off the loop: a replay (cache only) calls no
         # provider, so it needs at most the price table (for the cost it saved), not the HTTP stack; and

@@ -34,7 +34,15 @@ RUN_OPTIONS = {
     "maxOutputTokens": "--max-tokens",
     "num_predict": "--max-tokens",
     "hedge_after_s": None,
-    # Sampling parameters query_models does not take: no run sends them.
+    # Parameters query_models does not take: no run sends them (and a per-row model is the run's --models).
+    "model": "--models",
+    "seed": None,
+    "stop": None,
+    "stop_sequences": None,
+    "n": None,
+    "reasoning_effort": None,
+    "response_format": None,
+    "logit_bias": None,
     "top_p": None,
     "top_k": None,
     "presence_penalty": None,
@@ -97,7 +105,9 @@ def jsonl_lines(text: str) -> list[str]:
 def load_dataset(path: Path) -> list[Row]:
     """Every row of a JSONL dataset, or an EvalInputError for the first bad line (blank lines skipped)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not a line
+        # Bytes, then text: read_text's universal newlines would end a line at a lone "\r" too, which JSON allows
+        # between tokens. A byte-order mark (Windows editors write one) is not a line.
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise EvalInputError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
@@ -141,7 +151,11 @@ def _parse_row(path: Path, number: int, line: str) -> Row:
         _check_unicode(where, "prompt", prompt)
     turns = _parse_messages(where, messages) if messages is not None else None
     row_id = data.get("id", number)
-    if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
+    if (
+        isinstance(row_id, bool)
+        or not isinstance(row_id, str | int)
+        or (isinstance(row_id, str) and not row_id.strip())
+    ):
         raise EvalInputError(f"{where}: field 'id' must be a non-empty string or an integer, got {row_id!r}")
     if isinstance(row_id, str):
         _check_unicode(where, "id", row_id)
@@ -169,8 +183,10 @@ _ROW_FIELDS = {"id", "expected", *QUESTION_FIELDS}
 def _parse_expected(where: str, expected: Any) -> str | None:
     if expected is None:
         return None
+    if isinstance(expected, int | float) and not isinstance(expected, bool):
+        expected = json.dumps(expected)  # 4 is "4": answers are graded as text, and "4.0" normalises to "4" too
     if not isinstance(expected, str):
-        raise EvalInputError(f"{where}: field 'expected' must be a string, got {type(expected).__name__}")
+        raise EvalInputError(f"{where}: field 'expected' must be a string (or a number), got {type(expected).__name__}")
     _check_unicode(where, "expected", expected)
     if not normalise(expected):
         # Nothing to compare: every answer would be graded wrong (or, normalised to nothing too, right).

@@ -15,8 +15,9 @@ import inspect
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +44,9 @@ CACHE_MODES = ("use", "refresh", "bypass", "only")
 MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# For a line holding a lone surrogate (half an emoji: in a model's answer, or a meta field), which UTF-8 cannot
+# encode: escaped as \ud83d, it reads back as the same string.
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class QueryFailed(Exception):
@@ -110,6 +114,36 @@ def check_models(gateway: Any, config: EvalConfig) -> None:
         gateway.resolve(config.models)
     except InvalidArgument as exc:
         raise option_error("--models", exc.message) from None
+
+
+def fit_concurrency(gateway: Any, plan: Plan) -> str | None:
+    """Lower the run's concurrency to what the gateway takes without shedding its own load; say so if it did.
+
+    Past ``max_concurrency`` provider calls in flight (``max_concurrency_per_provider`` to one provider), the gateway
+    fails the extra calls at once with ``overloaded``: a run asking more at once had queries the provider never saw
+    written as unanswered, and graded wrong. A ``first_available`` query has one model in flight at a time; a
+    ``fastest`` or ``consensus`` query has all of them. A replay (cache only) calls no provider.
+    """
+    config = plan.config
+    if config.cache == "only":
+        return None
+    settings = gateway.settings
+    if config.strategy == "first_available":
+        allowed = min(settings.max_concurrency, settings.max_concurrency_per_provider)
+    else:
+        per_provider = Counter(target.provider for target in gateway.resolve(config.models))
+        allowed = settings.max_concurrency // sum(per_provider.values())
+        allowed = min(allowed, *(settings.max_concurrency_per_provider // n for n in per_provider.values()))
+    allowed = max(1, allowed)
+    if config.concurrency <= allowed:
+        return None
+    plan.config = replace(config, concurrency=allowed)
+    return (
+        f"--concurrency {config.concurrency} lowered to {allowed}: the gateway takes at most "
+        f"{settings.max_concurrency} provider calls in flight (AI_GATEWAY_MAX_CONCURRENCY), "
+        f"{settings.max_concurrency_per_provider} to one provider (AI_GATEWAY_MAX_CONCURRENCY_PER_PROVIDER), and "
+        f"fails the rest at once; raise those to run more queries at once"
+    )
 
 
 @dataclass(slots=True)
@@ -404,7 +438,10 @@ async def execute(
                 finally:
                     state.in_flight -= 1
                 record = make_record(row, sample, config, result, failure)
-                out.write(_dumps(record) + "\n")
+                try:
+                    out.write(_dumps(record) + "\n")
+                except UnicodeEncodeError:  # encoded before anything is written: nothing half-written to undo
+                    out.write(_dumps_ascii(record) + "\n")
                 out.flush()
                 new[row_key(row.id, sample)] = record
                 state.add(record)
@@ -458,6 +495,7 @@ def summary_of(plan: Plan, new: dict[tuple[str, int], dict[str, Any]], elapsed_s
         results_path=str(plan.out),
         strategy=config.strategy,
         samples=config.samples,
+        concurrency=config.concurrency,
         cache=config.cache,
         temperature=config.temperature,
         max_tokens=config.max_tokens,

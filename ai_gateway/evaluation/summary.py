@@ -61,6 +61,10 @@ class EvalSummary(BaseModel):
     strategy: str
     models: list[str]
     samples: int
+    concurrency: int = Field(
+        description="Queries in flight at once: as asked, or lowered to what the gateway's concurrency limits take "
+        "(AI_GATEWAY_MAX_CONCURRENCY, AI_GATEWAY_MAX_CONCURRENCY_PER_PROVIDER)."
+    )
     cache: str
     temperature: float | None = Field(None, description="The temperature sent with every query (null: none).")
     max_tokens: int | None = Field(None, description="The output token limit sent with every query (null: none).")

@@ -11,7 +11,16 @@ from typing import Any
 from fastmcp.exceptions import ToolError
 
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
-from ai_gateway.evaluation.runner import EvalConfig, Plan, RunState, check_models, execute, gateway_query, prepare
+from ai_gateway.evaluation.runner import (
+    EvalConfig,
+    Plan,
+    RunState,
+    check_models,
+    execute,
+    fit_concurrency,
+    gateway_query,
+    prepare,
+)
 from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
 
@@ -39,6 +48,8 @@ async def run_eval_tool(
         check_models(gateway, plan.config)
     except EvalInputError as exc:
         raise _argument_error(exc) from None
+    if (lowered := fit_concurrency(gateway, plan)) is not None:  # the summary's concurrency says so too
+        await ctx.info(_CLI_OPTION.sub(lambda option: option[1], lowered))
 
     async def report(state: RunState) -> None:
         cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)
@@ -49,6 +60,13 @@ async def run_eval_tool(
         return await execute(plan, gateway_query(gateway), report)
     except EvalInputError as exc:  # the results file, taken by another run before any query
         raise _argument_error(exc) from None
+    except OSError as exc:  # the results file could not be written (disk full, permissions): the server's trouble
+        state = plan.state
+        raise ToolError(
+            f"cannot write {plan.out} ({exc.strerror or type(exc).__name__}); {state.done} of {state.total} queries "
+            "done and kept there; call run_eval again to resume once it can be written",
+            log_level=logging.WARNING,
+        ) from None
 
 
 def plan_eval(root: Path, path: str, out: str | None, options: dict[str, Any]) -> Plan:
@@ -57,6 +75,12 @@ def plan_eval(root: Path, path: str, out: str | None, options: dict[str, Any]) -
     if not dataset.is_file():
         raise ToolError(f"invalid argument path: {path!r} is not a file (relative to {root})", log_level=QUIET)
     out_path = _inside(root, out, "out") if out else default_out(dataset)
+    if not out and not out_path.resolve().is_relative_to(root):  # a symbolic link of that name, leading out
+        raise ToolError(
+            f"invalid argument out: the default results file {str(out_path)!r} (beside the dataset) leads outside "
+            f"the evaluation directory {str(root)!r}; give out, a path inside it",
+            log_level=QUIET,
+        )
     if not out_path.parent.is_dir():
         raise ToolError(f"invalid argument out: directory {str(out_path.parent)!r} does not exist", log_level=QUIET)
     try:

@@ -21,6 +21,7 @@ from fastmcp.exceptions import ToolError
 from pydantic import ValidationError
 
 from ai_gateway.cli import build_parser, describe_settings_error
+from ai_gateway.evaluation import runner as runner_module
 from ai_gateway.evaluation.console import lifespan_gateway, print_summary, run_cli
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import EvalConfig, check_models, execute, gateway_query, prepare, tool_query
@@ -756,8 +757,8 @@ def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
             key = (json.dumps(row), sample)
             records.append((key, {"answer": answer, "results": []}))
             expected[key] = want
-    fields = {"dataset": "d", "results_path": "r", "strategy": "first_available", "cache": "use", "rows": 7,
-              "queries": 21, "resumed": 0, "ran": 20, "elapsed_s": 1.0}  # fmt: skip
+    fields = {"dataset": "d", "results_path": "r", "strategy": "first_available", "cache": "use", "concurrency": 4,
+              "rows": 7, "queries": 21, "resumed": 0, "ran": 20, "elapsed_s": 1.0}  # fmt: skip
     summary = summarise(records, expected, models=[A], samples=3, **fields)
     assert (summary.graded, summary.correct) == (20, 8)
     assert (summary.k_rows, summary.pass_at_k, summary.majority_at_k) == (6, round(5 / 6, 4), 0.5)
@@ -787,8 +788,10 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
         ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "line 2: field 'prompt': give"),
         ('{"messages": [{"role": "robot", "content": "b"}]}', "line 2: field 'messages[0].role' must be one of"),
         ('{"messages": [{"role": "system", "content": "b"}]}', "line 2: field 'messages' must contain"),
-        ('{"prompt": "a", "expected": 4}', "line 2: field 'expected' must be a string"),
+        ('{"prompt": "a", "expected": true}', "line 2: field 'expected' must be a string (or a number), got bool"),
+        ('{"prompt": "a", "expected": ["4", "four"]}', "line 2: field 'expected' must be a string (or a number)"),
         ('{"prompt": "a", "id": true}', "line 2: field 'id' must be"),
+        ('{"prompt": "a", "id": "  "}', "line 2: field 'id' must be a non-empty string"),
         ('{"prompt": "a", "id": 1}', "line 2: field 'id': 1 repeats the id of line 1"),
         # A lone surrogate (half of an emoji cut off) would fail the run at its cache key or its results line.
         ('{"prompt": "smile \\ud83d please"}', "line 2: field 'prompt' is not valid Unicode (a lone surrogate"),
@@ -812,6 +815,12 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
         ('{"prompt": "a", "num_predict": 5}', "field 'num_predict' is a query option"),
         ('{"prompt": "a", "top_p": 0.9}', "field 'top_p' is a query option, not a dataset field: every row is asked "
          "with the run's options (the run sends none)"),
+        # Kept as meta these looked applied, and were not (found in a review): seed, stop sequences, a per-row model.
+        ('{"prompt": "a", "seed": 7}', "field 'seed' is a query option, not a dataset field"),
+        ('{"prompt": "a", "stop": ["\\n"]}', "field 'stop' is a query option"),
+        ('{"prompt": "a", "reasoning_effort": "low"}', "field 'reasoning_effort' is a query option"),
+        ('{"prompt": "a", "model": "x/y"}', "field 'model' is a query option, not a dataset field: every row is "
+         "asked with the run's options (set it for the whole run with --models)"),
         # Python reads NaN; copied into a results line's meta, it would make the line unreadable to other tools.
         ('{"prompt": "a", "score": NaN}', "line 2: not valid JSON (NaN is not a JSON value; write null or a string)"),
         ('{"prompt": "a", "w": -Infinity}', "line 2: not valid JSON (-Infinity is not a JSON value"),
@@ -822,6 +831,32 @@ def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) ->
     with pytest.raises(EvalInputError) as info:
         load_dataset(dataset)
     assert message in str(info.value) and str(dataset) in str(info.value)
+
+
+def test_lone_carriage_returns_and_numbers_as_expected_answers_are_read_as_written(tmp_path: Path) -> None:
+    """JSON allows "\r" between tokens and only "\n" ends a line (read as text, universal newlines split there too);
+    a number as the expected answer is graded as its text ("4", which "4.0" and "four" match)."""
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_bytes(b'{"prompt":\r"2+2?", "expected": 4}\n{"prompt": "pi?",\r"expected": 3.14}\n')
+    assert [(row.prompt, row.expected) for row in load_dataset(dataset)] == [("2+2?", "4"), ("pi?", "3.14")]
+
+
+def test_a_lone_surrogate_in_an_extra_field_or_an_answer_is_written_escaped_and_read_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Half an emoji outside the fields a query uses (a note, a category), or in a model's answer, cannot be
+    encoded as UTF-8: the run crashed at that line after paying for it, on every rerun. Escaped, it is lossless."""
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text('{"prompt": "fine"}\n{"prompt": "b", "note": "half \\ud83d emoji"}\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 0
+    records = read_records(out)
+    assert [r["meta"]["note"] for r in records if r["id"] == 2] == ["half \ud83d emoji"]
+    assert "ran 0" not in capsys.readouterr().out
+    # A resume reads the escaped line back as the same row's: nothing is asked again.
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--json-summary"),
+                   offline_setup, build_server) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["resumed"] == 2
 
 
 async def test_unicode_line_separators_inside_strings_do_not_end_a_line(running: tuple[Client, Any],
@@ -1026,6 +1061,52 @@ async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP
     assert (failed["unanswered"], retried["ran"], retried["answered"]) == (2, 2, 2)
 
 
+async def test_run_eval_never_asks_more_at_once_than_the_gateway_takes(
+    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path
+) -> None:
+    """Past its concurrency limits the gateway fails the extra provider calls at once (overloaded): a run asking more
+    at once had queries the provider never saw written as unanswered and graded wrong (172 of 300 in a review).
+    Here two slots per provider and two models of one provider per consensus query: one query at a time."""
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows(6))
+    other = "openai/ev-c"
+    release = fake.hold(vendor(A), vendor(other))
+    logged: list[str] = []
+
+    async def log_handler(message: Any) -> None:
+        logged.append(str(message.data))
+
+    server = make_server(eval_dir=str(tmp_path), max_concurrency_per_provider=2)
+    async with Client(server, log_handler=log_handler) as client:
+        call = asyncio.create_task(client.call_tool(
+            "run_eval", {"path": "data.jsonl", "models": [A, other], "strategy": "consensus", "concurrency": 50}
+        ))  # fmt: skip
+        await fake.wait_for_calls(2)  # the first query's two models hold both slots; nothing else may be shed
+        release.set()
+        summary = (await call).structured_content
+
+    assert (summary["answered"], summary["unanswered"], summary["concurrency"]) == (6, 0, 1)
+    assert [m["errors"] for m in summary["per_model"]] == [{}, {}]
+    assert fake.count() == 12
+    assert any("concurrency 50 lowered to 1" in line for line in logged), logged
+
+
+def test_cli_concurrency_is_fitted_to_the_gateway_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first_available query has one model in flight at a time: the limit per provider is the bound."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(3))
+    settings = Settings(_env_file=None, max_concurrency=100, max_concurrency_per_provider=16)
+    args = cli_args(str(dataset), "--models", "mock/echo", "-c", "40", "--out", str(tmp_path / "o.jsonl"),
+                    "--json-summary")  # fmt: skip
+    assert run_cli(args, lambda _: (settings, {}), build_server) == 0
+    out, err = capsys.readouterr()
+    assert "ai-gateway eval: --concurrency 40 lowered to 16: the gateway takes at most 100 provider calls" in err
+    assert json.loads(out)["concurrency"] == 16
+    args = cli_args(str(dataset), "--models", "mock/echo", "-c", "16", "--out", str(tmp_path / "o2.jsonl"))
+    assert run_cli(args, lambda _: (settings, {}), build_server) == 0
+    assert "lowered" not in capsys.readouterr().err
+
+
 async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any], tmp_path: Path) -> None:
     client, _ = running
     dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "ok"}', '{"prompt": 7}'])
@@ -1097,6 +1178,39 @@ async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
         assert sorted(p.name for p in root.rglob("*.jsonl") if not p.is_symlink()) == [
             "a.jsonl", "b.jsonl", "data.jsonl", "data.results.jsonl"
         ]  # fmt: skip
+
+
+async def test_run_eval_refuses_a_default_results_file_that_links_outside_and_reports_a_failed_write(
+    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no ``out``, the results file is the dataset's name + .results.jsonl: a symbolic link of that name led
+    run_eval to append outside its directory. And a write that fails (disk full) reached the caller as a bare
+    "Error calling tool" (fastmcp masks unexpected errors); the CLI's message says what happened and what is kept."""
+    root, outside = tmp_path / "evals", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    write_jsonl(root / "data.jsonl", dataset_rows(2))
+    (outside / "victim.jsonl").write_text("keep\n")
+    (root / "data.results.jsonl").symlink_to(outside / "victim.jsonl")
+    async with Client(make_server(eval_dir=str(root))) as client:
+        with pytest.raises(ToolError) as info:
+            await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A]})
+        assert str(info.value) == (
+            f"invalid argument out: the default results file {str(root / 'data.results.jsonl')!r} (beside the "
+            f"dataset) leads outside the evaluation directory {str(root)!r}; give out, a path inside it"
+        )
+        assert (outside / "victim.jsonl").read_text() == "keep\n" and fake.count() == 0
+
+        def disk_full(record: Any) -> str:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(runner_module, "_dumps", disk_full)
+        with pytest.raises(ToolError) as info:
+            await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A], "out": "o.jsonl"})
+        assert str(info.value) == (
+            f"cannot write {root / 'o.jsonl'} (No space left on device); 0 of 2 queries done and kept there; call "
+            "run_eval again to resume once it can be written"
+        )
 
 
 def test_an_eval_dir_that_is_not_a_directory_is_refused_at_start(tmp_path: Path) -> None:
