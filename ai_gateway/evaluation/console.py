@@ -72,6 +72,14 @@ def run_cli(
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    if config.cache == "only" and plan.pending and (down := _unreachable(settings.redis_url.get_secret_value())):
+        # Replayed, every query would be a cache_miss line, and a rerun would take those lines for done.
+        print(
+            f"ai-gateway eval: --cache only replays from the Redis at {down}, which does not answer a PING; start "
+            "it (or fix AI_GATEWAY_REDIS_URL) and run again. Nothing was written",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     # --no-progress (scripted runs): no bar, and rich (~40 ms of start-up) is never imported.
     view = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
     # Built before the progress bar shows: a bad provider configuration exits with its message first.
@@ -150,6 +158,22 @@ def run_cli(
         return EXIT_INTERRUPTED
     complete = summary.done == summary.queries and summary.unanswered == 0
     return EXIT_OK if complete else EXIT_UNANSWERED
+
+
+def _unreachable(url: str) -> str | None:
+    """The Redis URL (password redacted) and why, if a PING gets no answer within 2 s; else None."""
+    import redis
+
+    from ai_gateway.cache.redis_backend import redact_url
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=None)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"{redact_url(url)} ({type(exc).__name__})"
+    finally:
+        client.close()
+    return None
 
 
 def _say_stopped(plan: Plan, how: str) -> None:

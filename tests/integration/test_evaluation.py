@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -1289,6 +1290,23 @@ async def test_cli_interrupted_keeps_finished_rows_and_a_rerun_resumes(
         assert (summary["resumed"], summary["ran"], summary["done"], summary["answered"]) == (kept, 10 - kept, 10, 10)
         records = read_records(tmp_path / "out.jsonl")
         assert sorted(r["id"] for r in records) == list(range(1, 11)) and len(by_key(records)) == 10
+
+
+def test_cli_replay_from_a_redis_that_does_not_answer_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every query would have been a cache_miss line, and a rerun, once Redis was back, took them all for done."""
+    with socket.socket() as probe:  # a port nothing listens on: taken and let go
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "replay.jsonl"
+    args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--cache", "only")
+    assert run_cli(args, lambda _: (Settings(_env_file=None, redis_url=url), {}), build_server) == 2
+    err = capsys.readouterr().err
+    assert f"--cache only replays from the Redis at redis://:****@127.0.0.1:{port}/0 (ConnectionError)" in err
+    assert "hunter2" not in err and not out.exists()
 
 
 async def test_cli_replays_offline_from_a_shared_cache(fake: GatedFake, redis_target: RedisTarget,
