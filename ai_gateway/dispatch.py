@@ -260,7 +260,7 @@ class Dispatcher:
                 key,
                 read=policy.reads,
                 claim=claim,
-                lease_ttl_s=min(max(deadline.remaining(), 0.1), LEASE_TTL_S),
+                lease_ttl_s=_lease_ttl(deadline),
                 patient=policy.mode == "only",
                 together=policy.together,
             )
@@ -273,8 +273,7 @@ class Dispatcher:
                 peer = await store.await_peer(key, deadline.remaining(), replacing=policy.mode == "refresh")
                 if peer is not None:
                     return self._from_peer(target, peer, started, hedge)
-                lease_ttl_s = min(max(deadline.remaining(), 0.1), LEASE_TTL_S)
-                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=lease_ttl_s)
+                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=_lease_ttl(deadline))
             outcome: Outcome | None = None  # stays None if this caller is cancelled (raise_cancel)
             stop_renewing = store.keep_lease(key, lease) if lease is not None else None
             try:
@@ -469,6 +468,11 @@ class Dispatcher:
             raise
         finally:
             breaker.release(trial, result, error)
+
+
+def _lease_ttl(deadline: Deadline) -> float:
+    """A short lease (renewed while the call runs), never longer than the call may take."""
+    return min(max(deadline.remaining(), 0.1), LEASE_TTL_S)
 
 
 def _unbilled(error: GatewayError | None) -> GatewayError | None:

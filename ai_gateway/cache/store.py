@@ -330,8 +330,8 @@ class ResponseCache:
                         return PeerFailure(
                             str(ErrorCode(data["code"])),
                             str(data["message"]),
-                            status if _number(status) and isinstance(status, int) else None,
-                            float(retry_after_s) if _number(retry_after_s) else None,
+                            status if isinstance(status, int) and not isinstance(status, bool) else None,
+                            float(retry_after_s) if _a_number(retry_after_s) else None,
                         )
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         return None  # an unknown or garbled marker: make the call ourselves
@@ -351,7 +351,7 @@ class ResponseCache:
         await self.backend.aclose()
 
 
-def _number(value: object) -> bool:
+def _a_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -202,6 +202,20 @@ def watch_waits(gw: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     return waiting
 
 
+async def holder_and_peer(
+    one: Running, two: Running, fake: CacheFake, release: asyncio.Event, monkeypatch: pytest.MonkeyPatch, **peer: Any
+) -> tuple[QueryResult, QueryResult]:
+    """Gateway one's call held at the fake with the lease taken, gateway two waiting on that lease; then the fake
+    answers. Their results, holder's first."""
+    waiting = watch_waits(two, monkeypatch)
+    holder = direct(one)
+    await fake.wait_for_calls(1, VENDOR)
+    waiter = direct(two, **peer)
+    await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
+    release.set()
+    return await holder, await waiter
+
+
 async def test_identical_calls_in_two_gateways_sharing_redis_make_one_provider_call(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,13 +243,7 @@ async def test_when_the_lease_holder_fails_its_peers_fail_alike_and_nothing_is_s
     fake.set(VENDOR, Scenario.error("bad_request"))
     release = fake.hold(VENDOR)
     async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
-        waiting = watch_waits(two, monkeypatch)
-        holder = direct(one)
-        await fake.wait_for_calls(1, VENDOR)
-        peer = direct(two)
-        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
-        release.set()
-        holder_result, peer_result = await holder, await peer
+        holder_result, peer_result = await holder_and_peer(one, two, fake, release, monkeypatch)
 
     assert holder_result.results[0].error is not None and holder_result.results[0].error.code == "bad_request"
     assert peer_result.results[0].error is not None and peer_result.results[0].error.code == "bad_request"
@@ -252,13 +260,7 @@ async def test_errors_of_the_holder_s_key_are_not_shared_with_other_gateway_proc
     fake.set(VENDOR, Scenario.error(kind, times=1))  # the holder's call fails; the peer's own call is echoed
     release = fake.hold(VENDOR)
     async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
-        waiting = watch_waits(two, monkeypatch)
-        holder = direct(one)
-        await fake.wait_for_calls(1, VENDOR)
-        peer = direct(two, timeout_s=30)
-        await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
-        release.set()
-        holder_result, peer_result = await holder, await peer
+        holder_result, peer_result = await holder_and_peer(one, two, fake, release, monkeypatch, timeout_s=30)
 
     assert holder_result.results[0].error is not None and holder_result.results[0].error.code == kind
     assert (peer_result.results[0].status, peer_result.answer) == ("ok", PROMPT), peer_result.results[0].error
@@ -293,13 +295,7 @@ async def test_an_error_shared_by_another_process_keeps_its_status_and_retry_aft
     release = fake.hold(VENDOR)
     settings = {**redis_target.settings(), "max_attempts": 1}
     async with open_gateway(**settings) as one, open_gateway(**settings) as two:
-        waiting = watch_waits(two, monkeypatch)
-        holder = direct(one)
-        await fake.wait_for_calls(1, VENDOR)
-        peer = direct(two, timeout_s=30)
-        await asyncio.wait_for(waiting.wait(), 5)
-        release.set()
-        holder_result, peer_result = await holder, await peer
+        holder_result, peer_result = await holder_and_peer(one, two, fake, release, monkeypatch, timeout_s=30)
 
     mine, theirs = holder_result.results[0].error, peer_result.results[0].error
     assert mine is not None and theirs is not None
