@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import (
@@ -30,6 +30,14 @@ from ai_gateway.evaluation.runner import (
 )
 from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
+
+
+class View(Protocol):
+    """Where the run shows itself: the progress bar, or nothing (--no-progress)."""
+
+    def update(self, state: RunState, force: bool = False) -> None: ...
+    def note(self, message: str) -> None: ...
+
 
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
@@ -81,7 +89,7 @@ def run_cli(
         )
         return EXIT_BAD_INPUT
     # --no-progress (scripted runs): no bar, and rich (~40 ms of start-up) is never imported.
-    view = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
+    view: View = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
     # Built before the progress bar shows: a bad provider configuration exits with its message first.
     if args.via == "tool":
         run = functools.partial(_run_tool, build(settings, environ), plan, view)
@@ -185,30 +193,28 @@ def _say_stopped(plan: Plan, how: str) -> None:
     )
 
 
-async def _run_gateway(settings: Any, registry: Any, plan: Plan, view: Any) -> EvalSummary:
+async def _run_gateway(settings: Any, registry: Any, plan: Plan, view: View) -> EvalSummary:
     """The rows through ``Gateway.query``, the code path behind the tool, without the MCP server: no
     fastmcp import (~0.8 s of every run's start here) and no MCP framing per row."""
     from ai_gateway.gateway import running_gateway
 
     async with running_gateway(settings, registry) as gateway:
-        return await _execute(gateway, plan, gateway_query(gateway), view.update, view.note)
+        return await _execute(gateway, plan, gateway_query(gateway), view)
 
 
-async def _run_tool(server: Any, plan: Plan, view: Any) -> EvalSummary:
+async def _run_tool(server: Any, plan: Plan, view: View) -> EvalSummary:
     """The rows through the ``query_models`` tool of an in-memory MCP server (``--via tool``)."""
     from fastmcp import Client
 
     async with Client(server) as client:
         gateway = lifespan_gateway(server)
-        return await _execute(gateway, plan, tool_query(client), view.update, view.note)
+        return await _execute(gateway, plan, tool_query(client), view)
 
 
-async def _execute(
-    gateway: Any, plan: Plan, query: Any, on_record: Callable[[RunState], None], note: Callable[[str], None]
-) -> EvalSummary:
+async def _execute(gateway: Any, plan: Plan, query: Any, view: View) -> EvalSummary:
     check_models(gateway, plan.config)
     if (lowered := fit_concurrency(gateway, plan)) is not None:
-        note(f"ai-gateway eval: {lowered}")
+        view.note(f"ai-gateway eval: {lowered}")
     if gateway.warm is not None:
         # Load what the run needs before its first row, off the loop: a replay (cache only) calls no
         # provider, so it needs at most the price table (for the cost it saved), not the HTTP stack; and
@@ -220,7 +226,7 @@ async def _execute(
         if not gateway.pricing.needs_table((target.provider, target.model) for target in targets):
             gateway.warm.skip_prices()
         await gateway.warm.wait(http=not replay)
-    return await execute(plan, query, on_record)
+    return await execute(plan, query, view.update)
 
 
 def lifespan_gateway(server: Any) -> Any:
