@@ -289,12 +289,11 @@ def read_results(path: Path) -> ResultsFile:
                 "(choose another --out)",
                 "out",
             ) from None
-        sample = record.get("sample") if isinstance(record, dict) else None
-        row_id = record.get("id") if isinstance(record, dict) else None
-        if isinstance(sample, bool) or not isinstance(sample, int) or not isinstance(row_id, str | int):
+        problem = _id_or_sample_problem(record) if isinstance(record, dict) else "not a JSON object"
+        if problem:
             raise EvalInputError(
-                f"{path} line {number}: field 'id' or 'sample' missing; this is not a results file of "
-                "ai-gateway eval (choose another --out)",
+                f"{path} line {number}: {problem}; this is not a results file of ai-gateway eval "
+                "(choose another --out)",
                 "out",
             )
         results = record.get("results")
@@ -306,5 +305,17 @@ def read_results(path: Path) -> ResultsFile:
                 "of ai-gateway eval (choose another --out)",
                 "out",
             )
-        records[row_key(row_id, sample)] = record
+        records[row_key(record["id"], record["sample"])] = record
     return ResultsFile(records, keep, keep < len(data), unterminated, len(data))
+
+
+def _id_or_sample_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a results line's id and sample, said as it is: a ``"sample": 0.0`` is there, but is
+    not the whole number every line of ours holds."""
+    for field, kinds, want in (("id", (str, int), "a string or an integer"), ("sample", (int,), "an integer")):
+        if field not in record:
+            return f"field '{field}' missing"
+        value = record[field]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"field '{field}' is {json.dumps(value)[:40]}, not {want}"
+    return None

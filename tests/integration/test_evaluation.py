@@ -366,6 +366,30 @@ def test_a_foreign_line_with_an_id_and_a_sample_is_not_a_results_line(
 
 
 @pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ({"sample": 0, "results": []}, "field 'id' missing"),
+        ({"id": 1, "results": []}, "field 'sample' missing"),
+        ({"id": 1, "sample": 0.0, "results": []}, "field 'sample' is 0.0, not an integer"),
+        ({"id": 1, "sample": True, "results": []}, "field 'sample' is true, not an integer"),
+        ({"id": [1], "sample": 0, "results": []}, "field 'id' is [1], not a string or an integer"),
+        ([1, 0], "not a JSON object"),
+    ],
+)
+def test_a_bad_id_or_sample_is_named_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: Any, problem: str
+) -> None:
+    """A "sample": 0.0 (a line edited by hand, or written by another tool) was reported as missing."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": 1, "prompt": "hello"}])
+    out = write_jsonl(tmp_path / "out.jsonl", [line])
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 2
+    assert capsys.readouterr().err == (
+        f"ai-gateway eval: {out} line 1: {problem}; this is not a results file of ai-gateway eval (choose another "
+        "--out)\n"
+    )
+
+
+@pytest.mark.parametrize(
     "content",
     [
         pytest.param(b"my notes, with no newline at the end", id="notes"),
