@@ -35,6 +35,7 @@ from ai_gateway.pricing import plus_unpriced, usd
 class View(Protocol):
     """Where the run shows itself: the progress bar, or nothing (--no-progress)."""
 
+    def start(self) -> None: ...
     def update(self, state: RunState, force: bool = False) -> None: ...
     def note(self, message: str) -> None: ...
 
@@ -226,6 +227,7 @@ async def _execute(gateway: Any, plan: Plan, query: Any, view: View) -> EvalSumm
         if not gateway.pricing.needs_table((target.provider, target.model) for target in targets):
             gateway.warm.skip_prices()
         await gateway.warm.wait(http=not replay)
+    view.start()  # only now: a bad --models (or provider set-up) is its message alone, under no bar
     return await execute(plan, query, view.update)
 
 
@@ -270,6 +272,7 @@ class ProgressView:
         )
         self.task = self.progress.add_task("eval", total=state.total, completed=state.done, rate="")
         self._shown_at = 0.0
+        self.started = False
         self.update(state, force=True)
 
     def update(self, state: RunState, force: bool = False) -> None:
@@ -284,16 +287,23 @@ class ProgressView:
         """A line above the bar (printed on its own, it would be drawn over)."""
         self.progress.console.print(message, highlight=False, markup=False)
 
-    def __enter__(self) -> ProgressView:
+    def start(self) -> None:
         self.progress.start()
+        self.started = True
+
+    def __enter__(self) -> ProgressView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.update(self.state, force=True)
-        self.progress.stop()
+        if self.started:
+            self.update(self.state, force=True)
+            self.progress.stop()
 
 
 class _NoProgress:
+    def start(self) -> None:
+        pass
+
     def update(self, state: RunState, force: bool = False) -> None:
         pass
 

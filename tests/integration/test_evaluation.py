@@ -1050,6 +1050,12 @@ def test_cli_progress_is_shown_on_stderr_unless_turned_off(tmp_path: Path, capsy
     assert run_cli(build_parser().parse_args([*argv, "--no-progress"]), offline_setup, build_server) == 0
     assert capsys.readouterr().err == ""
 
+    # Bad input is its message alone: the bar (drawn, or its final state printed) comes only once queries start.
+    argv[3], argv[-1] = "mock/fixed:4,nope/model", str(tmp_path / "bad.jsonl")
+    assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ai-gateway eval: --models: models[1]: 'nope/model'") and err.count("\n") == 1, err
+
 
 # ---------------------------------------------------------------------------- the run_eval tool
 async def test_run_eval_tool_reports_progress(make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path,
