@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PER_MTOK = 1_000_000
 USD_DIGITS = 12  # costs in results are rounded to 1e-12 USD: no float noise such as 0.00045000000000000004
+_PER_UNIT = 10**USD_DIGITS
 MEMO_LIMIT = 4096  # (provider, model) pairs remembered; past it the memo starts over
 # genai-prices price keys for counts a text chat answer has.
 _COUNTED = ("input_mtok", "output_mtok", "cache_read_mtok", "output_reasoning_mtok", "requests_kcount")
@@ -380,6 +381,16 @@ def _plan_values(price: Any) -> dict[str, Price] | None:
 
 
 # -- for people reading a cost (progress lines, summaries, the CLI) --------------------------
+
+
+def usd_units(value: float) -> int:
+    """A cost as a whole number of 1e-12 USD. Sums of these are exact in any order; float sums are not, and
+    the eval's running total (rows as they finish) showed another last digit than its summary (model by model)."""
+    return round(value * _PER_UNIT)
+
+
+def from_usd_units(units: int) -> float:
+    return units / _PER_UNIT
 
 
 def usd(value: float | None) -> str:

@@ -37,6 +37,7 @@ from ai_gateway.evaluation.dataset import (
     row_key,
 )
 from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
+from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.strategies import STRATEGIES
 from ai_gateway.strategies.voting import normalise
 
@@ -156,8 +157,8 @@ class RunState:
     cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0  # answers from providers whose cost is known
-    cost_saved_usd: float = 0.0  # answers from the cache whose price is known
+    cost_units: int = 0  # answers from providers whose cost is known (see usd_units)
+    saved_units: int = 0  # answers from the cache whose price is known
     unpriced: int = 0  # answers from providers with no known cost
     unpriced_cache_hits: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -179,7 +180,7 @@ class RunState:
                 if saved is None:
                     self.unpriced_cache_hits += 1
                 else:
-                    self.cost_saved_usd += saved
+                    self.saved_units += usd_units(saved)
                 continue
             if usage:
                 self.input_tokens += usage.get("input_tokens") or 0
@@ -188,7 +189,15 @@ class RunState:
             if cost is None:
                 self.unpriced += 1
             else:
-                self.cost_usd += cost
+                self.cost_units += usd_units(cost)
+
+    @property
+    def cost_usd(self) -> float:
+        return from_usd_units(self.cost_units)
+
+    @property
+    def cost_saved_usd(self) -> float:
+        return from_usd_units(self.saved_units)
 
     @property
     def rate(self) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ai_gateway.pricing import USD_DIGITS
+from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.resilience.health import percentile
 from ai_gateway.strategies.voting import normalise
 
@@ -133,9 +133,9 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _usd(total: float, priced: int, unpriced: int) -> float | None:
+def _usd(units: int, priced: int, unpriced: int) -> float | None:
     """A sum of known costs; None when there were costs and none of them was known."""
-    return None if unpriced and not priced else round(total, USD_DIGITS)
+    return None if unpriced and not priced else from_usd_units(units)
 
 
 class _ModelTally:
@@ -146,7 +146,7 @@ class _ModelTally:
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.graded = self.correct = 0
-        self.cost = self.saved = 0.0
+        self.cost = self.saved = 0  # in usd_units: exact sums, as the running total's
         self.priced = self.priced_hits = 0
 
 
@@ -263,7 +263,7 @@ def _paid(tally: _ModelTally, r: dict[str, Any], usage: dict[str, Any]) -> None:
     if cost is None:
         s.unpriced += 1
     else:
-        tally.cost += cost
+        tally.cost += usd_units(cost)
         tally.priced += 1
 
 
@@ -292,7 +292,7 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
         if saved is None:
             s.unpriced_cache_hits += 1
         else:
-            tally.saved += saved
+            tally.saved += usd_units(saved)
             tally.priced_hits += 1
     else:
         _paid(tally, r, usage)

@@ -792,6 +792,27 @@ def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
     assert (single.k_rows, single.pass_at_k, single.majority_at_k, single.accuracy) == (0, None, None, 1.0)
 
 
+def test_the_running_cost_is_the_summary_cost() -> None:
+    """The bar adds costs as rows finish; the summary adds them model by model. As float sums in two orders they
+    differed in the last digits, and a total on a rounding boundary showed another cent on the bar than in the
+    table. Both now sum exact 1e-12 USD units."""
+    costs = [round(0.1 + 0.7 * ((i * 7919) % 101) / 101, 12) for i in range(60)]  # 12 digits, as in results
+    records = []
+    state = runner_module.RunState(total=30, done=0)
+    for i in range(30):
+        results = [
+            {"model": model, "status": "ok", "usage": {"input_tokens": 1, "output_tokens": 1}, "cost_usd": cost}
+            for model, cost in ((A, costs[2 * i]), ("mock/other", costs[2 * i + 1]))
+        ]
+        record = {"answer": "x", "results": results}
+        records.append(((str(i), 0), record))
+        state.add(record)
+    fields = {"dataset": "d", "results_path": "r", "strategy": "consensus", "cache": "use", "concurrency": 4,
+              "rows": 30, "queries": 30, "resumed": 0, "ran": 30, "elapsed_s": 1.0, "samples": 1}  # fmt: skip
+    summary = summarise(records, {}, models=[A, "mock/other"], **fields)
+    assert summary.cost_usd == state.cost_usd == round(sum(costs), 12)
+
+
 def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"prompt": "2+2", "expected": "2+2"}, {"prompt": "3+3", "expected": "6"}, {"prompt": "no answer key"}]
     dataset = write_jsonl(tmp_path / "data.jsonl", rows)
