@@ -178,6 +178,25 @@ def _parse_row(path: Path, number: int, line: str) -> Row:
 
 
 _ROW_FIELDS = {"id", "expected", *QUESTION_FIELDS}
+# Where other datasets keep their gold answer; ours is read from 'expected' only (grading a field we guessed could
+# grade against reasoning text, or a label that is not the answer).
+_GOLD_ELSEWHERE = ("answer", "answers", "target", "targets", "label", "gold", "ground_truth", "reference",
+                   "solution", "correct_answer", "expected_answer", "expected_output", "output")  # fmt: skip
+
+
+def ungraded_hint(rows: list[Row]) -> str | None:
+    """When no row has 'expected' but rows hold a field other datasets keep their gold answer in: say so, or the
+    run ends with no accuracy and nothing to say why."""
+    if any(row.expected is not None for row in rows):
+        return None
+    for name in _GOLD_ELSEWHERE:
+        holding = sum(1 for row in rows if row.meta and name in row.meta)
+        if holding:
+            return (
+                f"no row has 'expected', so no answer is graded; {holding:,} of {len(rows):,} rows have {name!r} "
+                f"(kept in the results as given): if it holds the gold answer, rename it 'expected' to grade"
+            )
+    return None
 
 
 def _parse_expected(where: str, expected: Any) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastmcp.exceptions import ToolError
 
-from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset, ungraded_hint
 from ai_gateway.evaluation.runner import (
     EvalConfig,
     Plan,
@@ -50,6 +50,8 @@ async def run_eval_tool(
         raise _argument_error(exc) from None
     if (lowered := fit_concurrency(gateway, plan)) is not None:  # the summary's concurrency says so too
         await ctx.info(_CLI_OPTION.sub(lambda option: option[1], lowered))
+    if hint := ungraded_hint(plan.rows):
+        await ctx.info(hint)
 
     async def report(state: RunState) -> None:
         cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)

@@ -1142,6 +1142,40 @@ async def test_run_eval_never_asks_more_at_once_than_the_gateway_takes(
     assert any("concurrency 50 lowered to 1" in line for line in logged), logged
 
 
+def test_a_gold_answer_under_another_name_is_pointed_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dataset from elsewhere keeps its gold answer as 'answer' or 'target': the run graded nothing and said
+    nothing about why. It is not graded (GSM8K's 'answer' is worked reasoning, not the answer) but named."""
+    rows = [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": "6"}, {"prompt": "hi"}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    argv = (str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / "o.jsonl"))
+    assert run_cli(cli_args(*argv), offline_setup, build_server) == 0
+    captured = capsys.readouterr()
+    assert (
+        "ai-gateway eval: no row has 'expected', so no answer is graded; 2 of 3 rows have 'answer' (kept in the "
+        "results as given): if it holds the gold answer, rename it 'expected' to grade\n"
+    ) in captured.err
+
+    # One row with 'expected' is a graded dataset: the others are ungraded on purpose.
+    write_jsonl(dataset, [*rows, {"prompt": "5?", "expected": "5"}])
+    assert run_cli(cli_args(*argv[:-1], str(tmp_path / "p.jsonl")), offline_setup, build_server) == 0
+    assert "no row has 'expected'" not in capsys.readouterr().err
+
+
+async def test_run_eval_points_out_a_gold_answer_under_another_name(
+    make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path
+) -> None:
+    write_jsonl(tmp_path / "data.jsonl", [{"prompt": "2+2?", "target": "4"}])
+    logged: list[str] = []
+
+    async def log_handler(message: Any) -> None:
+        logged.append(str(message.data))
+
+    async with Client(make_server(eval_dir=str(tmp_path)), log_handler=log_handler) as client:
+        summary = (await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A]})).structured_content
+    assert (summary["answered"], summary["graded"]) == (1, 0)
+    assert any("1 of 1 rows have 'target'" in line for line in logged), logged
+
+
 def test_cli_concurrency_is_fitted_to_the_gateway_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
