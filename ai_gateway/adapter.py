@@ -79,6 +79,14 @@ class ProviderConfig:
     base_url: str
     api_key: Secret | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Set for a host declared in settings, whose name does not say which API it speaks: the same question through
+    # another dialect is another request, so it joins the cache key (a built-in's name implies its dialect).
+    dialect: str | None = None
+
+    def url(self, path: str) -> str:
+        """``path`` under the base URL, before any query it carries (Azure's ``?api-version=``)."""
+        base, mark, query = self.base_url.partition("?")
+        return f"{base.rstrip('/')}{path}{mark}{query}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,10 @@ class Adapter(ABC):
     def cache_options(self) -> Mapping[str, Any]:
         """The options that join the cache key: all but ``options_outside_cache_key``."""
         outside = self.options_outside_cache_key
-        return {name: value for name, value in self.config.options.items() if name not in outside}
+        options = {name: value for name, value in self.config.options.items() if name not in outside}
+        if self.config.dialect is not None:
+            options["dialect"] = self.config.dialect
+        return options
 
     # -- the three pure functions -------------------------------------------------
 

@@ -41,7 +41,7 @@ from ai_gateway.schemas import (
     UsageInfo,
     VoteGroup,
 )
-from ai_gateway.secrets import redact
+from ai_gateway.secrets import redact, redact_url
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
@@ -229,7 +229,7 @@ class Gateway:
                 configured=s.configured,
                 reason=s.reason,
                 source=s.source,
-                base_url=s.base_url,
+                base_url=None if s.base_url is None else redact_url(s.base_url),
                 description=s.description,
                 example_models=[f"{s.name}/{m}" for m in s.example_models],
             )

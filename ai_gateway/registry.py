@@ -15,9 +15,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from urllib.parse import urlsplit
 
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
-from ai_gateway.secrets import Secret
+from ai_gateway.secrets import Secret, redact_url
 from ai_gateway.settings import CustomProvider, Settings
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,19 @@ class Registry:
             spec = self.spec(name)
         except RegistryError as exc:
             return ProviderStatus(name, False, str(exc), entry.source)
-        base_url = self._first_env(spec.base_url_env) or spec.base_url
+        base_var = next((var for var in spec.base_url_env if self._environ.get(var)), None)
+        base_url = self._environ[base_var] if base_var else spec.base_url
         key_var = next((var for var in spec.api_key_env if self._environ.get(var)), None)
         if base_url is None:
             names = " or ".join(spec.base_url_env) or "a base URL"
             configured, reason = False, f"set {names}"
+        elif "@" in urlsplit(base_url).netloc:
+            # Sent as is, every call failed in the transport; a password there would also show wherever the
+            # URL does. The key belongs in its variable, where it is sent as the dialect sends keys.
+            where = base_var or "its base_url"
+            keys = " or ".join(spec.api_key_env) or "an api_key_env variable"
+            configured, reason = False, f"{where} holds a user:password@, which is not sent; put the key in {keys}"
+            base_url = redact_url(base_url)
         elif key_var:
             configured, reason = True, f"{key_var} is set"
         elif spec.key_required:
@@ -163,6 +172,7 @@ class Registry:
             base_url=status.base_url.rstrip("/"),
             api_key=Secret(key) if key else None,
             options=spec.options,
+            dialect=spec.adapter.dialect if self._entries[name].source == "settings" else None,
         )
 
     def secrets(self) -> tuple[str, ...]:

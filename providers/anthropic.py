@@ -76,7 +76,7 @@ class AnthropicAdapter(Adapter):
             body["system"] = system
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        return HttpRequest("POST", f"{self.config.base_url.rstrip('/')}/v1/messages", headers, body)
+        return HttpRequest("POST", self.config.url("/v1/messages"), headers, body)
 
     def parse_response(self, body: Any, model: str) -> Completion:
         # Thinking and tool_use blocks are not part of the answer.

@@ -72,7 +72,7 @@ class GeminiAdapter(Adapter):
 
     def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
         name = model.removeprefix("models/")
-        url = f"{self.config.base_url.rstrip('/')}/v1beta/models/{quote(name, safe='')}:generateContent"
+        url = self.config.url(f"/v1beta/models/{quote(name, safe='')}:generateContent")
         headers = {"content-type": "application/json"}
         if self.config.api_key is not None:
             headers["x-goog-api-key"] = self.config.api_key.reveal()

@@ -76,7 +76,7 @@ class OpenAIChatAdapter(Adapter):
         if request.max_tokens is not None:
             # OpenAI's reasoning models reject "max_tokens"; most compatible hosts only know it.
             body[self.config.options.get("max_tokens_field", "max_tokens")] = request.max_tokens
-        return HttpRequest("POST", f"{self.config.base_url.rstrip('/')}/chat/completions", headers, body)
+        return HttpRequest("POST", self.config.url("/chat/completions"), headers, body)
 
     def parse_response(self, body: Any, model: str) -> Completion:
         choices = body.get("choices")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ai_gateway.secrets import CREDENTIAL_NAME
 from ai_gateway.types import ChatRequest
 
 KEY_SCHEMA = 1
@@ -53,9 +53,6 @@ def canonical(
     return _encode(payload)
 
 
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
-
-
 def _keyable(base_url: str) -> str:
     """The base URL without what may be a credential: a user:password before the host, or the value of a query
     parameter named like one (``?api-key=``). The rest still tells one endpoint from another."""
@@ -64,7 +61,7 @@ def _keyable(base_url: str) -> str:
     parts = urlsplit(base_url)
     netloc = parts.netloc.rpartition("@")[2]
     query = urlencode(
-        [(name, "" if _SECRET_PARAM.search(name) else value) for name, value in parse_qsl(parts.query, True)]
+        [(name, "" if CREDENTIAL_NAME.search(name) else value) for name, value in parse_qsl(parts.query, True)]
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 

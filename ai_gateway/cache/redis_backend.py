@@ -39,11 +39,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ai_gateway.cache import key as key_layout
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.near import NearCache
+from ai_gateway.secrets import redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,14 +78,6 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisBackend:

@@ -173,7 +173,7 @@ def _unreachable(url: str) -> str | None:
     """The Redis URL (password redacted) and why, if a PING gets no answer within 2 s; else None."""
     import redis
 
-    from ai_gateway.cache.redis_backend import redact_url
+    from ai_gateway.secrets import redact_url
 
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=None)
     try:

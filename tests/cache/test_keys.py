@@ -149,6 +149,13 @@ def test_every_option_but_the_declared_ones_is_cache_material() -> None:
     assert AnthropicAdapter(ProviderConfig("h", "http://h", options={"default_max_tokens": 9})).cache_options() == {
         "default_max_tokens": 9
     }
+    # A host from settings, renamed to another dialect at the same URL: the Anthropic one sends a max_tokens the
+    # OpenAI one does not, and its answer was served for the other's question.
+    as_openai = OpenAIChatAdapter(ProviderConfig("corp", "http://h", dialect="openai")).cache_options()
+    as_anthropic = AnthropicAdapter(ProviderConfig("corp", "http://h", dialect="anthropic")).cache_options()
+    assert (as_openai, as_anthropic) == ({"dialect": "openai"}, {"dialect": "anthropic"})
+    args = ("ns", "corp", "http://h", BASE["model"], BASE_REQUEST, 0)
+    assert cache_key(*args, as_openai) != cache_key(*args, as_anthropic)
 
 
 def test_a_credential_in_the_base_url_is_no_part_of_the_key() -> None:

@@ -121,3 +121,43 @@ def test_secrets_cover_every_credential_in_the_environment() -> None:
     environ = {"OPENAI_API_KEY": "sk-one", "CORP_CREDENTIAL": "c0rp", "MY_TOKEN": "t0k", "HOME": "/root"}
     registry = Registry(installed(), environ=environ, custom=custom)
     assert set(registry.secrets()) == {"sk-one", "c0rp", "t0k"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "custom", "name", "reason"),
+    [
+        (
+            {"OPENAI_API_KEY": "sk", "OPENAI_BASE_URL": "http://me:pa55word@proxy:8080/v1"},
+            {},
+            "openai",
+            "OPENAI_BASE_URL holds a user:password@, which is not sent; put the key in OPENAI_API_KEY",
+        ),
+        (
+            {},
+            {"corp": CustomProvider(base_url="https://me:pa55word@llm.corp/v1", api_key_env="CORP_KEY")},
+            "corp",
+            "its base_url holds a user:password@, which is not sent; put the key in CORP_KEY",
+        ),
+    ],
+)
+def test_a_base_url_with_a_password_is_refused_with_the_fix(
+    environ: dict[str, str], custom: dict[str, CustomProvider], name: str, reason: str
+) -> None:
+    """Sent as is, every call failed in the transport ("adapter error (ValueError)"), and list_models showed the
+    password. The provider is not configured, says why, and shows its URL redacted."""
+    status = Registry(installed(), environ=environ, custom=custom).status(name)
+    assert (status.configured, status.reason) == (False, reason)
+    assert status.base_url is not None and "pa55word" not in status.base_url and ":****@" in status.base_url
+
+
+def test_only_hosts_from_settings_carry_their_dialect_and_urls_keep_their_query() -> None:
+    """A host's name does not say which API it speaks (a built-in's does): the dialect joins its cache key. And
+    a base URL's query (Azure's ?api-version=) stays after the endpoint's path, not before it."""
+    custom = {"corp": CustomProvider(base_url="https://llm.corp/openai/deployments/d?api-version=2024-06-01")}
+    registry = Registry(installed(), environ={"OPENAI_API_KEY": "sk"}, custom=custom)
+    corp, openai = registry.config("corp"), registry.config("openai")
+    assert (corp.dialect, openai.dialect) == ("openai", None)
+    assert (
+        corp.url("/chat/completions") == "https://llm.corp/openai/deployments/d/chat/completions?api-version=2024-06-01"
+    )
+    assert openai.url("/chat/completions") == "https://api.openai.com/v1/chat/completions"

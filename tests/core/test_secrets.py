@@ -6,7 +6,7 @@ import io
 import logging
 
 from ai_gateway import logs
-from ai_gateway.secrets import REDACTED, Secret, redact
+from ai_gateway.secrets import REDACTED, Secret, redact, redact_url
 
 
 def test_secret_hides_itself() -> None:
@@ -36,3 +36,16 @@ def test_log_lines_carry_no_key_and_no_traceback() -> None:
     assert "call failed with [REDACTED]" in output
     assert "(RuntimeError)" in output
     assert "Traceback" not in output and "sk-ant-api03" not in output and "my-own-token-value" not in output
+
+
+def test_credentials_inside_urls_are_redacted_wherever_they_show() -> None:
+    """A base URL's ?api-key= reached the log in httpx's request line, and redis-py's ?password= the status."""
+    line = 'HTTP Request: POST http://h:1/v1/chat/completions?api-version=1&api-key=QSECRET123 "HTTP/1.1 200 OK"'
+    assert redact(line) == (
+        'HTTP Request: POST http://h:1/v1/chat/completions?api-version=1&api-key=[REDACTED] "HTTP/1.1 200 OK"'
+    )
+    assert redact("at redis://user:pa55word@h:6379/0 failed") == "at redis://user:[REDACTED]@h:6379/0 failed"
+    assert redact("http://host:8080/path and ?page=2&sort=key") == "http://host:8080/path and ?page=2&sort=key"
+    assert redact_url("redis://h:6379/0?password=pw&db=1") == "redis://h:6379/0?password=****&db=1"
+    assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:****@[::1]:6379/0"
+    assert redact_url("https://llm.corp/v1?api-version=2024-06-01") == "https://llm.corp/v1?api-version=2024-06-01"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastmcp import Client, FastMCP
 
 from tests.fake_provider import Scenario
@@ -217,13 +218,21 @@ async def test_status_shows_a_shared_redis_and_its_health(
     assert (cache["misses"], cache["peer_waits"], cache["peer_waits_in_flight"]) == (1, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:{password}@127.0.0.1:{port}/0", "redis://:****@127.0.0.1:{port}/0"),
+        # redis-py reads a password from the query too; it was shown as given.
+        ("redis://127.0.0.1:{port}/0?password={password}", "redis://127.0.0.1:{port}/0?password=****"),
+    ],
+)
 async def test_status_shows_a_failing_redis_without_its_password(
-    make_server: Callable[..., FastMCP], fake: GatedFake
+    make_server: Callable[..., FastMCP], fake: GatedFake, caplog: pytest.LogCaptureFixture, url: str, shown: str
 ) -> None:
     password = "pw-STATUS-0123456789abcdef"
     port = free_port()  # nothing listens there: every connection is refused
     fake.set("gpt-4o-mini", Scenario(text="Paris"))
-    settings = {**FAST, "redis_url": f"redis://:{password}@127.0.0.1:{port}/0", "cache_cooldown_s": 600}
+    settings = {**FAST, "redis_url": url.format(password=password, port=port), "cache_cooldown_s": 600}
     async with Client(make_server(**settings)) as client:
         reply = await query(client, models=[MODEL], cache="use")
         # Stored off the response path: in the embedded cache, remembered for Redis once it answers.
@@ -233,11 +242,13 @@ async def test_status_shows_a_failing_redis_without_its_password(
 
     assert not reply.is_error  # the cache is never a dependency
     cache = report["cache"]
-    assert cache["url"] == f"redis://:****@127.0.0.1:{port}/0"
+    assert cache["url"] == shown.format(port=port)
     assert cache["healthy"] is False and cache["failures"] >= 1
     assert (cache["unsynced"], cache["memory_entries"]) == (1, 1)
     assert (cache["near"], cache["near_entries"]) == (False, 0)  # no tracking without Redis
     assert password not in json.dumps(report) and password not in resource.text
+    assert any("failed" in r.getMessage() for r in caplog.records if r.name == "ai_gateway.cache.redis_backend")
+    assert password not in caplog.text
 
 
 async def test_status_counts_calls_waiting_on_another_gateways_lease(
