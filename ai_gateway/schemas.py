@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Status = Literal["ok", "error", "cancelled", "skipped"]
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes JSON's true for 1: max_tokens true sent max_tokens 1, and sample true paid for sample 1.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+NotBool = BeforeValidator(_not_a_bool)  # on every number a caller sends
 StrategyName = Literal["first_available", "fastest", "consensus"]
 
 

@@ -33,7 +33,15 @@ from ai_gateway.evaluation.runner import MAX_SAMPLES
 from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway, running_gateway
 from ai_gateway.registry import Registry
-from ai_gateway.schemas import Catalogue, ChatMessage, QueryResult, StatusReport, StrategyName, compact_nullables
+from ai_gateway.schemas import (
+    Catalogue,
+    ChatMessage,
+    NotBool,
+    QueryResult,
+    StatusReport,
+    StrategyName,
+    compact_nullables,
+)
 from ai_gateway.settings import Settings
 
 INSTRUCTIONS = """\
@@ -108,10 +116,14 @@ def build_server(
             Field(description="first_available (fallback chain), fastest (race) or consensus (majority vote)."),
         ] = "first_available",
         system: Annotated[str | None, Field(description="System prompt sent to every model.")] = None,
-        temperature: Annotated[float | None, Field(description="Sampling temperature.", ge=0, le=2)] = None,
-        max_tokens: Annotated[int | None, Field(description="Most tokens each model may generate.", ge=1)] = None,
+        temperature: Annotated[float | None, Field(description="Sampling temperature.", ge=0, le=2), NotBool] = None,
+        max_tokens: Annotated[
+            int | None, Field(description="Most tokens each model may generate.", ge=1), NotBool
+        ] = None,
         timeout_s: Annotated[
-            float | None, Field(description="Deadline for the whole call in seconds (clamped by settings).", gt=0)
+            float | None,
+            Field(description="Deadline for the whole call in seconds (clamped by settings).", gt=0),
+            NotBool,
         ] = None,
         hedge_after_s: Annotated[
             float | Literal["auto", "off"] | None,
@@ -120,6 +132,7 @@ def build_server(
                 "next one too and take whichever answers first. 'auto': the model's recent p95 latency. "
                 "'off': never. Default from settings (off unless configured)."
             ),
+            NotBool,
         ] = None,
         cache: Annotated[
             Literal["use", "refresh", "bypass", "only"],
@@ -135,6 +148,7 @@ def build_server(
                 "when a sample index is given, so each sample is its own entry.",
                 ge=0,
             ),
+            NotBool,
         ] = None,
     ) -> QueryResult:
         """Send one prompt to several LLMs and answer with the chosen strategy.
@@ -191,9 +205,9 @@ def build_server(
         ctx: Context,
         strategy: StrategyName = "first_available",
         samples: Annotated[
-            int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1, le=MAX_SAMPLES)
+            int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1, le=MAX_SAMPLES), NotBool
         ] = 1,
-        concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256)] = 4,
+        concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256), NotBool] = 4,
         cache: Literal["use", "refresh", "bypass", "only"] = "use",
         out: Annotated[
             str | None,
@@ -202,11 +216,11 @@ def build_server(
                 "Default: <dataset>.results.jsonl."
             ),
         ] = None,
-        temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
+        temperature: Annotated[float | None, Field(ge=0, le=2), NotBool] = None,
         max_tokens: Annotated[
-            int | None, Field(description="Most tokens each model may generate per query.", ge=1)
+            int | None, Field(description="Most tokens each model may generate per query.", ge=1), NotBool
         ] = None,
-        timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0)] = None,
+        timeout_s: Annotated[float | None, Field(description="Deadline per query in seconds.", gt=0), NotBool] = None,
         retry_failed: Annotated[
             bool, Field(description="Ask again the queries of the results file that no model answered.")
         ] = False,

@@ -1209,6 +1209,9 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
         await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
     with pytest.raises(ToolError, match=r"samples\s.*less than or equal to 1000"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": [A], "samples": 1001})
+    for name in ("samples", "concurrency", "max_tokens", "temperature", "timeout_s"):  # true is no number (not 1)
+        with pytest.raises(ToolError, match=rf"{name}\s.*expected a number, got true"):
+            await client.call_tool("run_eval", {"path": str(dataset), "models": [A], name: True})
     # Options are named as the tool's arguments; a path that merely contains "--out" is left as it is.
     odd = write_jsonl(tmp_path / "rows--out.jsonl", ['{"prompt": "ok", "max_tokens": 5}'])
     with pytest.raises(ToolError) as info:

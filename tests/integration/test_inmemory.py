@@ -427,6 +427,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("timeout zero", {"prompt": "hi", "timeout_s": 0, "models": OK_MODEL}, ["timeout_s"]),
     ("unknown strategy", {"prompt": "hi", "strategy": "majority", "models": OK_MODEL}, ["strategy"]),
     ("unknown argument", {"prompt": "hi", "models": OK_MODEL, "top_p": 0.5}, ["top_p"]),
+    # JSON's true was taken for 1: max_tokens 1 went to the provider, sample true was paid for as sample 1.
+    ("max_tokens true", {"prompt": "hi", "max_tokens": True, "models": OK_MODEL}, ["max_tokens", "got true"]),
+    ("sample true", {"prompt": "hi", "temperature": 0.5, "sample": True, "models": OK_MODEL}, ["sample", "got true"]),
+    ("temperature false", {"prompt": "hi", "temperature": False, "models": OK_MODEL}, ["temperature", "got false"]),
+    ("timeout true", {"prompt": "hi", "timeout_s": True, "models": OK_MODEL}, ["timeout_s", "got true"]),
+    ("hedge true", {"prompt": "hi", "hedge_after_s": True, "models": OK_MODEL}, ["hedge_after_s", "got true"]),
 ]
 
 
