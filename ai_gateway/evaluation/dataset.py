@@ -133,7 +133,7 @@ def load_dataset(path: Path) -> list[Row]:
 def _parse_row(path: Path, number: int, line: str) -> Row:
     where = f"{path} line {number}"
     try:
-        data: Any = json.loads(line, parse_constant=_not_json)
+        data: Any = json.loads(line, parse_constant=_not_json, parse_float=_written_float)
     except ValueError as exc:
         raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -202,8 +202,10 @@ def ungraded_hint(rows: list[Row]) -> str | None:
 def _parse_expected(where: str, expected: Any) -> str | None:
     if expected is None:
         return None
-    if isinstance(expected, int | float) and not isinstance(expected, bool):
-        expected = json.dumps(expected)  # 4 is "4": answers are graded as text, and "4.0" normalises to "4" too
+    if isinstance(expected, _WrittenFloat):
+        expected = expected.text  # as written: 3.141592653589793238 read as a float and back lost digits
+    elif isinstance(expected, int) and not isinstance(expected, bool):
+        expected = str(expected)  # 4 is "4": answers are graded as text, and "4.0" normalises to "4" too
     if not isinstance(expected, str):
         raise EvalInputError(f"{where}: field 'expected' must be a string (or a number), got {type(expected).__name__}")
     _check_unicode(where, "expected", expected)
@@ -215,6 +217,20 @@ def _parse_expected(where: str, expected: Any) -> str | None:
             "to leave the row ungraded"
         )
     return expected
+
+
+class _WrittenFloat(float):
+    """A JSON number with a fraction or an exponent, and its text: a float keeps 17 digits, and writes 1e3 as
+    1000.0. Elsewhere in a row (its meta) it is the float it always was."""
+
+    __slots__ = ("text",)
+    text: str
+
+
+def _written_float(text: str) -> float:
+    number = _WrittenFloat(text)
+    number.text = text
+    return number
 
 
 def _not_json(constant: str) -> Any:

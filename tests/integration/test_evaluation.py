@@ -887,6 +887,27 @@ def test_lone_carriage_returns_and_numbers_as_expected_answers_are_read_as_writt
     assert [(row.prompt, row.expected) for row in load_dataset(dataset)] == [("2+2?", "4"), ("pi?", "3.14")]
 
 
+def test_a_number_as_expected_keeps_its_digits_and_form(tmp_path: Path) -> None:
+    """Read as a float and written back, 3.141592653589793238 lost three digits and 1e3 became "1000.0": an
+    answer exactly as the dataset wrote it was graded wrong. The number's own text is graded; a float elsewhere in
+    the row stays a float."""
+    rows = [
+        '{"prompt": "3.141592653589793238", "expected": 3.141592653589793238, "weight": 0.5}',
+        '{"prompt": "10000000000000000.5", "expected": 10000000000000000.5}',
+        '{"prompt": "1e3", "expected": 1e3}',
+        '{"prompt": "4.0", "expected": 4}',
+    ]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    loaded = load_dataset(dataset)
+    assert [row.expected for row in loaded] == ["3.141592653589793238", "10000000000000000.5", "1e3", "4"]
+    assert loaded[0].meta == {"weight": 0.5} and json.dumps(loaded[0].meta) == '{"weight": 0.5}'
+    out = tmp_path / "o.jsonl"
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 0
+    assert [(r["expected"], r["correct"]) for r in read_records(out)] == [
+        ("3.141592653589793238", True), ("10000000000000000.5", True), ("1e3", True), ("4", True)
+    ]  # fmt: skip
+
+
 def test_a_lone_surrogate_in_an_extra_field_or_an_answer_is_written_escaped_and_read_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
