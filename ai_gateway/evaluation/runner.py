@@ -122,14 +122,15 @@ def fit_concurrency(gateway: Any, plan: Plan) -> str | None:
 
     Past ``max_concurrency`` provider calls in flight (``max_concurrency_per_provider`` to one provider), the gateway
     fails the extra calls at once with ``overloaded``: a run asking more at once had queries the provider never saw
-    written as unanswered, and graded wrong. A ``first_available`` query has one model in flight at a time; a
-    ``fastest`` or ``consensus`` query has all of them. A replay (cache only) calls no provider.
+    written as unanswered, and graded wrong. A ``first_available`` query has one model in flight at a time, unless
+    the gateway hedges (``AI_GATEWAY_HEDGE_AFTER_S``: a slow model is joined by the next, and so on); a ``fastest`` or
+    ``consensus`` query has all of them. A replay (cache only) calls no provider.
     """
     config = plan.config
     if config.cache == "only":
         return None
     settings = gateway.settings
-    if config.strategy == "first_available":
+    if config.strategy == "first_available" and settings.hedge_after_s is None:
         allowed = min(settings.max_concurrency, settings.max_concurrency_per_provider)
     else:
         per_provider = Counter(target.provider for target in gateway.resolve(config.models))

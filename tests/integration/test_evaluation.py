@@ -1213,6 +1213,15 @@ def test_cli_concurrency_is_fitted_to_the_gateway_and_says_so(
     assert run_cli(args, lambda _: (settings, {}), build_server) == 0
     assert "lowered" not in capsys.readouterr().err
 
+    # Hedging: a slow model is joined by the next, so a first_available query may have all its models in flight
+    # (it was fitted as one, and the hedges were shed: 8 of 20 queries unanswered in a review).
+    hedging = Settings(_env_file=None, max_concurrency=100, max_concurrency_per_provider=16, hedge_after_s=0.5)
+    args = cli_args(str(dataset), "--models", "mock/echo,mock/fixed:4", "-c", "40", "--out", str(tmp_path / "h.jsonl"),
+                    "--json-summary")  # fmt: skip
+    assert run_cli(args, lambda _: (hedging, {}), build_server) == 0
+    out, err = capsys.readouterr()
+    assert "--concurrency 40 lowered to 8" in err and json.loads(out)["concurrency"] == 8
+
 
 async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any], tmp_path: Path) -> None:
     client, _ = running
