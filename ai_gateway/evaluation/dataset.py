@@ -8,6 +8,7 @@ naming the file, the line and the field.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,13 @@ def read_results(path: Path) -> ResultsFile:
     notes, or another dataset, given as ``--out`` by mistake.
     """
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            # Read to the end to resume from: /dev/full never ends (the run ate memory until killed), a pipe waits.
+            raise EvalInputError(
+                f"{path}: not a regular file (a directory, a device or a pipe); the results file is read back to "
+                "resume, so --out must be a file (choose another --out)",
+                "out",
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         return ResultsFile({}, 0, False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -408,6 +409,28 @@ def test_a_file_that_is_not_ours_is_never_cut(
     assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 2
     assert out.read_bytes() == content
     assert "this is not a results file of ai-gateway eval (choose another --out)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_an_out_that_is_no_regular_file_is_refused_before_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """The results file is read to its end to resume: --out /dev/full read until the process was killed for its
+    memory, and a named pipe (or a piped /dev/stdout) waited forever before the first query."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": 1, "prompt": "hello"}])
+    if kind == "fifo":
+        out = tmp_path / "pipe"
+        os.mkfifo(out)
+    elif kind == "device":
+        out = Path("/dev/zero")  # endless, as /dev/full reads
+    else:
+        out = tmp_path / "results"
+        out.mkdir()
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 2
+    assert capsys.readouterr().err == (
+        f"ai-gateway eval: {out}: not a regular file (a directory, a device or a pipe); the results file is read back "
+        "to resume, so --out must be a file (choose another --out)\n"
+    )
 
 
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
