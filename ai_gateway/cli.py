@@ -297,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `ai-gateway query ... | head`: the reader left; that is not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        # Ctrl-C outside a command's own handling (while starting, or after an eval's summary): the exit code a
+        # shell expects, not a traceback and a death by signal that scripts see as -2.
+        print("ai-gateway: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

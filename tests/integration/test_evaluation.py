@@ -1103,6 +1103,22 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--models: models[0]: 'nope/model'" in capsys.readouterr().err
 
 
+def test_a_ctrl_c_outside_the_runs_own_handling_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the command starts (imports, settings) or after the summary, Ctrl-C is Python's KeyboardInterrupt:
+    it printed a traceback and the process died by SIGINT (-2 to a script), where the docs promise 130."""
+    from ai_gateway import cli
+    from ai_gateway.evaluation import console
+
+    def interrupted(*args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(console, "run_cli", interrupted)
+    assert cli.main(["eval", "data.jsonl", "--models", "mock/echo", "--out", "o.jsonl"]) == 130
+    assert capsys.readouterr().err == "ai-gateway: interrupted\n"
+
+
 def test_cli_progress_is_shown_on_stderr_unless_turned_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dataset = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "2+2?", "expected": "4"}, {"prompt": "hi"}])
     argv = ["eval", str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / "o.jsonl")]
