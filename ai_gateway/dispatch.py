@@ -44,7 +44,7 @@ from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
 from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
 from ai_gateway.resilience.health import HealthBoard
-from ai_gateway.resilience.retry import RetryPolicy, call_with_retries
+from ai_gateway.resilience.retry import NO_TIME_LEFT, RetryPolicy, call_with_retries
 from ai_gateway.resilience.shedding import ConcurrencyLimiter
 from ai_gateway.types import ChatRequest, Completion
 
@@ -65,8 +65,10 @@ DEFAULT_POLICY = CachePolicy()
 
 def caller_specific(error: GatewayError) -> bool:
     """Failures that say something about this caller (its deadline, its cancellation, this gateway's
-    load), not about the provider: never shared with callers waiting for the same answer."""
-    return isinstance(error, DeadlineExceeded | Cancelled | LoadShed)
+    load), not about the provider: never shared with callers waiting for the same answer. Nor is a retryable
+    error this caller did not retry for reasons of its own (it could fail over, its deadline was near): a caller
+    waiting for it, with a single model or more time, makes the call itself and retries."""
+    return isinstance(error, DeadlineExceeded | Cancelled | LoadShed) or error.not_retried_for_caller
 
 
 def process_specific(error: GatewayError) -> bool:
@@ -370,11 +372,12 @@ class Dispatcher:
         attempts = 0
         last_error: GatewayError | None = None
 
-        def give_up(reason: str, error: GatewayError) -> GatewayError:
+        def give_up(reason: str, error: GatewayError, *, for_caller: bool = False) -> GatewayError:
             # A refusal before anything was sent must not hide the real failure that came before it.
             if last_error is None:
                 return error
             last_error.not_retried = reason
+            last_error.not_retried_for_caller = for_caller
             return last_error
 
         async def attempt() -> Completion:
@@ -382,7 +385,7 @@ class Dispatcher:
             left = deadline.remaining()
             if left < r.policy.min_attempt_s:
                 late = DeadlineExceeded(f"too little of the {deadline.total_s:g}s deadline left for another attempt")
-                raise give_up("no time left for another attempt", late)
+                raise give_up(NO_TIME_LEFT, late, for_caller=True)
             try:
                 trial = breaker.acquire()
             except CircuitOpen as refused:

@@ -88,6 +88,9 @@ class GatewayError(Exception):
         self.retry_after_s = retry_after_s
         # Why the gateway did not retry a retryable error (e.g. "retry budget exhausted").
         self.not_retried: str | None = None
+        # The reason was the caller's alone (its strategy could fail over, its deadline was near): a caller sharing
+        # this call, with nowhere to fail over or more time, would have retried, so it is not given this error.
+        self.not_retried_for_caller = False
 
     def to_dict(self) -> dict[str, Any]:
         """The error as a caller sees it: code, message and the facts needed to act."""

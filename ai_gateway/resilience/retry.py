@@ -35,6 +35,13 @@ from ai_gateway.resilience.clock import Clock, Deadline
 
 T = TypeVar("T")
 
+# Reasons not to retry that belong to one caller: its strategy, its deadline. Not the provider's verdict (attempts
+# used), nor this process's (its retry budget, its circuit).
+_FAILED_OVER = "failed over to another model instead of retrying"
+NO_TIME_LEFT = "no time left for another attempt"
+_TIME_LEFT = "exceeds the time left"
+_FOR_THIS_CALLER = frozenset({_FAILED_OVER, NO_TIME_LEFT})
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -78,6 +85,7 @@ async def call_with_retries(
         reason, wait = _decide(error, attempt_number)
         if reason is not None:
             error.not_retried = reason
+            error.not_retried_for_caller = reason in _FOR_THIS_CALLER or reason.endswith(_TIME_LEFT)
             return False
         planned_wait[0] = wait
         return True
@@ -86,17 +94,17 @@ async def call_with_retries(
         if attempt_number >= policy.max_attempts:
             return f"all {policy.max_attempts} attempts used", 0.0
         if can_fail_over():
-            return "failed over to another model instead of retrying", 0.0
+            return _FAILED_OVER, 0.0
         left = deadline.remaining() - policy.min_attempt_s  # time that can go to waiting
         if error.retry_after_s is not None:
             if error.retry_after_s > policy.retry_after_cap_s:
                 return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0
             if error.retry_after_s > left:
-                return f"Retry-After {error.retry_after_s:g}s exceeds the time left", 0.0
+                return f"Retry-After {error.retry_after_s:g}s {_TIME_LEFT}", 0.0
             wait = error.retry_after_s
         else:
             if left < policy.min_attempt_s:  # (halving below would approach the deadline forever)
-                return "no time left for another attempt", 0.0
+                return NO_TIME_LEFT, 0.0
             # Near the deadline, wait at most half the spare time so the next attempt keeps some of it.
             wait = min(policy.backoff(attempt_number), left / 2)
         if not budget.try_retry():

@@ -21,6 +21,7 @@ from tests.fake_provider import Scenario
 from tests.redis_harness import RedisTarget
 
 VENDOR = MODEL.partition("/")[2]
+BACKUP = "openai/backup-model"  # answered by the fake's echo
 
 
 def direct(gw: Running, **arguments: Any) -> asyncio.Task[QueryResult]:
@@ -142,6 +143,29 @@ async def test_a_leader_with_a_short_deadline_does_not_fail_followers_with_time_
     assert follower_result.results[0].status == "ok", follower_result.results[0].error
 
 
+async def test_a_follower_with_nowhere_to_fail_over_is_not_handed_the_leaders_unretried_error(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """The leader (first_available, a backup after it) did not retry a 503, to fail over at once: its strategy's
+    choice. The follower asked that model alone and would have retried; it was handed the 503, attempts 0."""
+    fake.set(VENDOR, Scenario.error("overloaded", times=1))  # the next call is answered
+    release = fake.hold(VENDOR)
+    async with open_gateway() as gw:
+        cache = gw.gateway.cache
+        leader = direct(gw, models=[MODEL, BACKUP])
+        await fake.wait_for_calls(1, VENDOR)
+        follower = direct(gw)
+        await until(lambda: cache.stats.coalesced >= 1, "the follower to wait on the leader's call")
+        release.set()
+        leader_result, follower_result = await leader, await follower
+
+    assert [r.status for r in leader_result.results] == ["error", "ok"]
+    assert leader_result.results[0].error is not None
+    assert leader_result.results[0].error.not_retried == "failed over to another model instead of retrying"
+    assert (follower_result.results[0].status, follower_result.answer) == ("ok", PROMPT)
+    assert fake.count(VENDOR) == 2
+
+
 @pytest.mark.parametrize("backend", ["embedded", "redis"])
 async def test_the_same_question_asked_again_at_once_is_served_the_answer_being_stored(
     open_gateway: OpenGateway, fake: CacheFake, backend: str, request: pytest.FixtureRequest
@@ -203,12 +227,18 @@ def watch_waits(gw: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
 
 
 async def holder_and_peer(
-    one: Running, two: Running, fake: CacheFake, release: asyncio.Event, monkeypatch: pytest.MonkeyPatch, **peer: Any
+    one: Running,
+    two: Running,
+    fake: CacheFake,
+    release: asyncio.Event,
+    monkeypatch: pytest.MonkeyPatch,
+    holding: dict[str, Any] | None = None,
+    **peer: Any,
 ) -> tuple[QueryResult, QueryResult]:
-    """Gateway one's call held at the fake with the lease taken, gateway two waiting on that lease; then the fake
-    answers. Their results, holder's first."""
+    """Gateway one's call (with the arguments ``holding``) held at the fake with the lease taken, gateway two
+    waiting on that lease; then the fake answers. Their results, holder's first."""
     waiting = watch_waits(two, monkeypatch)
-    holder = direct(one)
+    holder = direct(one, **(holding or {}))
     await fake.wait_for_calls(1, VENDOR)
     waiter = direct(two, **peer)
     await asyncio.wait_for(waiting.wait(), 5)  # the second gateway found the lease taken
@@ -263,6 +293,22 @@ async def test_errors_of_the_holder_s_key_are_not_shared_with_other_gateway_proc
         holder_result, peer_result = await holder_and_peer(one, two, fake, release, monkeypatch, timeout_s=30)
 
     assert holder_result.results[0].error is not None and holder_result.results[0].error.code == kind
+    assert (peer_result.results[0].status, peer_result.answer) == ("ok", PROMPT), peer_result.results[0].error
+    assert fake.count(VENDOR) == 2
+
+
+async def test_an_error_the_holder_did_not_retry_for_its_own_reasons_is_not_told_to_other_processes(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder failed over instead of retrying a 503; the other process, asking that model alone, was told
+    the 503 "(from another gateway process)" and never asked."""
+    fake.set(VENDOR, Scenario.error("overloaded", times=1))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        holding = {"models": [MODEL, BACKUP]}
+        holder_result, peer_result = await holder_and_peer(one, two, fake, release, monkeypatch, holding, timeout_s=30)
+
+    assert [r.status for r in holder_result.results] == ["error", "ok"]
     assert (peer_result.results[0].status, peer_result.answer) == ("ok", PROMPT), peer_result.results[0].error
     assert fake.count(VENDOR) == 2
 

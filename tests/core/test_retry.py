@@ -102,7 +102,7 @@ async def test_persistent_failure_uses_exactly_max_attempts() -> None:
     with pytest.raises(UpstreamError) as info:
         await run(script, policy=RetryPolicy(max_attempts=4, rng=random.Random(1)))
     assert script.calls == 4
-    assert info.value.not_retried == "all 4 attempts used"
+    assert info.value.not_retried == "all 4 attempts used" and not info.value.not_retried_for_caller
 
 
 async def test_a_retry_after_beyond_the_cap_fails_at_once_with_the_wait_in_the_error() -> None:
@@ -111,6 +111,7 @@ async def test_a_retry_after_beyond_the_cap_fails_at_once_with_the_wait_in_the_e
         await run(script)  # default cap 20 s
     assert script.calls == 1
     assert info.value.retry_after_s == 60 and "exceeds the 20s cap" in info.value.not_retried
+    assert not info.value.not_retried_for_caller  # the cap is the gateway's, the same for every caller
 
 
 async def test_a_retry_after_beyond_the_time_left_fails_at_once() -> None:
@@ -118,6 +119,7 @@ async def test_a_retry_after_beyond_the_time_left_fails_at_once() -> None:
     with pytest.raises(RateLimited) as info:
         await run(script, deadline_s=3)
     assert script.calls == 1 and "time left" in info.value.not_retried
+    assert info.value.not_retried_for_caller  # a caller with more time left would have waited and retried
 
 
 async def test_backoff_never_sleeps_past_the_deadline() -> None:
@@ -127,7 +129,7 @@ async def test_backoff_never_sleeps_past_the_deadline() -> None:
     with pytest.raises(ConnectFailed) as info:
         await run(script, clock=clock, policy=policy, deadline_s=1.0)
     assert sum(clock.sleeps) <= 1.0
-    assert info.value.not_retried == "no time left for another attempt"
+    assert info.value.not_retried == "no time left for another attempt" and info.value.not_retried_for_caller
 
 
 async def test_failing_over_beats_backing_off() -> None:
@@ -137,6 +139,7 @@ async def test_failing_over_beats_backing_off() -> None:
         await run(script, clock=clock, can_fail_over=True)
     assert script.calls == 1 and clock.sleeps == []
     assert info.value.not_retried == "failed over to another model instead of retrying"
+    assert info.value.not_retried_for_caller  # a caller with nowhere to fail over would have retried
 
 
 async def test_an_exhausted_budget_returns_the_original_error_marked() -> None:
@@ -147,6 +150,7 @@ async def test_an_exhausted_budget_returns_the_original_error_marked() -> None:
         await run(first, clock=clock, budget=budget)
     assert first.calls == 2  # one retry from the floor, then refused
     assert info.value.message == "b" and info.value.not_retried == "retry budget exhausted"
+    assert not info.value.not_retried_for_caller  # the budget is the provider's, shared by every caller
 
 
 async def test_cancellation_during_backoff_stops_retrying() -> None:
