@@ -48,6 +48,10 @@ _MARK = _PAIRED.groupindex["mark"]  # the emphasis mark's group: matched, but ne
 # Characters that carry nothing: zero-width spaces and joiners, a byte-order mark.
 _INVISIBLE = str.maketrans(dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff")))
 _FOLD = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
+# Superscripts and subscripts, which NFKC writes as plain digits and letters: "2³" agreed with "23", "x²" with "x2"
+# and "10⁻³" with "10-3". A run of them is written as a power or an index ("2^3", "h_2o"), as models type them.
+_RAISED = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u207f]+")
+_LOWERED = re.compile("[\u2080-\u209c]+")
 # What may wrap a word without being part of it: quotes and brackets, and (after it) sentence punctuation in several
 # scripts. Symbols that can be part of an answer ("C++", "C#", "10%", "2+2", "x/2", "e^x", "-4", "x > 5", "f'")
 # are never in these sets, so answers that differ by them never agree. A straight single quote only wraps a whole
@@ -108,6 +112,8 @@ def _normalise_short(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
+    if not text.isascii():
+        text = _LOWERED.sub(_index, _RAISED.sub(_power, text))
     folded = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).casefold().translate(_FOLD)
     folded = _LINE_MARKUP.sub("", folded).strip()
     previous = None
@@ -139,6 +145,14 @@ def _normalise(text: str) -> str:
     return " ".join(tokens)
 
 
+def _power(match: re.Match[str]) -> str:
+    return "^" + unicodedata.normalize("NFKC", match[0])
+
+
+def _index(match: re.Match[str]) -> str:
+    return "_" + unicodedata.normalize("NFKC", match[0])
+
+
 def _inside(match: re.Match[str]) -> str:
     """The content of a paired markup match (whichever alternative matched; not the emphasis mark itself)."""
     return next(group for i, group in enumerate(match.groups(), 1) if group is not None and i != _MARK)
@@ -161,6 +175,9 @@ def _canonical_number(token: str) -> str | None:
         return _WORDS[token]
     if not _NUMBER.match(token):
         return None
+    digits = token.lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits[1] != ".":
+        return None  # "02134" (a ZIP code, an id) is not "2134", nor "0,5" (a decimal comma) "5": kept as written
     try:
         value = Decimal(token.replace(",", ""))
     except InvalidOperation:

@@ -58,6 +58,10 @@ from ai_gateway.strategies.voting import Tally, normalise
         ("Paris", "'Paris'"),
         ("US", "U.S."),
         ("Washington DC", "Washington, D.C."),
+        ("x²", "x^2"),  # a superscript is a power, as models type it
+        ("10⁻³", "10^-3"),
+        ("5 m²", "5 m^2"),
+        ("0.50", "0.5"),
     ],
 )
 def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
@@ -106,6 +110,15 @@ def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
         ("~5", "5"),
         ("5'10\"", "510"),
         ("$5 and $10", "5 and 10"),
+        # NFKC writes superscripts and subscripts as plain digits: these agreed, and decided consensus votes
+        ("2³", "23"),
+        ("x²", "x2"),
+        ("10⁻³", "10-3"),
+        ("H₂O", "H2O"),  # the same molecule, but only a cost of a vote; "x₁" and "x1" are not the same
+        # A leading zero is kept: ZIP codes, ids and a decimal comma are not the number without it
+        ("02134", "2134"),
+        ("007", "7"),
+        ("0,5", "5"),
     ],
 )
 def test_different_answers_stay_apart(a: str, b: str) -> None:
