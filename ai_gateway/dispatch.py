@@ -185,8 +185,9 @@ class Dispatcher:
         self.cache = cache
 
     def available(self, target: ModelTarget) -> bool:
-        """False while the target's circuit refuses calls: not a candidate to fail over to."""
-        return self.resilience.breakers.get(target.circuit).state != "open"
+        """False while the target's circuit refuses calls (open, or half-open with its trial calls all in flight):
+        not a candidate to fail over to, so a flaky model before it keeps its retries."""
+        return self.resilience.breakers.get(target.circuit).admits()
 
     async def from_cache(
         self, targets: Sequence[ModelTarget], request: ChatRequest, policy: CachePolicy

@@ -119,6 +119,11 @@ class Breaker:
             return 0.0
         return max(0.0, opened + self._cb.reset_timeout - self._clock.now())
 
+    def admits(self) -> bool:
+        """Whether :meth:`acquire` would admit a call now: closed, or half-open with a trial slot free."""
+        state = self.state
+        return state == "closed" or (state == "half-open" and self._trials < self.half_open_calls)
+
     def acquire(self) -> bool:
         """Admit a call or raise CircuitOpen. Returns True when the call is a half-open trial."""
         state = self.state

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderConfig
 from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
@@ -40,14 +41,23 @@ class ScriptedAdapter(Adapter):
         return Completion(text="ok", finish_reason=FinishReason.STOP)
 
 
-async def test_a_flaky_model_is_retried_when_the_only_fallback_is_refusing_calls() -> None:
-    resilience = Resilience.from_settings(Settings(_env_file=None, breaker_fail_max=3), clock=FakeClock())
+@pytest.mark.parametrize("refusing", ["open", "half-open, its trial call in flight"])
+async def test_a_flaky_model_is_retried_when_the_only_fallback_is_refusing_calls(refusing: str) -> None:
+    clock = FakeClock()
+    settings = Settings(_env_file=None, breaker_fail_max=3, breaker_reset_s=30, breaker_half_open_calls=1)
+    resilience = Resilience.from_settings(settings, clock=clock)
     flaky = ScriptedAdapter("live", {"flaky": [UpstreamError("blip", status=500)]})
     dead = ScriptedAdapter("dead", {"gone": []})
     dead_breaker = resilience.breakers.get("dead")
     for _ in range(3):
         dead_breaker.release(dead_breaker.acquire(), "failure", UpstreamError("down", status=500))
     assert dead_breaker.state == "open"
+    if refusing != "open":
+        # Half-open admits one trial, and another caller's holds it: this one would be refused as surely as by an
+        # open circuit, and was still counted a fallback (the flaky model failed over to a refusal).
+        clock.advance(31)
+        assert dead_breaker.acquire() is True
+        assert dead_breaker.state == "half-open"
     targets = [ModelTarget("live/flaky", "live", "flaky", flaky), ModelTarget("dead/gone", "dead", "gone", dead)]
     async with httpx.AsyncClient() as client:
         call = Dispatcher(lambda: client, resilience).bind(REQUEST, Deadline(30))
