@@ -81,6 +81,15 @@ def process_specific(error: GatewayError) -> bool:
     )
 
 
+def _trips(error: GatewayError, target: ModelTarget) -> bool:
+    """Whether the error counts against the target's circuit. A rate limit is a model's (OpenAI's and Gemini's
+    limits are per model): on a circuit for the whole provider it would refuse the provider's other models, whose
+    limits are untouched. It counts where the circuit is the model's own."""
+    if isinstance(error, RateLimited) and target.circuit == target.provider:
+        return False
+    return error.trips_breaker
+
+
 def never() -> bool:
     return False
 
@@ -458,7 +467,7 @@ class Dispatcher:
             return completion
         except GatewayError as exc:
             error = exc
-            result = "failure" if exc.trips_breaker else "neutral"
+            result = "failure" if _trips(exc, target) else "neutral"
             r.health.record(target.provider, target.id, str(exc.code), None)
             raise
         except Exception as exc:

@@ -5,7 +5,7 @@
     GatewayError                      code            retryable  trips breaker
     ├── ProviderError                 (what an upstream said or did)
     │   ├── TransientError                            yes        yes
-    │   │   ├── RateLimited           rate_limited
+    │   │   ├── RateLimited           rate_limited                   (only a per-model circuit)
     │   │   ├── Overloaded            overloaded
     │   │   ├── UpstreamError         upstream_error
     │   │   ├── ProviderTimeout       timeout

@@ -9,7 +9,7 @@ import pytest
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderConfig
 from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
-from ai_gateway.errors import GatewayError, UpstreamError
+from ai_gateway.errors import GatewayError, RateLimited, UpstreamError
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.settings import Settings
 from ai_gateway.strategies.first_available import first_available
@@ -79,3 +79,23 @@ async def test_an_open_circuit_refuses_before_any_attempt() -> None:
     assert outcome.error is not None and outcome.error.code == "circuit_open"
     assert outcome.attempts == 0 and dead.calls == []
     assert "upstream_error: down" in outcome.error.message
+
+
+@pytest.mark.parametrize("scope", ["provider", "model"])
+async def test_a_rate_limit_opens_only_a_circuit_of_the_model_itself(scope: str) -> None:
+    """Five 429s from gpt-4o opened the whole provider's circuit, and gpt-4o-mini, whose own limit was untouched,
+    was refused without a request. Rate limits are a model's: they count where the circuit is the model's."""
+    settings = Settings(_env_file=None, breaker_fail_max=2, max_attempts=1)
+    resilience = Resilience.from_settings(settings, clock=FakeClock())
+    limited = [RateLimited("Rate limit reached for gpt-4o", status=429) for _ in range(3)]
+    live = ScriptedAdapter("live", {"big": limited, "small": []})
+    circuit = {"provider": "", "model": "live/big"}[scope]
+    big = ModelTarget("live/big", "live", "big", live, breaker_key=circuit)
+    small = ModelTarget("live/small", "live", "small", live)
+    async with httpx.AsyncClient() as client:
+        call = Dispatcher(lambda: client, resilience).bind(REQUEST, Deadline(30))
+        first, second = await call(big), await call(big)
+        other = await call(small)
+    assert [o.error.code if o.error else None for o in (first, second)] == ["rate_limited", "rate_limited"]
+    assert resilience.breakers.get(big.circuit).state == ("closed" if scope == "provider" else "open")
+    assert other.status == "ok" and live.calls == ["big", "big", "small"]
