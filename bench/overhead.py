@@ -58,7 +58,9 @@ def make_calls(client: Client, session: aiohttp.ClientSession, bare: httpx.Async
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
     headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
     endpoint = f"{url}/v1/chat/completions"
-    query = {"prompt": PROMPT, "models": [f"openai/{MODEL}"]}
+    # cache bypass: every call asks the provider, as the bare calls do (a repeated prompt would be a cache hit;
+    # bench/cache.py measures those).
+    query = {"prompt": PROMPT, "models": [f"openai/{MODEL}"], "cache": "bypass"}
 
     async def query_models() -> object:
         result = await client.call_tool("query_models", query)
@@ -131,8 +133,8 @@ async def throughput(calls: dict[str, Call], per_kind: int, rounds: int = 3) -> 
 
 
 async def fastest_race(client: Client, n: int) -> Figures:
-    race = {"prompt": PROMPT, "models": [f"openai/{m}" for m in RACE], "strategy": "fastest"}
-    alone = {"prompt": PROMPT, "models": ["openai/race-20"]}
+    race = {"prompt": PROMPT, "models": [f"openai/{m}" for m in RACE], "strategy": "fastest", "cache": "bypass"}
+    alone = {"prompt": PROMPT, "models": ["openai/race-20"], "cache": "bypass"}
     samples: dict[str, list[float]] = {"fastest_3": [], "race_20_alone": []}
     for _ in range(3):
         await client.call_tool("query_models", race)
@@ -204,7 +206,7 @@ async def startup(url: str, runs: int) -> Figures:
 
 
 async def stdio_memory(url: str, total: int) -> Figures:
-    query = {"prompt": PROMPT, "models": [f"openai/{MODEL}"]}
+    query = {"prompt": PROMPT, "models": [f"openai/{MODEL}"], "cache": "bypass"}  # every call a provider call
     with tempfile.TemporaryDirectory() as cwd:
         client = stdio_client(server_env(url, cwd), cwd)
         async with client:
