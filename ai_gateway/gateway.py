@@ -7,6 +7,7 @@ registry by provider name and are called through the dispatcher.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -111,7 +112,9 @@ class Gateway:
         """How long each model may run before the next one joins it (first_available only)."""
         if choice is not None and choice != "off" and strategy != "first_available":
             raise InvalidArgument("hedge_after_s", f"applies to first_available only; {strategy} already races")
-        if isinstance(choice, int | float) and choice <= 0:
+        # NaN passes "<= 0" and, as a timer, broke the order of every timer of the event loop (later calls' hedges
+        # and deadlines fired late, or not at all); infinity is "off" spelled another way.
+        if isinstance(choice, int | float) and not (0 < choice < math.inf):
             raise InvalidArgument("hedge_after_s", "must be a positive number of seconds, 'auto' or 'off'")
         configured = self.settings.hedge_after_s
         if choice == "off" or (choice is None and configured is None) or strategy != "first_available":

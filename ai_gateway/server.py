@@ -126,7 +126,7 @@ def build_server(
             NotBool,
         ] = None,
         hedge_after_s: Annotated[
-            float | Literal["auto", "off"] | None,
+            Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["auto", "off"] | None,
             Field(
                 description="first_available only: if a model has not answered after this many seconds, start the "
                 "next one too and take whichever answers first. 'auto': the model's recent p95 latency. "

@@ -95,3 +95,23 @@ def test_cancelled_attempts_raise_the_hedge_estimate_but_not_the_reported_latenc
         health.record_cancelled("acme/m", 2.0)
     assert health.latency_percentile("acme/m", 95, min_samples=20) == 2.0
     assert health.snapshot()["acme"]["latency_ms"]["p99"] == 40.0  # status shows answers only
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), 0.0, -1.0])
+async def test_a_hedge_delay_must_be_a_finite_positive_number(delay: float) -> None:
+    """Gateway.query (the eval's path, and the tool's after its own schema) refuses what is no delay: NaN passed
+    "<= 0" and, as a timer, broke the order of the event loop's timers for every later call."""
+    from ai_gateway.errors import InvalidArgument
+    from ai_gateway.gateway import Gateway
+    from ai_gateway.http import SharedClient
+    from ai_gateway.registry import Registry
+    from ai_gateway.settings import Settings
+
+    settings = Settings(_env_file=None)
+    client = SharedClient(settings)
+    gateway = Gateway(settings, Registry.from_settings(settings, {}), client)
+    try:
+        with pytest.raises(InvalidArgument, match="hedge_after_s"):
+            await gateway.query(prompt="hi", models=["mock/echo", "mock/fixed:4"], hedge_after_s=delay)
+    finally:
+        await client.aclose()

@@ -209,6 +209,29 @@ async def test_fastmcp_client_over_http_runs_a_consensus(gateway: ServerProcess,
     assert {p["provider"] for p in catalogue["providers"] if p["configured"]} >= {"openai", "gemini", "ollama"}
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+async def test_a_hedge_delay_that_is_no_number_of_seconds_is_refused(
+    gateway: ServerProcess, module_fake: GatedFake, value: str
+) -> None:
+    """Python's json writes float("nan") as NaN, and the server read it: it passed the "<= 0" check and, as a
+    hedge timer, broke the order of the event loop's timers, so later calls' hedges and deadlines fired late or
+    never (a 1 s deadline overran by 29 s in a review). Sent as raw JSON-RPC, as such a client sends it."""
+    # json.dumps writes NaN and Infinity, as such a client's encoder does.
+    arguments = {"prompt": "hi", "models": [MODELS["openai"]], "hedge_after_s": float(value)}
+    params = {"name": "query_models", "arguments": arguments}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2025-11-25"}  # fmt: skip
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{gateway.base_url}/mcp", content=json.dumps(call), headers=headers)
+    assert reply.status_code == 200, reply.text
+    text = reply.text
+    message = json.loads(text.split("data: ", 1)[1] if text.startswith(("event:", "data:")) else text)
+    result = message["result"]
+    assert result["isError"] is True and "hedge_after_s" in result["content"][0]["text"], result
+    assert module_fake.count() == 0
+
+
 async def test_auth_token_is_required_for_mcp_but_not_for_health(servers: Servers, module_fake: GatedFake) -> None:
     base_url = servers.authed.base_url
     module_fake.set("gpt-4o-mini", Scenario(text="authorised"))
