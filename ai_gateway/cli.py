@@ -105,7 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             path=settings.path,
             show_banner=False,
-            stateless_http=True,
+            # Sessions by default: a client on a protocol before 2026-07-28 sends its cancel as a notification in
+            # its session; without one, the cancel was dropped and the provider calls ran on, billed.
+            stateless_http=settings.stateless_http,
             # Without this uvicorn installs its own handlers (access lines on stdout,
             # no redaction); its records must flow through ours instead.
             uvicorn_config={"log_config": None},

@@ -240,6 +240,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address for the HTTP transport.")
     port: int = Field(8000, ge=0, le=65535, description="Port for the HTTP transport.")
     path: str = Field("/mcp", description="URL path of the MCP endpoint for the HTTP transport.")
+    stateless_http: bool = Field(
+        False,
+        description="HTTP transport without sessions: any replica can serve any request (no sticky sessions), but a "
+        "client on a protocol before 2026-07-28 can no longer cancel a call (its cancel arrives on another request).",
+    )
     auth_token: SecretStr | None = Field(
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
     )

@@ -209,6 +209,11 @@ async def test_fastmcp_client_over_http_runs_a_consensus(gateway: ServerProcess,
     assert {p["provider"] for p in catalogue["providers"] if p["configured"]} >= {"openai", "gemini", "ollama"}
 
 
+def sse_message(text: str) -> dict:
+    """The JSON-RPC message of a streamable-HTTP reply (an SSE event, or plain JSON)."""
+    return json.loads(text.split("data: ", 1)[1] if text.startswith(("event:", "data:")) else text)
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 async def test_a_hedge_delay_that_is_no_number_of_seconds_is_refused(
     gateway: ServerProcess, module_fake: GatedFake, value: str
@@ -223,11 +228,19 @@ async def test_a_hedge_delay_that_is_no_number_of_seconds_is_refused(
     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
                "mcp-protocol-version": "2025-11-25"}  # fmt: skip
     async with httpx.AsyncClient() as http:
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        opened = await http.post(
+            f"{gateway.base_url}/mcp",
+            json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello},
+            headers=headers,
+        )
+        assert opened.status_code == 200, opened.text
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        ready = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await http.post(f"{gateway.base_url}/mcp", json=ready, headers=headers)
         reply = await http.post(f"{gateway.base_url}/mcp", content=json.dumps(call), headers=headers)
     assert reply.status_code == 200, reply.text
-    text = reply.text
-    message = json.loads(text.split("data: ", 1)[1] if text.startswith(("event:", "data:")) else text)
-    result = message["result"]
+    result = sse_message(reply.text)["result"]
     assert result["isError"] is True and "hedge_after_s" in result["content"][0]["text"], result
     assert module_fake.count() == 0
 
@@ -287,6 +300,26 @@ async def test_client_timeout_cancels_the_provider_requests(gateway: ServerProce
         with pytest.raises(asyncio.CancelledError):
             await call
     await module_fake.wait_for_disconnects(2)
+    assert sorted(c.model for c in module_fake.disconnects) == ["hang-1", "hang-2"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_cancel_from_either_protocol_era_stops_the_provider_requests(
+    gateway: ServerProcess, module_fake: GatedFake, mode: str
+) -> None:
+    """A client on a protocol before 2026-07-28 ("legacy") cancels with a notifications/cancelled in its session.
+    Served without sessions, that notification arrived on a request of its own and was dropped: the provider
+    requests ran to the end, billed."""
+    module_fake.set("hang-1", Scenario(hang=True))
+    module_fake.set("hang-2", Scenario(hang=True))
+    arguments = {"prompt": "hi", "models": ["openai/hang-1", "anthropic/hang-2"], "strategy": "consensus"}
+    async with Client(f"{gateway.base_url}/mcp", mode=mode) as client:
+        call = asyncio.create_task(client.call_tool("query_models", arguments))
+        await module_fake.wait_for_calls(2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await module_fake.wait_for_disconnects(2)
     assert sorted(c.model for c in module_fake.disconnects) == ["hang-1", "hang-2"]
 
 
