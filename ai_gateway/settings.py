@@ -58,6 +58,7 @@ class ModelPrice(BaseModel):
     )
 
 
+_CUSTOM_EXAMPLE = '{"lms": {"base_url": "http://localhost:1234/v1"}}'
 _PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
 _PRICE_EXAMPLE = '{"ollama/*": {"input_per_mtok": 0, "output_per_mtok": 0}}'
 
@@ -214,7 +215,7 @@ class Settings(BaseSettings):
     keepalive_expiry_s: float = Field(30.0, ge=0, description="Seconds an idle connection is kept.")
 
     # -- providers ---------------------------------------------------------------
-    custom_providers: dict[str, CustomProvider] = Field(
+    custom_providers: Annotated[dict[str, CustomProvider], NoDecode] = Field(
         default_factory=dict,
         description='Extra hosts as JSON: {"name": {"base_url": ..., "dialect": "openai", "api_key_env": ...}}.',
     )
@@ -270,6 +271,21 @@ class Settings(BaseSettings):
     @classmethod
     def _model_prices(cls, value: Any) -> Any:
         return _check_model_prices(value)
+
+    @field_validator("custom_providers", mode="before")
+    @classmethod
+    def _custom_providers(cls, value: Any) -> Any:
+        # Parsed here, not by pydantic-settings: its parse error was a 45-line traceback naming no fix.
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        import json
+
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc}); write a JSON object such as {_CUSTOM_EXAMPLE}") from None
 
     @field_validator("path")
     @classmethod

@@ -32,6 +32,18 @@ def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(_env_file=None)
 
 
+def test_custom_providers_that_are_not_json_name_the_setting_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings parsed the JSON itself, and its error was a 45-line traceback from every command."""
+    monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", "{bad")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    described = describe_settings_error(info.value)
+    assert described.startswith("AI_GATEWAY_CUSTOM_PROVIDERS: Value error, not valid JSON (")
+    assert described.endswith('write a JSON object such as {"lms": {"base_url": "http://localhost:1234/v1"}}')
+    monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", "")
+    assert Settings(_env_file=None).custom_providers == {}
+
+
 def test_timeouts_are_clamped_to_the_documented_range() -> None:
     settings = Settings(_env_file=None, min_timeout_s=1, default_timeout_s=30, max_timeout_s=120)
     assert settings.clamp_timeout(None) == 30
