@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -174,9 +175,9 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--concurrency", "-c", type=int, default=4, help="queries in flight at once")
     ev.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), default="use",
                     help="only: replay from the cache, no provider calls (misses fail with cache_miss)")  # fmt: skip
-    ev.add_argument("--temperature", type=float)
+    ev.add_argument("--temperature", type=_number)
     ev.add_argument("--max-tokens", dest="max_tokens", type=int, help="most tokens each model may generate per query")
-    ev.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per query, in seconds")
+    ev.add_argument("--timeout", dest="timeout_s", type=_number, help="deadline per query, in seconds")
     ev.add_argument("--out", "-o", required=True, help="results JSONL (appended to; a rerun resumes)")
     ev.add_argument("--retry-failed", action="store_true",
                     help="ask again the queries in --out that no model answered")  # fmt: skip
@@ -241,10 +242,33 @@ def _hedge_value(text: str) -> str:
     if text in ("auto", "off"):
         return text
     try:
-        float(text)
-    except ValueError:
+        _number(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError("a number of seconds, 'auto' or 'off'") from None
     return text
+
+
+def _number(text: str) -> float:
+    """A finite number: float() reads "nan" and "inf", which the in-memory client then sent as null, so
+    ``--temperature nan`` ran with no temperature and exited 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _port(text: str) -> int:
+    """0..65535: a larger one reached uvicorn, which logged an 81-line traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
     serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     serve.add_argument("--host", help="bind address for http (default AI_GATEWAY_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port for http (default AI_GATEWAY_PORT or 8000)")
+    serve.add_argument("--port", type=_port, help="port for http (default AI_GATEWAY_PORT or 8000)")
     serve.add_argument("--path", help="MCP endpoint path for http (default /mcp)")
     serve.set_defaults(func=cmd_serve)
 
@@ -266,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--models", "-m", help="comma-separated provider/model ids (default AI_GATEWAY_DEFAULT_MODELS)")
     query.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
     query.add_argument("--system")
-    query.add_argument("--temperature", type=float)
+    query.add_argument("--temperature", type=_number)
     query.add_argument("--max-tokens", dest="max_tokens", type=int)
-    query.add_argument("--timeout", dest="timeout_s", type=float, help="deadline for the whole call, in seconds")
+    query.add_argument("--timeout", dest="timeout_s", type=_number, help="deadline for the whole call, in seconds")
     query.add_argument(
         "--hedge-after",
         type=_hedge_value,

@@ -82,3 +82,25 @@ def test_a_cache_ttl_redis_cannot_keep_is_refused_at_start(monkeypatch: pytest.M
     with pytest.raises(ValidationError) as info:
         Settings(_env_file=None)
     assert describe_settings_error(info.value).startswith("AI_GATEWAY_CACHE_TTL_S: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # float() reads these; the in-memory client then sent null: the query ran with defaults and exited 0.
+        (["query", "hi", "--temperature", "nan"], "argument --temperature: 'nan' is not a finite number"),
+        (["query", "hi", "--timeout", "inf"], "argument --timeout: 'inf' is not a finite number"),
+        (["query", "hi", "--hedge-after", "nan"], "argument --hedge-after: a number of seconds, 'auto' or 'off'"),
+        (["eval", "d.jsonl", "-m", "mock/echo", "-o", "o.jsonl", "--temperature=-inf"], "is not a finite number"),
+        # Past 65535 the port reached uvicorn, which logged an 81-line traceback.
+        (["serve", "--transport", "http", "--port", "99999"], "--port: 99999 is not a port number (0 to 65535)"),
+    ],
+)
+def test_numbers_on_the_command_line_are_checked_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ai_gateway.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
