@@ -35,12 +35,7 @@ from ai_gateway.resilience.clock import Clock, Deadline
 
 T = TypeVar("T")
 
-# Reasons not to retry that belong to one caller: its strategy, its deadline. Not the provider's verdict (attempts
-# used), nor this process's (its retry budget, its circuit).
-_FAILED_OVER = "failed over to another model instead of retrying"
 NO_TIME_LEFT = "no time left for another attempt"
-_TIME_LEFT = "exceeds the time left"
-_FOR_THIS_CALLER = frozenset({_FAILED_OVER, NO_TIME_LEFT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,34 +77,36 @@ async def call_with_retries(
     def should_retry(error: BaseException | None, attempt_number: int) -> bool:
         if not isinstance(error, GatewayError) or not error.retryable or error.not_retried:
             return False  # includes asyncio.CancelledError, and an error already given up on
-        reason, wait = _decide(error, attempt_number)
+        reason, wait, mine = _decide(error, attempt_number)
         if reason is not None:
             error.not_retried = reason
-            error.not_retried_for_caller = reason in _FOR_THIS_CALLER or reason.endswith(_TIME_LEFT)
+            error.not_retried_for_caller = mine
             return False
         planned_wait[0] = wait
         return True
 
-    def _decide(error: GatewayError, attempt_number: int) -> tuple[str | None, float]:
+    def _decide(error: GatewayError, attempt_number: int) -> tuple[str | None, float, bool]:
+        """(why not to retry, or None; the wait before the retry; whether the reason is this caller's alone:
+        its strategy or its deadline, not the provider's verdict nor this process's budget or cap)."""
         if attempt_number >= policy.max_attempts:
-            return f"all {policy.max_attempts} attempts used", 0.0
+            return f"all {policy.max_attempts} attempts used", 0.0, False
         if can_fail_over():
-            return _FAILED_OVER, 0.0
+            return "failed over to another model instead of retrying", 0.0, True
         left = deadline.remaining() - policy.min_attempt_s  # time that can go to waiting
         if error.retry_after_s is not None:
             if error.retry_after_s > policy.retry_after_cap_s:
-                return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0
+                return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0, False
             if error.retry_after_s > left:
-                return f"Retry-After {error.retry_after_s:g}s {_TIME_LEFT}", 0.0
+                return f"Retry-After {error.retry_after_s:g}s exceeds the time left", 0.0, True
             wait = error.retry_after_s
         else:
             if left < policy.min_attempt_s:  # (halving below would approach the deadline forever)
-                return NO_TIME_LEFT, 0.0
+                return NO_TIME_LEFT, 0.0, True
             # Near the deadline, wait at most half the spare time so the next attempt keeps some of it.
             wait = min(policy.backoff(attempt_number), left / 2)
         if not budget.try_retry():
-            return "retry budget exhausted", 0.0
-        return None, wait
+            return "retry budget exhausted", 0.0, False
+        return None, wait, False
 
     try:
         return await attempt()
