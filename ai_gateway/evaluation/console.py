@@ -16,14 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ai_gateway.evaluation.dataset import EvalInputError, load_dataset, ungraded_hint
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import (
     EvalConfig,
     Plan,
     RunState,
-    check_models,
     execute,
-    fit_concurrency,
+    fit_to,
     gateway_query,
     prepare,
     tool_query,
@@ -213,11 +212,8 @@ async def _run_tool(server: Any, plan: Plan, view: View) -> EvalSummary:
 
 
 async def _execute(gateway: Any, plan: Plan, query: Any, view: View) -> EvalSummary:
-    check_models(gateway, plan.config)
-    if (lowered := fit_concurrency(gateway, plan)) is not None:
-        view.note(f"ai-gateway eval: {lowered}")
-    if hint := ungraded_hint(plan.rows):
-        view.note(f"ai-gateway eval: {hint}")
+    for note in fit_to(gateway, plan):
+        view.note(f"ai-gateway eval: {note}")
     if gateway.warm is not None:
         # Load what the run needs before its first row, off the loop: a replay (cache only) calls no
         # provider, so it needs at most the price table (for the cost it saved), not the HTTP stack; and

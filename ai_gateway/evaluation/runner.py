@@ -35,6 +35,7 @@ from ai_gateway.evaluation.dataset import (
     answered,
     read_results,
     row_key,
+    ungraded_hint,
 )
 from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
 from ai_gateway.pricing import from_usd_units, usd_units
@@ -115,6 +116,16 @@ def check_models(gateway: Any, config: EvalConfig) -> None:
         gateway.resolve(config.models)
     except InvalidArgument as exc:
         raise option_error("--models", exc.message) from None
+
+
+def fit_to(gateway: Any, plan: Plan) -> list[str]:
+    """Before any query: check the models (EvalInputError), fit the concurrency to the gateway; return what the run
+    should tell its user (in the CLI's option names), as the CLI and ``run_eval`` both do."""
+    check_models(gateway, plan.config)
+    notes = [lowered] if (lowered := fit_concurrency(gateway, plan)) is not None else []
+    if hint := ungraded_hint(plan.rows):
+        notes.append(hint)
+    return notes
 
 
 def fit_concurrency(gateway: Any, plan: Plan) -> str | None:

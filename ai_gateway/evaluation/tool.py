@@ -10,14 +10,13 @@ from typing import Any
 
 from fastmcp.exceptions import ToolError
 
-from ai_gateway.evaluation.dataset import EvalInputError, load_dataset, ungraded_hint
+from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import (
     EvalConfig,
     Plan,
     RunState,
-    check_models,
     execute,
-    fit_concurrency,
+    fit_to,
     gateway_query,
     prepare,
 )
@@ -45,13 +44,11 @@ async def run_eval_tool(
     # answer no other call.
     plan = await asyncio.to_thread(plan_eval, root, path, out, options)
     try:
-        check_models(gateway, plan.config)
+        notes = fit_to(gateway, plan)
     except EvalInputError as exc:
         raise _argument_error(exc) from None
-    if (lowered := fit_concurrency(gateway, plan)) is not None:  # the summary's concurrency says so too
-        await ctx.info(_CLI_OPTION.sub(lambda option: option[1], lowered))
-    if hint := ungraded_hint(plan.rows):
-        await ctx.info(hint)
+    for note in notes:  # a lowered concurrency: the summary's concurrency says so too
+        await ctx.info(_CLI_OPTION.sub(lambda option: option[1], note))
 
     async def report(state: RunState) -> None:
         cost = usd(state.cost_usd) + plus_unpriced(state.unpriced)
