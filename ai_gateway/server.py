@@ -8,7 +8,6 @@ client is opened and closed by the server's lifespan.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.runner import MAX_SAMPLES
 from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway, running_gateway
+from ai_gateway.prompts import add_prompts
 from ai_gateway.registry import Registry
 from ai_gateway.schemas import (
     Catalogue,
@@ -250,24 +250,7 @@ def build_server(
         """The provider catalogue: configured providers, why others are not, example model ids."""
         return holder.get().catalogue().model_dump_json(indent=2)
 
-    @mcp.prompt
-    def compare_models(question: str, models: str = "") -> str:
-        """Ask several models the same question and compare their answers."""
-        chosen = f" with models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}" if models else ""
-        return (
-            f"Use the query_models tool with strategy='consensus'{chosen} to ask this question:\n\n{question}\n\n"
-            "Then compare the answers: say where the models agree, where they differ and why, which answer "
-            "is best supported, and report the agreement ratio and any model that failed."
-        )
-
-    @mcp.prompt
-    def second_opinion(question: str, answer: str) -> str:
-        """Check an answer against other models before relying on it."""
-        return (
-            "Use the query_models tool with strategy='consensus' to ask the question below, without showing the "
-            f"proposed answer to the models.\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
-            "Then say whether the models' majority answer supports the proposed answer, and quote any dissent."
-        )
+    add_prompts(mcp)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:

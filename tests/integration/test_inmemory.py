@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.client.client import CallToolResult
+from mcp import MCPError
+from mcp.types import INVALID_PARAMS
 
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
@@ -138,6 +140,28 @@ async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) ->
     second = await client.get_prompt("second_opinion", {"question": "2+2?", "answer": "5"})
     text = second.messages[0].content.text
     assert "Question: 2+2?" in text and "Proposed answer: 5" in text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "arguments", "says"),
+    [
+        ("second_opinion", {"question": "2+2?"}, "prompt 'second_opinion': missing argument 'answer'; it takes"),
+        ("compare_models", {}, "prompt 'compare_models': missing argument 'question'; it takes 'question', 'models'"),
+        ("compare_models", {"question": "Is P = NP?", "modles": "a/b"}, "unknown argument 'modles'"),
+        ("second_opinion", {"question": " ", "answer": "5"}, "argument 'question' must not be empty"),
+    ],
+)
+async def test_a_prompt_names_its_missing_or_unknown_argument(
+    client: Client, caplog: pytest.LogCaptureFixture, prompt: str, arguments: dict[str, str], says: str
+) -> None:
+    """The caller's mistake, said as one: invalid params (-32602) naming the argument, not an internal error
+    with a traceback in the server's log; a misspelt argument is refused, not dropped."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(MCPError) as caught:
+        await client.get_prompt(prompt, arguments)
+    assert caught.value.code == INVALID_PARAMS
+    assert says in str(caught.value)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # ---------------------------------------------------------------------------- strategies

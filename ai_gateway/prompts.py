@@ -1,0 +1,77 @@
+"""The MCP prompts (ready-made instructions that lead an agent to ``query_models``) and the check of their arguments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ValidationError
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+
+
+def add_prompts(mcp: FastMCP) -> None:
+    mcp.add_middleware(PromptArguments(mcp))
+
+    @mcp.prompt
+    def compare_models(question: str, models: str = "") -> str:
+        """Ask several models the same question and compare their answers."""
+        chosen = f" with models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}" if models else ""
+        return (
+            f"Use the query_models tool with strategy='consensus'{chosen} to ask this question:\n\n{question}\n\n"
+            "Then compare the answers: say where the models agree, where they differ and why, which answer "
+            "is best supported, and report the agreement ratio and any model that failed."
+        )
+
+    @mcp.prompt
+    def second_opinion(question: str, answer: str) -> str:
+        """Check an answer against other models before relying on it."""
+        return (
+            "Use the query_models tool with strategy='consensus' to ask the question below, without showing the "
+            f"proposed answer to the models.\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
+            "Then say whether the models' majority answer supports the proposed answer, and quote any dissent."
+        )
+
+
+class PromptArguments(Middleware):
+    """Refuses a prompt request whose arguments are missing, empty or unknown, naming them (invalid params, -32602).
+
+    Left to fastmcp, a missing argument is a ValueError that ``mask_error_details`` turns into a bare "Error
+    rendering prompt" (-32603, an internal error, logged with a traceback as the server's fault), and an
+    unknown argument (a misspelt one) is dropped without a word.
+    """
+
+    def __init__(self, server: FastMCP) -> None:
+        self.server = server
+
+    async def on_get_prompt(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
+        name, given = context.message.name, context.message.arguments or {}
+        prompt = await self.server.get_prompt(name)
+        if prompt is not None:  # an unknown prompt: fastmcp's own "Unknown prompt" answers it
+            problem = _problem(name, [(a.name, a.required) for a in prompt.arguments or ()], given)
+            if problem:
+                raise ValidationError(problem)
+        return await call_next(context)
+
+
+def _problem(prompt: str, declared: list[tuple[str, bool]], given: dict[str, Any]) -> str | None:
+    known = [name for name, _ in declared]
+    takes = f"it takes {_names(known)}" if known else "it takes none"
+    required = [name for name, needed in declared if needed]
+    if required:
+        takes += " (all required)" if required == known else f" ({_names(required)} required)"
+    if unknown := sorted(set(given) - set(known)):
+        return f"prompt {prompt!r}: unknown {_arguments(unknown)}; {takes}"
+    if missing := [n for n in required if n not in given]:
+        return f"prompt {prompt!r}: missing {_arguments(missing)}; {takes}"
+    if empty := [n for n in required if not str(given[n]).strip()]:
+        return f"prompt {prompt!r}: {_arguments(empty)} must not be empty"
+    return None
+
+
+def _arguments(names: list[str]) -> str:
+    return f"argument{'s' if len(names) > 1 else ''} {_names(names)}"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names)
