@@ -62,6 +62,8 @@ _STATUS_ERRORS: dict[str, type[ProviderError]] = {
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+# Not "check your plan and billing details": every per-minute 429 says that.
+_BILLING = re.compile(r"prepay(ment)? credits|enable billing", re.IGNORECASE)
 _PER_DAY = re.compile(r"per\s*day", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")  # protobuf Duration in JSON: "37s", "1.5s"
 _CONTEXT = re.compile(r"input token count.*exceeds the maximum", re.IGNORECASE | re.DOTALL)
@@ -127,6 +129,12 @@ class GeminiAdapter(Adapter):
         rpc_status = err.get("status")
         details = [d for d in err.get("details") or () if isinstance(d, dict)]
 
+        # 402: out of prepaid credit (Gemini answered 429 for it before 2026; the message says which). Billing not
+        # enabled is a FAILED_PRECONDITION: either way every call fails until someone pays, so the circuit may open.
+        if status == 402 or _BILLING.search(message):
+            return QuotaExhausted(message, status=status)
+        if rpc_status == "FAILED_PRECONDITION":  # e.g. "User location is not supported": this account may not call
+            return AuthError(message, status=status)
         if rpc_status == "RESOURCE_EXHAUSTED" or status == 429:
             if _daily_quota(details):
                 return QuotaExhausted(message, status=status)

@@ -166,6 +166,11 @@ def test_parse_no_candidates_and_no_block_is_malformed() -> None:
         ("error_rate_limit.json", {}, RateLimited, "rate_limited", True, 37.0),
         ("error_rate_limit.json", {"retry-after": "5"}, RateLimited, "rate_limited", True, 5.0),
         ("error_daily_quota.json", {}, QuotaExhausted, "quota_exhausted", False, None),
+        # Out of prepaid credit: 402 since early 2026 (429 before), RESOURCE_EXHAUSTED either way; no retry helps.
+        ("error_prepay_depleted.json", {}, QuotaExhausted, "quota_exhausted", False, None),
+        ("error_prepay_depleted_429.json", {}, QuotaExhausted, "quota_exhausted", False, None),
+        # Billing must be enabled first: every call fails until then, so the circuit may open (BadRequest never does).
+        ("error_billing_required.json", {}, QuotaExhausted, "quota_exhausted", False, None),
         ("error_api_key_invalid.json", {}, AuthError, "auth", False, None),
         ("error_invalid_argument.json", {}, BadRequest, "bad_request", False, None),
         ("error_context_length.json", {}, ContextLengthExceeded, "context_length", False, None),
@@ -193,6 +198,20 @@ def test_classify_error(
     assert err.status == status
     assert err.retry_after_s == retry_after
     assert err.message == body["error"]["message"]
+
+
+def test_classify_other_failed_precondition_as_account_refused() -> None:
+    """Not the request's fault (BadRequest) but this account's: said as auth, never retried."""
+    body = {
+        "error": {
+            "code": 400,
+            "message": "User location is not supported for the API use.",
+            "status": "FAILED_PRECONDITION",
+        }
+    }
+    err = make().classify_error(400, httpx.Headers(), body)
+    assert type(err) is AuthError
+    assert err.message == "User location is not supported for the API use."
 
 
 def test_classify_fractional_retry_delay() -> None:
