@@ -14,6 +14,7 @@ from typing import Any, Literal
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
 from ai_gateway.errors import (
     AuthError,
+    BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
     MalformedResponse,
@@ -46,6 +47,9 @@ _NOT_FOUND_TAGS = frozenset({"model_not_found"})
 
 # vLLM, Together and others say it in words and leave ``code`` empty.
 _CONTEXT_WORDS = ("maximum context length", "context length exceeded", "context window")
+
+# "Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested 30601."
+_TOO_LARGE = re.compile(r"request too large", re.IGNORECASE)
 
 # OpenAI and Groq put the wait in the message ("Please try again in 1.5s" / "in 7m12.5s")
 # and often send no Retry-After header on 429s.
@@ -86,6 +90,11 @@ class OpenAIChatAdapter(Adapter):
                 raise self.classify_error(_status_in_body(body), {}, body)
             raise MalformedResponse("response has no choices")
         choice = choices[0]
+        if choice.get("finish_reason") == "error" or isinstance(choice.get("error"), dict):
+            # OpenRouter: the upstream failed mid-answer. Any text is cut off, not an answer.
+            error = choice.get("error") if isinstance(choice.get("error"), dict) else {}
+            body = {"error": {"message": "the model stopped with an error", **error}}
+            raise self.classify_error(_status_in_body(body), {}, body)
         message = choice.get("message") or {}
         text = _content_text(message.get("content"))
         raw_reason = choice.get("finish_reason")
@@ -116,6 +125,8 @@ class OpenAIChatAdapter(Adapter):
         # 402 is how OpenRouter and DeepSeek say "out of credits".
         if tags & _QUOTA_TAGS or status == 402:
             return QuotaExhausted(message, status=status)
+        if status == 429 and _TOO_LARGE.search(message):
+            return BadRequest(message, status=status)  # over the per-minute limit by itself: no wait helps
         if status == 429:
             if retry_after is None:
                 retry_after = _retry_hint(message)

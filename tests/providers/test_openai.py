@@ -12,6 +12,7 @@ import respx
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
 from ai_gateway.errors import (
     AuthError,
+    BadRequest,
     ConnectFailed,
     ContentFiltered,
     ContextLengthExceeded,
@@ -190,6 +191,24 @@ def test_parse_openrouter_error_inside_200_is_classified() -> None:
     assert "Provider returned error" in info.value.message
 
 
+@pytest.mark.parametrize("content", ["The answer is", ""])
+def test_parse_openrouter_error_inside_a_choice_is_classified(content: str) -> None:
+    """finish_reason "error" with choice.error: the upstream failed mid-answer; the partial text is not an answer."""
+    body = load("openrouter_choice_error.json")
+    body["choices"][0]["message"]["content"] = content
+    with pytest.raises(UpstreamError) as info:
+        make().parse_response(body, "m")
+    assert info.value.status == 502
+    assert info.value.message == "Upstream provider returned an error"
+
+
+def test_parse_finish_reason_error_without_an_error_object() -> None:
+    body = load("openrouter_choice_error.json")
+    del body["choices"][0]["error"]
+    with pytest.raises(UpstreamError, match="stopped with an error"):
+        make().parse_response(body, "m")
+
+
 # -- classify_error -----------------------------------------------------------------
 
 
@@ -201,6 +220,8 @@ def test_parse_openrouter_error_inside_200_is_classified() -> None:
         ("groq_rate_limit.json", 429, {}, RateLimited, "rate_limited", True, 111.2),
         ("openrouter_rate_limit.json", 429, {}, RateLimited, "rate_limited", True, None),
         ("error_insufficient_quota.json", 429, {}, QuotaExhausted, "quota_exhausted", False, None),
+        # Bigger than the tokens-per-minute limit itself: no wait makes it fit, so not a rate limit.
+        ("error_request_too_large.json", 429, {}, BadRequest, "bad_request", False, None),
         ("openrouter_insufficient_credits.json", 402, {}, QuotaExhausted, "quota_exhausted", False, None),
         ("deepseek_insufficient_balance.json", 402, {}, QuotaExhausted, "quota_exhausted", False, None),
         ("error_invalid_api_key.json", 401, {}, AuthError, "auth", False, None),
