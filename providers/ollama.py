@@ -44,6 +44,8 @@ def normalise_host(value: str) -> str:
         return DEFAULT_HOST
     if "://" in value:
         return value
+    if value.startswith(":"):  # ":11434", a bind address on every interface: Ollama's clients call 127.0.0.1
+        value = f"127.0.0.1{value}"
     url = f"http://{value}"
     try:
         port = urlsplit(url).port

@@ -52,6 +52,7 @@ REQUEST = ChatRequest(
         ("0.0.0.0:11434", "http://0.0.0.0:11434"),
         ("localhost:11434", "http://localhost:11434"),
         ("localhost", "http://localhost:11434"),
+        (":11500", "http://127.0.0.1:11500"),
         ("gpu-box:8080/", "http://gpu-box:8080"),
         ("http://localhost:11434/", "http://localhost:11434"),
         ("https://ollama.example.com", "https://ollama.example.com"),
