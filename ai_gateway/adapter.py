@@ -105,6 +105,9 @@ class Adapter(ABC):
     # Every other option joins the key, so changing one (a default max_tokens, say) never serves an
     # answer made under its old value.
     options_outside_cache_key: ClassVar[frozenset[str]] = frozenset()
+    # The highest temperature the API accepts (Anthropic's is 1): a caller asking for more is told before any call,
+    # naming the field, instead of every model of the dialect failing with the vendor's 400.
+    max_temperature: ClassVar[float] = 2.0
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config

@@ -92,6 +92,7 @@ class Gateway:
         started = time.perf_counter()
         request = build_chat_request(prompt, messages, system, temperature, max_tokens)
         targets = self.resolve(models)
+        self.check_temperature(targets, temperature)
         run = STRATEGIES.get(strategy)
         if run is None:
             raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
@@ -215,6 +216,17 @@ class Gateway:
             scope = self.registry.spec(provider).breaker_scope
             targets.append(ModelTarget(model_id, provider, model, adapter, model_id if scope == "model" else provider))
         return targets
+
+    def check_temperature(self, targets: Sequence[ModelTarget], temperature: float | None) -> None:
+        """Refuse a temperature a requested model's API does not accept, before any provider is called."""
+        if temperature is None:
+            return
+        for target in targets:
+            ceiling = target.adapter.max_temperature
+            if temperature > ceiling:
+                raise InvalidArgument(
+                    "temperature", f"{target.id!r} accepts 0 to {ceiling:g}; got {temperature:g} (ask it separately)"
+                )
 
     def _adapter(self, provider: str) -> Adapter:
         adapter = self._adapters.get(provider)

@@ -57,6 +57,7 @@ _CONTEXT_WORDS = ("prompt is too long", "exceed context limit")
 
 class AnthropicAdapter(Adapter):
     dialect = "anthropic"
+    max_temperature = 1.0  # "Ranges from 0.0 to 1.0" (Messages API reference)
 
     def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}

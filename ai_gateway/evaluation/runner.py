@@ -111,11 +111,16 @@ def option_error(flag: str, message: str) -> EvalInputError:
 
 
 def check_models(gateway: Any, config: EvalConfig) -> None:
-    """Resolve the models once, before any query: an unknown model is bad input, not 2,000 failed rows."""
+    """Resolve the models once, before any query: an unknown model (or a temperature one of them refuses) is bad
+    input, not 2,000 failed rows."""
     try:
-        gateway.resolve(config.models)
+        targets = gateway.resolve(config.models)
     except InvalidArgument as exc:
         raise option_error("--models", exc.message) from None
+    try:
+        gateway.check_temperature(targets, config.temperature)
+    except InvalidArgument as exc:
+        raise option_error("--temperature", exc.message.removeprefix(f"{exc.field}: ")) from None
 
 
 def fit_to(gateway: Any, plan: Plan) -> list[str]:

@@ -1277,6 +1277,10 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
     write_jsonl(dataset, ['{"prompt": "ok"}'])
     with pytest.raises(ToolError, match=r"^invalid argument models: models\[0\]"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": ["nope/x"]})
+    # Anthropic's API takes 0 to 1: told before any row, not as every row's 400.
+    with pytest.raises(ToolError) as info:
+        await client.call_tool("run_eval", {"path": str(dataset), "models": [A, B], "temperature": 1.5})
+    assert str(info.value) == f"invalid argument temperature: {B!r} accepts 0 to 1; got 1.5 (ask it separately)"
     with pytest.raises(ToolError, match=r"samples\s.*less than or equal to 1000"):
         await client.call_tool("run_eval", {"path": str(dataset), "models": [A], "samples": 1001})
     for name in ("samples", "concurrency", "max_tokens", "temperature", "timeout_s"):  # true is no number (not 1)

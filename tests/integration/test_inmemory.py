@@ -447,6 +447,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     ("lone surrogate in a model id", {"prompt": "hi", "models": ["openai/gpt\ud800"]}, ["models[0]", "U+D800"]),
     ("temperature too high", {"prompt": "hi", "temperature": 5, "models": OK_MODEL}, ["temperature"]),
+    # Anthropic's API accepts 0 to 1: every Claude model of the call would fail with the vendor's 400.
+    (
+        "temperature above a model's range",
+        {"prompt": "hi", "temperature": 1.5, "models": ["openai/gpt-4o-mini", MODELS["anthropic"]]},
+        ["temperature", f"{MODELS['anthropic']!r} accepts 0 to 1; got 1.5"],
+    ),
     ("max_tokens zero", {"prompt": "hi", "max_tokens": 0, "models": OK_MODEL}, ["max_tokens"]),
     ("timeout zero", {"prompt": "hi", "timeout_s": 0, "models": OK_MODEL}, ["timeout_s"]),
     ("unknown strategy", {"prompt": "hi", "strategy": "majority", "models": OK_MODEL}, ["strategy"]),
