@@ -28,7 +28,7 @@ from ai_gateway.errors import (
     error_for_status,
     parse_retry_after,
 )
-from ai_gateway.secrets import Secret, redact
+from ai_gateway.secrets import Secret, credentials_in, redact_cut
 from ai_gateway.types import ChatRequest, Completion
 
 if TYPE_CHECKING:
@@ -82,6 +82,12 @@ class ProviderConfig:
     # Set for a host declared in settings, whose name does not say which API it speaks: the same question through
     # another dialect is another request, so it joins the cache key (a built-in's name implies its dialect).
     dialect: str | None = None
+
+    def credentials(self) -> tuple[str, ...]:
+        """What must never show in an error: the key, and any credential in the options (an ``api-key`` header) or
+        the base URL (Azure's ``?api-key=``)."""
+        key = (self.api_key.reveal(),) if self.api_key else ()
+        return (*key, *credentials_in(self.options), *credentials_in(self.base_url))
 
     def url(self, path: str) -> str:
         """``path`` under the base URL, before any query it carries (Azure's ``?api-version=``)."""
@@ -189,8 +195,7 @@ class Adapter(ABC):
     def _own(self, error: GatewayError) -> GatewayError:
         """Stamp the provider name on an error and scrub this provider's key from it."""
         error.provider = self.config.name
-        key = self.config.api_key.reveal() if self.config.api_key else ""
-        error.message = redact(error.message, (key,))
+        error.message = redact_cut(error.message, self.config.credentials())  # messages are cut at 500 characters
         error.args = (error.message,)
         return error
 

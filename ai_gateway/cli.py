@@ -36,6 +36,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 
     from ai_gateway import logs
     from ai_gateway.environment import load_environ
+    from ai_gateway.secrets import credentials_in, environment_credentials
     from ai_gateway.settings import Settings
 
     try:
@@ -44,7 +45,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
         sys.exit(f"ai-gateway: invalid setting: {describe_settings_error(exc)}")
     environ = load_environ()
     level = getattr(args, "log_level", None) or settings.log_level
-    secrets = [v for k, v in environ.items() if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) and v]
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    secrets = [*environment_credentials(environ), *credentials_in([redis_url])]
+    secrets += credentials_in([(c.options, c.base_url) for c in settings.custom_providers.values()])
     if settings.auth_token:
         secrets.append(settings.auth_token.get_secret_value())
     logs.configure(level, secrets)

@@ -15,10 +15,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from urllib.parse import urlsplit
 
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
-from ai_gateway.secrets import Secret, redact_url
+from ai_gateway.secrets import Secret, credentials_in, environment_credentials, has_userinfo, redact_url
 from ai_gateway.settings import CustomProvider, Settings
 
 log = logging.getLogger(__name__)
@@ -26,8 +25,6 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "ai_gateway.providers"
 DIST_NAME = "ai-gateway"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-# Variables that hold credentials by convention, whether or not a provider names them.
-_SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_KEY")
 
 
 class RegistryError(LookupError):
@@ -91,6 +88,7 @@ class Registry:
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
         self._visible = sorted(name for name in self._entries if name not in disabled_set)
         self._key_vars = {c.api_key_env for c in (custom or {}).values() if c.api_key_env}
+        self._custom_credentials = credentials_in([(c.options, c.base_url) for c in (custom or {}).values()])
         self._secrets: tuple[str, ...] | None = None
 
     @classmethod
@@ -142,7 +140,7 @@ class Registry:
         if base_url is None:
             names = " or ".join(spec.base_url_env) or "a base URL"
             configured, reason = False, f"set {names}"
-        elif "@" in urlsplit(base_url).netloc:
+        elif has_userinfo(base_url):
             # Sent as is, every call failed in the transport; a password there would also show wherever the
             # URL does. The key belongs in its variable, where it is sent as the dialect sends keys.
             where = base_var or "its base_url"
@@ -179,7 +177,8 @@ class Registry:
         """Every credential value in this registry's environment, for redaction."""
         if self._secrets is None:
             names = self._key_vars | {var for e in self._entries.values() if e.spec for var in e.spec.api_key_env}
-            values = {v for k, v in self._environ.items() if v and (k in names or k.endswith(_SECRET_SUFFIXES))}
+            values = {v for k, v in self._environ.items() if v and k in names} | environment_credentials(self._environ)
+            values.update(self._custom_credentials)  # a custom host's headers and base URL: in no variable
             self._secrets = tuple(sorted(values, key=len, reverse=True))  # longest first: no partial leftovers
         return self._secrets
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 # A safety net for keys we were never told about (a key echoed by a vendor for a
 # different account, a key pasted into a prompt that comes back in an error).
@@ -18,9 +21,16 @@ _KEY_SHAPES = re.compile(
 REDACTED = "[REDACTED]"
 # A URL query parameter named like a credential: Azure's ?api-key=, redis-py's ?password=, a signed URL's ?sig=.
 CREDENTIAL_NAME = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+# A setting or header named like a credential (an "api-key" header), but not "max_tokens_field": tokens are output.
+_CREDENTIAL_OPTION = re.compile(r"key|token(?!s)|secret|passw|auth|credential|signature|cookie", re.IGNORECASE)
 # The same two places in URLs inside any text (an httpx log line, an error message): user:password@ and
 # ?name=value with a credential's name.
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@/\s]+@")
+# user:password@ whose password holds a "/" (or "#", "?") that should have been percent-encoded: urlsplit then
+# takes the password for a path, so only this finds it.
+_URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*):(?P<password>[^@\s]*)@", re.IGNORECASE)
+# A secret cut off at the end of a truncated message still shows this much of itself.
+_CUT_PREFIX = 6
 _URL_CREDENTIAL = re.compile(
     r"([?&][^=&\s#]*(?:key|token|secret|passw|sig|auth|credential)[^=&\s#]*=)[^&\s#\"']+", re.IGNORECASE
 )
@@ -50,13 +60,79 @@ class Secret:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret and anything shaped like a key replaced."""
+    """``text`` with every known secret (as written, or as a URL or JSON would spell it) and anything shaped like a
+    key replaced."""
     for value in secrets:
-        if value and len(value) >= 4:
-            text = text.replace(value, REDACTED)
+        for form in _spellings(value):
+            if form in text:
+                text = text.replace(form, REDACTED)
     if "://" in text:
         text = _URL_CREDENTIAL.sub(rf"\1{REDACTED}", _URL_PASSWORD.sub(rf"\1{REDACTED}@", text))
+    elif "=" in text:  # a path and query echoed without its scheme ("Cannot POST /v1/x?api-key=...")
+        text = _URL_CREDENTIAL.sub(rf"\1{REDACTED}", text)
     return _KEY_SHAPES.sub(REDACTED, text)
+
+
+def redact_cut(text: str, secrets: Iterable[str] = ()) -> str:
+    """:func:`redact`, for a message that may have been cut short: a secret's beginning left at its end goes too."""
+    text = redact(text, secrets)
+    for value in secrets:
+        for form in _spellings(value):
+            for size in range(len(form) - 1, _CUT_PREFIX - 1, -1):
+                if text.endswith(form[:size]):
+                    return text[:-size] + REDACTED
+    return text
+
+
+@lru_cache(maxsize=256)
+def _spellings(value: str) -> tuple[str, ...]:
+    """The ways a secret shows up when echoed: as is, trimmed (a stray newline), percent-encoded (in a URL or a
+    form) and JSON-escaped (inside a JSON string, "/" also as "\\/"). Longest first, so none leaves a tail."""
+    if not value or len(value) < 4:
+        return ()
+    trimmed = value.strip()
+    escaped = json.dumps(value)[1:-1]
+    forms = {value, trimmed, quote(value, safe=""), quote_plus(value), escaped, escaped.replace("/", "\\/")}
+    return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
+
+
+def credentials_in(value: Any) -> list[str]:
+    """The credentials inside settings-like data: values under credential-like names (an ``api-key`` header, a
+    ``token`` option), and the password and credential-named query values of any URL, at any depth."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if isinstance(item, str) and _CREDENTIAL_OPTION.search(str(name)):
+                found.append(item)
+            else:
+                found += credentials_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found += credentials_in(item)
+    elif isinstance(value, str) and "://" in value:
+        if match := _URL_USERINFO.match(value):
+            found.append(match["password"])
+        query = value.partition("?")[2].partition("#")[0]
+        found += [v for name, v in parse_qsl(query, True) if v and CREDENTIAL_NAME.search(name)]
+    return [v for v in found if v]
+
+
+def environment_credentials(environ: Mapping[str, str]) -> set[str]:
+    """The credentials an environment holds: the values of ``*_API_KEY``, ``*_KEY``, ``*_TOKEN`` and ``*_SECRET``
+    variables, and those inside ``*_URL`` and ``*_HOST`` values (``OPENAI_BASE_URL=...?api-key=``)."""
+    found = {v for k, v in environ.items() if v and k.endswith(("_KEY", "_TOKEN", "_SECRET"))}
+    return found | set(credentials_in([v for k, v in environ.items() if k.endswith(("_URL", "_HOST"))]))
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL's user:password@, as written (even with a "/" in it, which urlsplit misreads)."""
+    match = _URL_USERINFO.match(url)
+    return match["password"] if match else None
+
+
+def has_userinfo(url: str) -> bool:
+    """True when ``url`` carries user:password@ (even with a "/" in the password, which urlsplit misreads)."""
+    return _URL_USERINFO.match(url) is not None or "@" in urlsplit(url).netloc
 
 
 def redact_url(url: str) -> str:
@@ -64,12 +140,11 @@ def redact_url(url: str) -> str:
     named like a credential become ``****``; the rest still tells one endpoint from another."""
     if "@" not in url and "?" not in url:
         return url
+    if (match := _URL_USERINFO.match(url)) is not None:  # before urlsplit, which misreads a "/" in the password
+        url = f"{url[: match.start('password')]}****{url[match.end('password') :]}"
     parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:****@{netloc.rpartition('@')[2]}"
     query = urlencode(
         [(name, "****" if CREDENTIAL_NAME.search(name) else value) for name, value in parse_qsl(parts.query, True)],
         safe="*",
     )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return urlunsplit(parts._replace(query=query))

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ai_gateway.secrets import url_password
 
 ENV_PREFIX = "AI_GATEWAY_"
 # Ten years: past any use, and far inside what Redis accepts as an expiry in milliseconds (an infinite or huge
@@ -261,6 +264,25 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # redis-py would fail on these at the first connection, with the password in its traceback; the message
+        # here never repeats the URL.
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if any(c in (url_password(url) or "") for c in "/?#"):
+            raise ValueError("the password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)")
+        try:
+            _ = urlsplit(url).port
+        except ValueError:
+            raise ValueError("the port is not a number (percent-encode a ':' or '@' in the password)") from None
+        return value
 
     @field_validator("default_models", "disabled_providers", mode="before")
     @classmethod

@@ -123,6 +123,15 @@ def test_secrets_cover_every_credential_in_the_environment() -> None:
     assert set(registry.secrets()) == {"sk-one", "c0rp", "t0k"}
 
 
+def test_secrets_cover_credentials_in_headers_and_base_urls() -> None:
+    """A custom host's ``api-key`` header and a base URL's ``?api-key=`` are in no key variable."""
+    headers = {"extra_headers": {"api-key": "azure-header-secret", "X-Title": "my app"}}
+    custom = {"azure": CustomProvider(base_url="https://a.corp/v1?api-key=azure-query-secret", options=headers)}
+    environ = {"OPENAI_BASE_URL": "https://proxy/v1?token=proxy-token", "OPENAI_API_KEY": "sk-one"}
+    registry = Registry(installed(), environ=environ, custom=custom)
+    assert set(registry.secrets()) == {"sk-one", "azure-header-secret", "azure-query-secret", "proxy-token"}
+
+
 @pytest.mark.parametrize(
     ("environ", "custom", "name", "reason"),
     [
@@ -137,6 +146,12 @@ def test_secrets_cover_every_credential_in_the_environment() -> None:
             {"corp": CustomProvider(base_url="https://me:pa55word@llm.corp/v1", api_key_env="CORP_KEY")},
             "corp",
             "its base_url holds a user:password@, which is not sent; put the key in CORP_KEY",
+        ),
+        (  # a "/" in the password: urlsplit reads it as a path, and the provider passed for configured
+            {"OPENAI_API_KEY": "sk", "OPENAI_BASE_URL": "https://me:pa55word/x@proxy/v1"},
+            {},
+            "openai",
+            "OPENAI_BASE_URL holds a user:password@, which is not sent; put the key in OPENAI_API_KEY",
         ),
     ],
 )

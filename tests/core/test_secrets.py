@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+from urllib.parse import quote, quote_plus
 
 from ai_gateway import logs
-from ai_gateway.secrets import REDACTED, Secret, redact, redact_url
+from ai_gateway.secrets import REDACTED, Secret, credentials_in, redact, redact_cut, redact_url
 
 
 def test_secret_hides_itself() -> None:
@@ -49,3 +51,35 @@ def test_credentials_inside_urls_are_redacted_wherever_they_show() -> None:
     assert redact_url("redis://h:6379/0?password=pw&db=1") == "redis://h:6379/0?password=****&db=1"
     assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:****@[::1]:6379/0"
     assert redact_url("https://llm.corp/v1?api-version=2024-06-01") == "https://llm.corp/v1?api-version=2024-06-01"
+
+
+KEY = "Zq+7/Ab=c%d@e:fQQ"  # not key-shaped: only the known value's spellings can catch it
+
+
+def test_a_key_is_redacted_however_it_is_echoed() -> None:
+    """A provider echoes a key percent-encoded (in a URL, a form), JSON-escaped (inside a JSON text body), or with
+    the stray newline it was set with; a message cut at 500 characters ends with its beginning."""
+    spellings = [quote(KEY, safe=""), quote_plus(KEY), json.dumps({"d": KEY})[7:-2], KEY.replace("/", "\\/")]
+    for form in spellings:
+        assert redact(f"bad key {form} given", [KEY]) == f"bad key {REDACTED} given"
+    assert redact(repr(f"Bearer {KEY}\n".encode()), [f"{KEY}\n"]) == f"b'Bearer {REDACTED}'"
+    assert redact_cut("x" * 490 + KEY[:9], [KEY]) == "x" * 490 + REDACTED
+    assert redact_cut("ends with Zq+7/A", [KEY]) == f"ends with {REDACTED}"
+    assert redact_cut("ends with Zq+7", [KEY]) == "ends with Zq+7"  # too short to tell from chance
+
+
+def test_a_credential_in_a_path_and_query_without_its_scheme_is_redacted() -> None:
+    echoed = "Cannot POST /openai/deployments/d/chat/completions?api-version=2024-06-01&api-key=AzKey0123456789"
+    assert redact(echoed) == echoed.replace("AzKey0123456789", REDACTED)
+
+
+def test_a_password_holding_a_slash_is_found_and_hidden() -> None:
+    """urlsplit takes "hunter2/xyz@llm.example/v1" for a path: the password showed in list_models whole."""
+    assert redact_url("https://user:hunter2/xyz@llm.example/v1") == "https://user:****@llm.example/v1"
+    assert credentials_in("https://user:hunter2/xyz@llm.example/v1") == ["hunter2/xyz"]
+
+
+def test_credentials_in_settings_are_found_by_their_names() -> None:
+    options = {"extra_headers": {"api-key": "azure-secret", "X-Title": "my app"}, "max_tokens_field": "max_tokens"}
+    url = "https://llm.corp/v1?api-version=1&api-key=QKEY"
+    assert sorted(credentials_in([options, url])) == ["QKEY", "azure-secret"]

@@ -104,3 +104,21 @@ def test_numbers_on_the_command_line_are_checked_before_anything_runs(
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://:hunter2/xyz@127.0.0.1:6379/0", "percent-encode them (%2F, %3F, %23)"),
+        ("redis://:hunter2#xyz@127.0.0.1:6379/0", "percent-encode them"),
+        ("redis://:p@h:63x9/0", "the port is not a number"),
+        ("127.0.0.1:6379", "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_a_redis_url_redis_py_would_misread_is_refused_without_repeating_it(url: str, says: str) -> None:
+    """redis-py failed on these at the first connection, with the password in a full traceback."""
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None, redis_url=url)
+    shown = describe_settings_error(info.value)  # what the command prints
+    assert says in shown and shown.startswith("AI_GATEWAY_REDIS_URL: ")
+    assert "hunter2" not in shown and "63x9" not in shown

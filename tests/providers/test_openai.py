@@ -357,6 +357,20 @@ async def test_complete_wrong_shape_200(api: respx.MockRouter, client: httpx.Asy
         await make().complete(client, REQUEST, "m")
 
 
+async def test_every_credential_of_the_provider_is_redacted_from_its_errors(
+    api: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    """Azure's key travels in an ``api-key`` header (extra_headers) or the base URL's query; a vendor that echoes
+    any of them, or the key percent-encoded, must not carry it into an error (or the breaker's last_error)."""
+    base = "https://llm.corp/openai/deployments/d?api-version=2024-06-01&api-key=QueryKey0123"
+    adapter = make(base_url=base, key="Zq+7/Ab=c%d@e:fQQ", extra_headers={"api-key": "HeaderKey0123"})
+    echo = "key Zq%2B7%2FAb%3Dc%25d%40e%3AfQQ, header HeaderKey0123, url /d?api-key=QueryKey0123"
+    api.post("https://llm.corp/openai/deployments/d/chat/completions").respond(401, json={"error": {"message": echo}})
+    with pytest.raises(AuthError) as info:
+        await adapter.complete(client, REQUEST, "m")
+    assert info.value.message == "key [REDACTED], header [REDACTED], url /d?api-key=[REDACTED]"
+
+
 async def test_key_echoed_by_vendor_never_leaks(api: respx.MockRouter, client: httpx.AsyncClient) -> None:
     body = {
         "error": {
