@@ -97,7 +97,7 @@ class Gateway:
         if run is None:
             raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
         hedge_delay = self._hedge_delay(strategy, hedge_after_s)
-        deadline = Deadline(self.settings.clamp_timeout(timeout_s), self.resilience.clock)
+        budget_s = self.settings.clamp_timeout(timeout_s)
 
         if sample is not None and sample < 0:
             raise InvalidArgument("sample", "must be 0 or more (the index of a repeated sample)")
@@ -105,6 +105,9 @@ class Gateway:
         warm, need_http = self.warm, policy.mode != "only"  # a replay calls no provider
         if warm is not None and not warm.ready(http=need_http):
             await warm.wait(http=need_http)
+        # The caller's budget starts now: the gateway's own start-up (the first call of a new process waits for
+        # its imports) is not the models' time, and once ate a short timeout whole before any model started.
+        deadline = Deadline(budget_s, self.resilience.clock)
         result = await run(targets, self.dispatcher.bind(request, deadline, policy), hedge_delay)
         elapsed_s = time.perf_counter() - started
         return build_result(strategy, result, self.registry.secrets(), elapsed_s, self.pricing)

@@ -99,3 +99,35 @@ async def test_a_rate_limit_opens_only_a_circuit_of_the_model_itself(scope: str)
     assert [o.error.code if o.error else None for o in (first, second)] == ["rate_limited", "rate_limited"]
     assert resilience.breakers.get(big.circuit).state == ("closed" if scope == "provider" else "open")
     assert other.status == "ok" and live.calls == ["big", "big", "small"]
+
+
+class SlowStartUp:
+    """A new process's warm-up that takes 2 s of the test's clock (its imports, on a busy machine)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def ready(self, *, http: bool = True) -> bool:
+        return False
+
+    async def wait(self, *, http: bool = True) -> None:
+        self.clock.advance(2.0)
+
+
+async def test_the_deadline_starts_after_the_gateways_own_start_up() -> None:
+    """The first call of a new process waited for its imports inside the caller's budget: with the shortest
+    timeout (0.5 s) its models were skipped, "too little of the 0.5s deadline left", before any started."""
+    from ai_gateway.gateway import Gateway
+    from ai_gateway.http import SharedClient
+    from ai_gateway.registry import Registry
+
+    settings, clock = Settings(_env_file=None), FakeClock()
+    client = SharedClient(settings)
+    resilience = Resilience.from_settings(settings, clock)
+    registry = Registry.from_settings(settings, {})
+    gateway = Gateway(settings, registry, client, resilience, warm=SlowStartUp(clock))  # type: ignore[arg-type]
+    try:
+        result = await gateway.query(prompt="hi", models=["mock/echo"], timeout_s=0.5)
+    finally:
+        await client.aclose()
+    assert [(r.status, r.text) for r in result.results] == [("ok", "hi")]
