@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -103,8 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         url = f"http://{settings.host}:{settings.port}"
         print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
-        server.run(
-            transport="http",
+        from ai_gateway.drain import serve_http
+
+        serving = serve_http(
+            server,
+            settings.shutdown_grace_s,
             host=settings.host,
             port=settings.port,
             path=settings.path,
@@ -116,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # no redaction); its records must flow through ours instead.
             uvicorn_config={"log_config": None},
         )
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn's second Ctrl-C: exit now, quietly
+            asyncio.run(serving)
     return 0
 
 

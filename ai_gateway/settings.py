@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         description="HTTP transport without sessions: any replica can serve any request (no sticky sessions), but a "
         "client on a protocol before 2026-07-28 can no longer cancel a call (its cancel arrives on another request).",
     )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="HTTP transport: on SIGTERM or Ctrl-C, how long the calls in flight may take to answer before the "
+        "server exits (it accepts no new connection meanwhile; a second Ctrl-C exits at once).",
+    )
     auth_token: SecretStr | None = Field(
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
     )

@@ -7,7 +7,10 @@ The module's gateways (plain, with a bearer token, logging to files) start toget
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ai_gateway import __version__
 from ai_gateway.pricing import usd
+from tests.cache.support import until
 from tests.fake_provider import Scenario
 from tests.integration.conftest import (
     KEYS,
@@ -334,3 +338,47 @@ async def test_http_server_logs_are_redacted_and_stay_off_stdout(servers: Server
     assert key not in stdout + stderr
     assert stdout == ""  # logs belong on stderr
     assert "[REDACTED]" in stderr  # uvicorn's access line went through the gateway's redacting formatter
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sigterm_lets_the_calls_in_flight_answer_before_the_server_exits(
+    module_fake: GatedFake, tmp_path: Path, mode: str
+) -> None:
+    """sse-starlette closed every answer's stream the moment uvicorn was told to exit: a call in flight lost its
+    answer (a broken stream) while its provider request, already billed, was dropped. Now the server stops taking
+    connections, lets the call answer, then exits."""
+    release = module_fake.hold("drain-1")
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("wb") as err:
+        spec = {"env": subprocess_env(module_fake.url), "cwd": tmp_path, "stderr": err}
+        async with http_servers(spec) as (server,):
+            await drained_call(server, module_fake, release, mode, stderr)
+    assert module_fake.disconnects == []  # the provider's answer was read, not dropped
+
+
+async def drained_call(
+    server: ServerProcess, module_fake: GatedFake, release: asyncio.Event, mode: str, stderr: Path
+) -> None:
+    """A call held at the provider while the server is told to stop; released once the server says it waits."""
+    result = None
+    # Leaving, the client says goodbye on a new connection, which finds the server gone: not what is tested.
+    with contextlib.suppress(BaseExceptionGroup, httpx2.ConnectError):
+        async with Client(f"{server.base_url}/mcp", mode=mode) as client:
+            await client.list_tools()  # the result's schema, which the client would fetch on a new connection
+            call = asyncio.create_task(client.call_tool("query_models", {"prompt": "hi", "models": ["openai/drain-1"]}))
+            await module_fake.wait_for_calls(1, "drain-1")
+            server.proc.terminate()
+            await until(lambda: "waiting up to 30s for 1 call(s) in flight" in stderr.read_text(), "the drain")
+            await until(lambda: not accepts(server.base_url), "the server to stop taking connections")
+            release.set()
+            result = await call
+    assert result is not None and not result.is_error
+    assert result.structured_content is not None and result.structured_content["answer"] == "hi"
+    async with asyncio.timeout(15):
+        assert await server.proc.wait() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it exited on
+
+
+def accepts(base_url: str) -> bool:
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
