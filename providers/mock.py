@@ -78,6 +78,8 @@ def parse_model(model: str) -> Behaviour | str:
     if match is None:
         return f"unknown mock model; {_HELP}"
     kind, arg = match["kind"], match["arg"] or ""
+    if kind == "echo" and match["arg"] is not None:
+        return "echo takes no argument: mock/echo, or mock/echo@<n>ms"
     if kind == "fixed" and not arg:
         return "fixed needs a text: mock/fixed:<text>"
     if kind == "fail" and arg not in _FAILURES:
