@@ -48,7 +48,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     level = getattr(args, "log_level", None) or settings.log_level
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     secrets = [*environment_credentials(environ), *credentials_in([redis_url])]
-    secrets += credentials_in([(c.options, c.base_url) for c in settings.custom_providers.values()])
+    secrets += [v for c in settings.custom_providers.values() for v in c.credentials()]
     if settings.auth_token:
         secrets.append(settings.auth_token.get_secret_value())
     logs.configure(level, secrets)

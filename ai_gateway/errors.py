@@ -218,6 +218,7 @@ class InvalidArgument(GatewayError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message  # without the field: for a caller that names it its own way (a CLI option)
 
 
 class InternalError(GatewayError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
-from ai_gateway.secrets import Secret, credentials_in, environment_credentials, has_userinfo, redact_url
+from ai_gateway.secrets import Secret, environment_credentials, has_userinfo, redact_url
 from ai_gateway.settings import CustomProvider, Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Registry:
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
         self._visible = sorted(name for name in self._entries if name not in disabled_set)
         self._key_vars = {c.api_key_env for c in (custom or {}).values() if c.api_key_env}
-        self._custom_credentials = credentials_in([(c.options, c.base_url) for c in (custom or {}).values()])
+        self._custom_credentials = [v for c in (custom or {}).values() for v in c.credentials()]
         self._secrets: tuple[str, ...] | None = None
 
     @classmethod

@@ -132,7 +132,7 @@ def url_password(url: str) -> str | None:
 
 def has_userinfo(url: str) -> bool:
     """True when ``url`` carries user:password@ (even with a "/" in the password, which urlsplit misreads)."""
-    return _URL_USERINFO.match(url) is not None or "@" in urlsplit(url).netloc
+    return url_password(url) is not None or "@" in urlsplit(url).netloc
 
 
 def redact_url(url: str) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ai_gateway.secrets import url_password
+from ai_gateway.secrets import credentials_in, url_password
 
 ENV_PREFIX = "AI_GATEWAY_"
 # Ten years: past any use, and far inside what Redis accepts as an expiry in milliseconds (an infinite or huge
@@ -47,6 +47,10 @@ class CustomProvider(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    def credentials(self) -> list[str]:
+        """What must never show: credentials in its headers and options, or in its base URL (``?api-key=``)."""
+        return credentials_in([self.options, self.base_url])
 
 
 class ModelPrice(BaseModel):

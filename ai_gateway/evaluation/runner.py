@@ -120,7 +120,7 @@ def check_models(gateway: Any, config: EvalConfig) -> None:
     try:
         gateway.check_temperature(targets, config.temperature)
     except InvalidArgument as exc:
-        raise option_error("--temperature", exc.message.removeprefix(f"{exc.field}: ")) from None
+        raise option_error("--temperature", exc.detail) from None
 
 
 def fit_to(gateway: Any, plan: Plan) -> list[str]:
