@@ -100,7 +100,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collector, whose full passes over ~130k start-up objects took ~90 ms each.
     gc.freeze()
     if args.transport == "stdio":
-        server.run(transport="stdio", show_banner=False)
+        from ai_gateway.stdio import serve_stdio
+
+        asyncio.run(serve_stdio(server))
     else:
         url = f"http://{settings.host}:{settings.port}"
         print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
