@@ -382,3 +382,33 @@ def accepts(base_url: str) -> bool:
     host, _, port = base_url.removeprefix("http://").partition(":")
     with socket.socket() as sock:
         return sock.connect_ex((host, int(port))) == 0
+
+
+async def test_a_legacy_client_gone_mid_call_finds_the_answer_in_the_cache_when_it_asks_again(
+    gateway: ServerProcess, module_fake: GatedFake
+) -> None:
+    """Before 2026-07-28, a dropped stream is not a cancel (the spec: the client may resume, or ask again; a cancel
+    is a notification of its own). The call runs on, and its answer is kept: asked again, it costs nothing more."""
+    release = module_fake.hold("gone-1")
+    base = f"{gateway.base_url}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2025-11-25"}  # fmt: skip
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "query_models", "arguments": {"prompt": "hi", "models": ["openai/gone-1"]}}}  # fmt: skip
+    async with httpx.AsyncClient(timeout=30) as http:
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        opened = await http.post(base, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello},
+                                 headers=headers)  # fmt: skip
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        await http.post(base, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        first = asyncio.create_task(http.post(base, json=call, headers=headers))
+        await module_fake.wait_for_calls(1, "gone-1")
+        first.cancel()  # the client's connection for this call is closed
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        release.set()
+        await module_fake.wait_idle()
+        again = await http.post(base, json=call | {"id": 2}, headers=headers)
+    result = sse_message(again.text)["result"]["structuredContent"]
+    assert result["answer"] == "hi" and result["results"][0]["cached"] is True
+    assert module_fake.count("gone-1") == 1 and module_fake.disconnects == []
