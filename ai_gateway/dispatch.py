@@ -44,7 +44,7 @@ from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
 from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
 from ai_gateway.resilience.health import HealthBoard
-from ai_gateway.resilience.retry import NO_TIME_LEFT, RetryPolicy, call_with_retries
+from ai_gateway.resilience.retry import CANCELLED_IN_BACKOFF, NO_TIME_LEFT, RetryPolicy, call_with_retries
 from ai_gateway.resilience.shedding import ConcurrencyLimiter
 from ai_gateway.types import ChatRequest, Completion
 
@@ -238,8 +238,12 @@ class Dispatcher:
         hedge: bool = False,
         policy: CachePolicy = DEFAULT_POLICY,
         raise_cancel: bool = False,
+        resume: Outcome | None = None,
     ) -> Outcome:
         """One model, to an Outcome: from the cache when it may, else from the provider.
+
+        ``resume`` is this model's earlier outcome when it gave its retry up to fail over and nobody answered:
+        the call picks up its retries where they stopped (the cache is asked again first).
 
         Runs as a task of its own: when a strategy cancels it, it answers with a
         ``cancelled`` Outcome that still says how many attempts were sent. With
@@ -259,7 +263,7 @@ class Dispatcher:
                 error = CacheMiss(f"cache only: {why}; no provider was called", provider=target.provider)
                 return Outcome(target, "error", error=error, hedge=hedge)
             return await self._call_provider(
-                target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
+                target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel, resume=resume
             )
 
         async def lead() -> Outcome:
@@ -290,7 +294,7 @@ class Dispatcher:
             stop_renewing = store.keep_lease(key, lease) if lease is not None else None
             try:
                 outcome = await self._call_provider(
-                    target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel
+                    target, request, deadline, can_fail_over, hedge=hedge, raise_cancel=raise_cancel, resume=resume
                 )
                 return outcome
             finally:
@@ -366,21 +370,29 @@ class Dispatcher:
         *,
         hedge: bool = False,
         raise_cancel: bool = False,
+        resume: Outcome | None = None,
     ) -> Outcome:
         """One model from its provider, through every resilience layer."""
         r = self.resilience
         started = self.clock()
-        if deadline.remaining() < r.policy.min_attempt_s:
-            error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
-            return Outcome(target, "skipped", error=error, hedge=hedge)
         breaker = r.breakers.get(target.circuit)
-        if breaker.state == "open":  # refuse in microseconds, before any retry machinery
-            now = self.clock()
-            return Outcome(target, "error", error=breaker.refusal(), latency_s=now - started, finished_at=now,
-                           hedge=hedge)  # fmt: skip
         budget = r.budget(target.provider)
         attempts = 0
         last_error: GatewayError | None = None
+        sending: list[int] = []  # the attempt whose request is out, if one is
+        if resume is not None and resume.error is not None:
+            # The model's time and attempts so far are part of it; a closed circuit or a short deadline now is
+            # said on its earlier error, by the retry's own checks.
+            if resume.finished_at is not None and resume.latency_s is not None:
+                started = resume.finished_at - resume.latency_s
+            attempts, last_error = resume.attempts, resume.error
+        elif deadline.remaining() < r.policy.min_attempt_s:
+            error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
+            return Outcome(target, "skipped", error=error, hedge=hedge)
+        elif breaker.state == "open":  # refuse in microseconds, before any retry machinery
+            now = self.clock()
+            return Outcome(target, "error", error=breaker.refusal(), latency_s=now - started, finished_at=now,
+                           hedge=hedge)  # fmt: skip
 
         def give_up(reason: str, error: GatewayError, *, for_caller: bool = False) -> GatewayError:
             # A refusal before anything was sent must not hide the real failure that came before it.
@@ -408,17 +420,25 @@ class Dispatcher:
             attempts += 1  # from here on a request really goes to the provider
             if attempts == 1:
                 budget.record_request()
+            sending.append(attempts)
             try:
                 return await self._attempt(target, request, deadline, breaker, trial)
             except GatewayError as exc:
                 last_error = exc
                 raise
             finally:
+                sending.pop()
                 r.limiter.release(target.provider)
 
         try:
             completion = await call_with_retries(
-                attempt, policy=r.policy, deadline=deadline, budget=budget, can_fail_over=can_fail_over, clock=r.clock
+                attempt,
+                policy=r.policy,
+                deadline=deadline,
+                budget=budget,
+                can_fail_over=can_fail_over,
+                clock=r.clock,
+                resume=(last_error, attempts) if last_error is not None else None,
             )
         except GatewayError as exc:
             now = self.clock()
@@ -430,6 +450,11 @@ class Dispatcher:
                 raise
             # This is a leaf task its strategy cancelled and awaits: report, don't propagate.
             now = self.clock()
+            if last_error is not None and not sending:
+                # Stopped between attempts: no request was cut off, and the error it was retrying is the news.
+                last_error.not_retried, last_error.not_retried_for_caller = CANCELLED_IN_BACKOFF, True
+                return Outcome(target, "error", error=last_error, latency_s=now - started, finished_at=now,
+                               attempts=attempts, hedge=hedge)  # fmt: skip
             cancelled = Cancelled("cancelled", provider=target.provider)
             return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now,
                            attempts=attempts, hedge=hedge)  # fmt: skip
@@ -519,6 +544,7 @@ class BoundCall:
         *,
         hedge: bool = False,
         raise_cancel: bool = False,
+        resume: Outcome | None = None,
     ) -> Outcome:
         return await self.dispatcher.call(
             target,
@@ -528,6 +554,7 @@ class BoundCall:
             hedge=hedge,
             policy=self.policy,
             raise_cancel=raise_cancel,
+            resume=resume,
         )
 
     def available(self, target: ModelTarget) -> bool:

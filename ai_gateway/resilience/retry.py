@@ -36,6 +36,8 @@ from ai_gateway.resilience.clock import Clock, Deadline
 T = TypeVar("T")
 
 NO_TIME_LEFT = "no time left for another attempt"
+FAILED_OVER = "failed over to another model instead of retrying"
+CANCELLED_IN_BACKOFF = "the call was decided while this model waited to retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +63,15 @@ async def call_with_retries(
     budget: RetryBudget,
     can_fail_over: Callable[[], bool],
     clock: Clock,
+    resume: tuple[GatewayError, int] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds or the policy says stop.
 
     The caller records first attempts in ``budget`` (only requests really sent earn retries).
+
+    ``resume`` (an error and the attempts already made) picks up a model that gave its retry up to fail over,
+    when nobody it failed over to answered: the retry is decided now, as if that error had just happened, and
+    the attempts already made count against ``max_attempts``.
 
     The last error is re-raised (with ``not_retried`` saying why it was not
     retried); a cancellation propagates at once and is never retried.
@@ -91,7 +98,7 @@ async def call_with_retries(
         if attempt_number >= policy.max_attempts:
             return f"all {policy.max_attempts} attempts used", 0.0, False
         if can_fail_over():
-            return "failed over to another model instead of retrying", 0.0, True
+            return FAILED_OVER, 0.0, True
         left = deadline.remaining() - policy.min_attempt_s  # time that can go to waiting
         if error.retry_after_s is not None:
             if error.retry_after_s > policy.retry_after_cap_s:
@@ -108,16 +115,23 @@ async def call_with_retries(
             return "retry budget exhausted", 0.0, False
         return None, wait, False
 
-    try:
-        return await attempt()
-    except GatewayError as error:
-        if not should_retry(error, 1):
-            raise
+    if resume is None:
+        made = 1
+        try:
+            return await attempt()
+        except GatewayError as error:
+            if not should_retry(error, made):
+                raise
+    else:
+        error, made = resume
+        error.not_retried, error.not_retried_for_caller = None, False
+        if not should_retry(error, made):
+            raise error
     await clock.sleep(planned_wait[0])
 
     def retry_after_first(state: RetryCallState) -> bool:
-        # tenacity counts from 1 but starts at our second attempt
-        return should_retry(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
+        # tenacity counts from 1 but starts at the attempt after the ``made`` ones
+        return should_retry(state.outcome.exception() if state.outcome else None, state.attempt_number + made)
 
     retrying = AsyncRetrying(
         retry=retry_after_first,

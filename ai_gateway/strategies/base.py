@@ -17,7 +17,13 @@ class CallModel(Protocol):
     """Runs one model to an Outcome; ``can_fail_over`` says whether another candidate could still answer."""
 
     async def __call__(
-        self, target: ModelTarget, can_fail_over: Callable[[], bool], *, hedge: bool = False, raise_cancel: bool = False
+        self,
+        target: ModelTarget,
+        can_fail_over: Callable[[], bool],
+        *,
+        hedge: bool = False,
+        raise_cancel: bool = False,
+        resume: Outcome | None = None,
     ) -> Outcome: ...
 
     def available(self, target: ModelTarget) -> bool:

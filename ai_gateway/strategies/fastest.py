@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from ai_gateway.dispatch import ModelTarget, Outcome
+from ai_gateway.dispatch import ModelTarget, Outcome, never
 from ai_gateway.strategies.base import (
     CallModel,
     HedgeDelay,
@@ -43,8 +43,9 @@ async def fastest(
         for position, outcome in cached.items():
             outcomes[position] = outcome
         return StrategyResult(not_started(outcomes, targets, started, reason), min(cached))
-    # A racer that fails while others still run gives up at once instead of backing off.
-    tasks = start_all(targets, call, lambda: sum(not t.done() for t in tasks) > 1, started)
+    # Each racer retries on its own, as if it raced alone: one that gave its retry up to another racer lost the
+    # call whenever that racer hung or failed too, which asking the first model alone would have answered.
+    tasks = start_all(targets, call, never, started)
     held: dict[int, Outcome] = {}
     winner: int | None = None
     pending = set(tasks)

@@ -1,6 +1,7 @@
 """first_available: try the models in order; the first success answers.
 
-A model that fails hands over to the next at once. With hedging (opt-in), a
+A model that fails hands over to the next at once; if none of them answers, the models that
+failed over instead of retrying get their retries after all. With hedging (opt-in), a
 model that has not answered within its hedge delay is joined by the next one
 without being cancelled; whichever succeeds first answers and the rest are
 cancelled. Models never started are reported as ``skipped``.
@@ -13,7 +14,15 @@ import time
 from collections.abc import Sequence
 
 from ai_gateway.dispatch import ModelTarget, Outcome, never
-from ai_gateway.strategies.base import CallModel, HedgeDelay, StrategyResult, cancel_and_wait, collect, no_hedge
+from ai_gateway.resilience.retry import FAILED_OVER
+from ai_gateway.strategies.base import (
+    CallModel,
+    HedgeDelay,
+    StrategyResult,
+    cancel_and_wait,
+    collect,
+    no_hedge,
+)
 
 
 async def first_available(
@@ -60,6 +69,30 @@ async def first_available(
                 winner = min(succeeded)  # several in one turn of the loop (a hedge race): the one listed first
             elif next_up < len(targets):
                 delay = start_next(hedge=False)  # a model failed: fail over at once, no backoff
+        if winner is None:
+            # Every model failed: those that failed over instead of retrying get their retries now, one at a time.
+            for position in second_chances(outcomes):
+                target = targets[position]
+                task = asyncio.create_task(call(target, never, resume=outcomes[position]), name=f"model:{target.id}")
+                running[task] = started[task] = position
+                outcomes[position] = await task
+                del running[task]
+                if outcomes[position].ok:  # type: ignore[union-attr]
+                    winner = position
+                    break
     finally:
         await cancel_and_wait(running)
     return StrategyResult(collect(started, outcomes, targets, began, "another model answered first"), winner)
+
+
+def second_chances(outcomes: Sequence[Outcome | None]) -> list[int]:
+    """The models that gave their retry up because another model could still answer, when none did.
+
+    Asking for a fallback must never make a call less reliable than asking the first model alone:
+    such a model's retries are picked up where they stopped (``resume``), in request order.
+    """
+    return [
+        i
+        for i, outcome in enumerate(outcomes)
+        if outcome is not None and outcome.error is not None and outcome.error.not_retried == FAILED_OVER
+    ]

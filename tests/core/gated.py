@@ -26,6 +26,7 @@ class GatedAdapter(Adapter):
     def __init__(self) -> None:
         super().__init__(ProviderConfig(name="gated", base_url="gated://"))
         self.gates: dict[str, asyncio.Future[str | GatewayError]] = {}
+        self.scripts: dict[str, list[str | GatewayError]] = {}  # per attempt, before the gate
         self.started: list[str] = []
         self.cancelled: list[str] = []
         self.any_started = asyncio.Event()
@@ -39,6 +40,10 @@ class GatedAdapter(Adapter):
 
     def fail(self, model: str, error: GatewayError) -> None:
         self.gates[model].set_result(error)
+
+    def script(self, model: str, *outcomes: str | GatewayError) -> None:
+        """What the model's next attempts give, one each, in order; the gate answers the attempts after them."""
+        self.scripts[model] = list(outcomes)
 
     async def wait_started(self, *models: str) -> None:
         while not all(m in self.started for m in models):
@@ -55,7 +60,11 @@ class GatedAdapter(Adapter):
         self.started.append(model)
         self.any_started.set()
         try:
-            outcome = await asyncio.shield(self.gates[model])
+            if self.scripts.get(model):
+                outcome = self.scripts[model].pop(0)
+                await asyncio.sleep(0)  # still answered in a later turn of the loop, like a real response
+            else:
+                outcome = await asyncio.shield(self.gates[model])
         except asyncio.CancelledError:
             self.cancelled.append(model)
             raise

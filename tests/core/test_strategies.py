@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from ai_gateway.dispatch import Dispatcher, Resilience
-from ai_gateway.errors import RateLimited, UpstreamError
+from ai_gateway.errors import AuthError, RateLimited, UpstreamError
 from ai_gateway.resilience.clock import Deadline
+from ai_gateway.resilience.retry import CANCELLED_IN_BACKOFF
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import StrategyResult
 from ai_gateway.strategies.consensus import consensus
@@ -70,6 +71,29 @@ async def test_first_available_reports_every_failure_when_none_succeeds(dispatch
     assert [o.error.code for o in result.outcomes] == ["upstream_error", "rate_limited"]
 
 
+async def test_a_model_that_failed_over_gets_its_retry_when_no_later_model_answers(dispatcher, gated):
+    """a's transient error handed over to b at once, and b failed for good: the call failed with its deadline
+    barely touched, where asking a alone would have answered (a review's reproducer)."""
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.script("a", UpstreamError("busy", status=503), "from a")
+    gated.fail("b", AuthError("bad key", status=401))
+    result = await first_available(targets, caller(dispatcher))
+    assert result.winner == 0 and statuses(result) == ["ok", "error"]
+    assert gated.started == ["a", "b", "a"]  # b was still asked first: no backoff while another could answer
+    assert result.outcomes[0].attempts == 2 and result.outcomes[1].error.code == "auth"
+
+
+async def test_a_resumed_model_keeps_its_attempts_and_reports_the_last_error(dispatcher, gated):
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.script("a", *(UpstreamError(f"busy {n}", status=503) for n in (1, 2, 3)), "never reached")
+    gated.fail("b", AuthError("bad key", status=401))
+    result = await first_available(targets, caller(dispatcher))
+    assert result.winner is None
+    a = result.outcomes[0]
+    assert a.attempts == 3 and gated.started == ["a", "b", "a", "a"]  # max_attempts (3) counts the first one
+    assert (a.error.message, a.error.not_retried) == ("busy 3", "all 3 attempts used")
+
+
 async def test_an_expired_deadline_starts_no_model(dispatcher, gated):
     targets = [gated.target(m) for m in ("a", "b")]
     result = await first_available(targets, caller(dispatcher, total_s=-1))
@@ -125,6 +149,42 @@ async def test_fastest_keeps_waiting_past_a_failure(dispatcher, gated):
     assert statuses(result) == ["error", "ok"]
     assert result.winner == 1
     assert gated.cancelled == []
+
+
+async def test_a_racer_retries_on_its_own_while_the_other_never_answers(dispatcher, gated):
+    """Giving its retry up to a racer still running lost the call whenever that racer hung."""
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.script("a", UpstreamError("busy", status=503), "from a")
+    result = await fastest(targets, caller(dispatcher, total_s=5))  # b is never released
+    assert result.winner == 0 and statuses(result) == ["ok", "cancelled"]
+    assert result.outcomes[0].attempts == 2 and gated.cancelled == ["b"]
+
+
+class HeldClock(FakeClock):
+    """Backoffs that never end on their own: a model stays between attempts until it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_racer_stopped_between_attempts_reports_the_error_it_was_retrying(gated):
+    clock = HeldClock()
+    async with httpx.AsyncClient() as client:
+        dispatcher = Dispatcher(lambda: client, Resilience.from_settings(Settings(_env_file=None), clock=clock))
+        targets = [gated.target(m) for m in ("a", "b")]
+        gated.fail("a", UpstreamError("busy", status=503))
+        run = asyncio.create_task(fastest(targets, caller(dispatcher)))
+        await clock.waiting.wait()  # a failed and waits to retry
+        gated.answer("b", "from b")
+        result = await run
+    assert result.winner == 1 and statuses(result) == ["error", "ok"]
+    a = result.outcomes[0]
+    assert (a.error.code, a.error.not_retried, a.attempts) == ("upstream_error", CANCELLED_IN_BACKOFF, 1)
 
 
 async def test_fastest_with_no_success_has_no_winner(dispatcher, gated):

@@ -310,7 +310,7 @@ async def test_consensus_majority_of_successful_answers_despite_failures(client:
 
 
 async def test_fastest_skips_a_fast_failure_and_takes_the_first_success(client: Client, fake: GatedFake) -> None:
-    fake.set("x-fails", Scenario.error("overloaded"))
+    fake.set("x-fails", Scenario.error("bad_request"))  # not retried: its one failure is the whole story
     fake.set("x-ok", Scenario(text="made it"))
     fake.set("x-hangs", Scenario(hang=True))
     release = fake.hold("x-ok")
@@ -328,7 +328,7 @@ async def test_fastest_skips_a_fast_failure_and_takes_the_first_success(client: 
     sc = result.structured_content
     assert statuses(result) == ["error", "ok", "cancelled"]
     assert sc["answer"] == "made it" and sc["model"] == "anthropic/x-ok"
-    assert sc["results"][0]["error"]["code"] == "overloaded"
+    assert sc["results"][0]["error"]["code"] == "bad_request"
     await fake.wait_for_disconnects(1)
     assert [c.model for c in fake.disconnects] == ["x-hangs"]
 
