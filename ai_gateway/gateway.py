@@ -209,6 +209,12 @@ class Gateway:
             provider, sep, model = model_id.partition("/")
             if not sep or not provider or not model.strip():
                 raise InvalidArgument(field, f"{model_id!r} is not provider/model (e.g. openai/gpt-4o-mini)")
+            if any(c.isspace() for c in model_id):
+                # No provider names a model with a space or a tab in it: sent as written, it would come back a 404,
+                # which a fallback chain would quietly skip.
+                fixed = "/".join(part.strip() for part in model_id.split("/", 1))
+                hint = f"; did you mean {fixed!r}?" if not any(c.isspace() for c in fixed) else ""
+                raise InvalidArgument(field, f"{model_id!r} has whitespace inside; model ids have none{hint}")
             try:
                 adapter = self._adapter(provider)
             except RegistryError as exc:

@@ -282,7 +282,9 @@ def _all_failed(result: QueryResult) -> ToolResult:
     if every_open:
         lines = ["every requested model's circuit is open (calls refused without contacting the provider):"]
     else:
-        lines = [f"no model answered ({len(result.results)} tried):"]
+        tried = sum(r.status != "skipped" for r in result.results)
+        untried = len(result.results) - tried
+        lines = [f"no model answered ({tried} tried" + (f", {untried} not started" if untried else "") + "):"]
     for r in result.results:
         detail = f"{r.error.code}: {r.error.message}" if r.error else r.status
         lines.append(f"- {r.model}: {detail}")

@@ -59,6 +59,8 @@ _LOWERED = re.compile("[\u2080-\u209c]+")
 _OPENERS = '"“‘„‚«‹([{¿¡「『【—'
 _CLOSERS = '"”’“‘»›)]}.,;:!?…」』】。、—'  # “ and ‘ close a German quotation („so“)
 _QUOTED = re.compile(r"^'(.+)'$", re.DOTALL)
+_ITEM_SEPARATOR = re.compile(r"[,;](?!\d{3}(?!\d))")  # not the comma of a thousands group: "(1,000, 2)"
+_COLLECTION = re.compile(r"^([(\[{])([^()\[\]{}]*[,;][^()\[\]{}]*)([)\]}])[.!。]?$", re.DOTALL)
 _APOSTROPHES = re.compile(r"(?<=[^\W\d_])['’](?=[^\W\d_])")  # "it's" is "its": an apostrophe between letters
 _ABBREVIATION = re.compile(r"^(?:[^\W\d_]\.)+[^\W\d_]$")  # "u.s" (from "U.S."), "d.c": dotted letters
 _SYMBOL_WORDS = {"*", ":", "~"}  # operators on their own ("2 * 3", "2 : 3"), not punctuation to drop
@@ -122,6 +124,15 @@ def _normalise(text: str) -> str:
         folded = _PAIRED.sub(_inside, folded)
         folded = _LEADING.sub("", folded, count=1).strip()
         folded = _QUOTED.sub(r"\1", folded)
+    # "(0, 1)", "[0, 1]" and "(0, 1]" are different intervals, and "{1, 2}" a set, not the pair "(1, 2)": brackets
+    # around a list are part of the answer, while around a single answer ("(B)") they only wrap it.
+    if collection := _COLLECTION.match(folded):
+        opener, inside, closer = collection.groups()
+        return opener + ",".join(_words(item) for item in _ITEM_SEPARATOR.split(inside)) + closer
+    return _words(folded)
+
+
+def _words(folded: str) -> str:
     tokens: list[str] = []
     for raw in folded.split():
         opened = raw.lstrip(_OPENERS)
@@ -228,5 +239,7 @@ class Tally:
         return ranked[0] if ranked else None
 
     def reached(self) -> bool:
+        # An answer with nothing in it agrees with no other, so it cannot be one either: "..." from the only model
+        # that answered is no consensus.
         leader = self.leader()
-        return leader is not None and 2 * leader.votes > self.answered
+        return leader is not None and bool(leader.normalized) and 2 * leader.votes > self.answered

@@ -62,6 +62,8 @@ from ai_gateway.strategies.voting import Tally, normalise
         ("10⁻³", "10^-3"),
         ("5 m²", "5 m^2"),
         ("0.50", "0.5"),
+        ("(B)", "B"),  # around one answer, brackets only wrap it
+        ("(0, 1)", "The answer is **(0,1 )**."),
     ],
 )
 def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
@@ -119,6 +121,12 @@ def test_equivalent_answers_normalise_alike(a: str, b: str) -> None:
         ("02134", "2134"),
         ("007", "7"),
         ("0,5", "5"),
+        # Brackets around a list say what it is: intervals open, closed and half-open; a set and a tuple
+        ("(0, 1)", "[0, 1]"),
+        ("(0, 1)", "(0, 1]"),
+        ("The answer is [0, 1).", "[0, 1]"),
+        ("{1, 2}", "(1, 2)"),
+        ("(1, 2)", "1, 2"),
     ],
 )
 def test_different_answers_stay_apart(a: str, b: str) -> None:
@@ -148,6 +156,11 @@ def test_answers_with_nothing_left_once_normalised_never_agree() -> None:
     assert (tally.answered, [g.votes for g in tally.ranked()]) == (3, [1, 1, 1])
     assert not tally.reached() and not tally.has_majority_of_requested()
     assert [g.normalized for g in tally.ranked()] == ["", "", ""] and tally.leader().members == [0]  # type: ignore[union-attr]
+
+    for others in (["fail"], ["fail", "fail"]):  # the only answer given, with nothing in it, is no consensus either
+        tally = Tally(requested=1 + len(others))
+        tally.add(0, "The answer is:")
+        assert tally.answered == 1 and not tally.reached()
 
     tally = Tally(requested=3)  # they still count as answered: two of three agreeing is a majority
     for position, text in enumerate(["Paris", "**", "paris."]):

@@ -409,6 +409,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("empty provider part", {"prompt": "hi", "models": ["/gpt-4o-mini"]}, ["models[0]"]),
     ("duplicate model", {"prompt": "hi", "models": ["openai/a", "openai/a"]}, ["models[1]", "twice"]),
     ("model id with spaces", {"prompt": "hi", "models": ["openai/gpt-4o-mini "]}, ["models[0]", "spaces"]),
+    (
+        "model id with a space inside",
+        {"prompt": "hi", "models": ["openai/ gpt-4o-mini"]},
+        ["models[0]", "whitespace inside", "'openai/gpt-4o-mini'"],
+    ),
+    ("model id with a tab inside", {"prompt": "hi", "models": ["openai/gpt-4o\tmini"]}, ["models[0]", "whitespace"]),
     ("too many models", {"prompt": "hi", "models": ["openai/a", "openai/b", "openai/c"]}, ["models", "at most 2"]),
     ("empty model list", {"prompt": "hi", "models": []}, ["models"]),
     ("no models and no default", {"prompt": "hi"}, ["models", "AI_GATEWAY_DEFAULT_MODELS"]),
@@ -543,13 +549,16 @@ async def test_messages_and_system_reach_each_vendor_in_its_own_shape(client: Cl
 
 
 # ---------------------------------------------------------------------------- failures
-async def test_all_models_failing_is_an_error_that_keeps_every_outcome(client: Client, fake: GatedFake) -> None:
+async def test_all_models_failing_is_an_error_that_keeps_every_outcome(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
     fake.set("f-1", Scenario.error("rate_limited", retry_after="7"))
     fake.set("f-2", Scenario.error("overloaded"))
     fake.set("f-3", Scenario.error("not_found"))
     models = ["openai/f-1", "anthropic/f-2", "gemini/f-3"]
 
-    result = await query(client, prompt=PROMPT, models=models, strategy="fastest")
+    async with Client(make_server(max_attempts=1)) as client:  # each racer retries on its own: none here (7 s)
+        result = await query(client, prompt=PROMPT, models=models, strategy="fastest")
 
     assert result.is_error
     sc = result.structured_content
@@ -560,7 +569,7 @@ async def test_all_models_failing_is_an_error_that_keeps_every_outcome(client: C
     assert [e["status"] for e in errors] == [429, 529, 404]
     assert errors[0]["retry_after_s"] == 7
     text = text_of(result)
-    assert text.startswith("no model answered (3 tried)")
+    assert text.startswith("no model answered (3 tried):")
     for model, code in zip(models, ["rate_limited", "overloaded", "not_found"], strict=True):
         assert f"- {model}: {code}: " in text
 
@@ -577,6 +586,16 @@ async def test_timeout_s_is_a_deadline_for_a_hanging_model(
         assert r["error"]["code"] == "deadline"
         assert "0.2s deadline" in r["error"]["message"]
         await fake.wait_for_disconnects(1)  # the hung request was abandoned, its connection closed
+
+
+async def test_the_error_text_counts_only_the_models_that_were_tried(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    fake.set("hangs", Scenario(hang=True))
+    async with Client(make_server(min_timeout_s=0.05)) as client:
+        result = await query(client, prompt=PROMPT, models=["openai/hangs", "anthropic/late"], timeout_s=0.2)
+    assert statuses(result) == ["error", "skipped"]  # the deadline passed before "late" could start
+    assert text_of(result).startswith("no model answered (1 tried, 1 not started):")
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
