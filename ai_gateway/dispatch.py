@@ -46,7 +46,7 @@ from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
 from ai_gateway.resilience.health import HealthBoard
 from ai_gateway.resilience.retry import CANCELLED_IN_BACKOFF, NO_TIME_LEFT, RetryPolicy, call_with_retries
 from ai_gateway.resilience.shedding import ConcurrencyLimiter
-from ai_gateway.types import ChatRequest, Completion
+from ai_gateway.types import ChatRequest, Completion, FinishReason
 
 if TYPE_CHECKING:
     import httpx
@@ -307,7 +307,9 @@ class Dispatcher:
                     failure = None
                     error = outcome.error if outcome is not None and outcome.status == "error" else None
                     if error is not None and not process_specific(error):
-                        failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s)
+                        empty = error.completion if isinstance(error, EmptyResponse) else None
+                        why = None if empty is None else str(empty.finish_reason)  # its usage stays the holder's
+                        failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s, why)
                     stored = outcome.completion if outcome is not None and outcome.ok else None
                     # A refresh that got an answer it may not store, or an error about the call, removes the
                     # entry it was to replace; one that ended for reasons of its own (cancelled, its deadline,
@@ -352,13 +354,23 @@ class Dispatcher:
         if isinstance(peer, Completion):
             return self._cached(target, peer, started, hedge)
         now = self.clock()
-        error = GatewayError(
-            f"{peer.message} (from another gateway process)",
-            provider=target.provider,
-            status=peer.status,
-            retry_after_s=peer.retry_after_s,
-        )
-        error.code = ErrorCode(peer.code)  # type: ignore[misc]  (validated by await_peer)
+        message = f"{peer.message} (from another gateway process)"
+        error: GatewayError
+        if peer.code == ErrorCode.EMPTY_RESPONSE and peer.finish_reason is not None:
+            # Why it was empty, as its maker reports it; not its usage: the provider billed that caller once.
+            completion = Completion("", FinishReason(peer.finish_reason))
+            error = EmptyResponse(
+                message,
+                provider=target.provider,
+                status=peer.status,
+                retry_after_s=peer.retry_after_s,
+                completion=completion,
+            )
+        else:
+            error = GatewayError(
+                message, provider=target.provider, status=peer.status, retry_after_s=peer.retry_after_s
+            )
+            error.code = ErrorCode(peer.code)  # type: ignore[misc]  (validated by await_peer)
         return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
 
     async def _call_provider(

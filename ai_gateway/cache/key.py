@@ -6,6 +6,11 @@ model, the system prompt, every message, every sampling parameter that was set
 provider's options that can change an answer (``Adapter.cache_options``). Never
 an API key, not even hashed. Keys are namespaced with a prefix and the schema
 version, so a change of format never reads an old shape.
+
+Every key ends in the 64 hex digits of a hash, after ``<namespace>:v1:`` (an
+answer), ``<namespace>:lease:v1:`` or ``<namespace>:error:v1:``. A namespace
+ending in ``:lease`` or ``:error`` would spell another namespace's leases and
+errors, so its own hash covers the namespace too (see :func:`cache_key`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,21 @@ from ai_gateway.types import ChatRequest
 KEY_SCHEMA = 1
 # Every ChatRequest field but these is a sampling parameter.
 _PARAMS = tuple(f.name for f in fields(ChatRequest) if f.name not in {"messages", "system"})
-# Built once: json.dumps with options builds an encoder per call, a third of a key's cost.
-# default=str: a plugin's option of a type JSON lacks (a tuple encodes as a list already) still keys by its text.
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+# What sits beside an answer, under <namespace>:<kind>:v<schema>:<hash> (lease_key, error_key), as a namespace ends.
+_KIND_ENDINGS = (":lease", ":error")
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+
+def _plain(value: object) -> object:
+    """A plugin's option of a type JSON lacks (a tuple encodes as a list already), in a form every process spells
+    alike: a set's iteration order, and so its str(), depends on the process's hash seed."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=_encode)
+    return str(value)
+
+
+# Built once: json.dumps with options builds an encoder per call, a third of a key's cost.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain).encode
 
 
 def canonical(
@@ -36,6 +52,8 @@ def canonical(
     request: ChatRequest,
     sample: int | None,
     options: Mapping[str, Any] = _NO_OPTIONS,
+    *,
+    namespace: str | None = None,
 ) -> str:
     params = {name: _number(value) for name in _PARAMS if (value := getattr(request, name)) is not None}
     payload = {
@@ -50,6 +68,8 @@ def canonical(
     }
     if options:  # only when set: a provider without options keeps the keys it had before options joined them
         payload["options"] = dict(options)
+    if namespace is not None:
+        payload["namespace"] = namespace
     return _encode(payload)
 
 
@@ -82,8 +102,14 @@ def cache_key(
     sample: int | None,
     options: Mapping[str, Any] = _NO_OPTIONS,
 ) -> str:
-    digest = hashlib.sha256(canonical(provider, base_url, model, request, sample, options).encode()).hexdigest()
-    return f"{answer_prefix(namespace)}{digest}"
+    # Namespace "X:lease" keeps its answers under "X:lease:v1:", where namespace X keeps its leases: with the same
+    # hash, X's calls waited on a "lease" nobody held until their deadline. Only a namespace ending in a kind can
+    # spell another's lease or error key (what precedes the hash must match, and ends in ":v1:" for an answer), so
+    # only its hash takes in the namespace: that sets it apart, and every other namespace keeps its keys (no cache
+    # goes cold).
+    own = namespace if namespace.endswith(_KIND_ENDINGS) else None
+    text = canonical(provider, base_url, model, request, sample, options, namespace=own)
+    return f"{answer_prefix(namespace)}{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def answer_prefix(namespace: str) -> str:

@@ -17,7 +17,14 @@ costing money later:
 - Answers stored while Redis was skipped or failing are kept in the embedded
   cache *and remembered*; once Redis answers again (or at shutdown, if it
   answers then) they are copied to it, so other processes, and the replay of a
-  batch run, find them instead of paying for them again.
+  batch run, find them instead of paying for them again. Once copied, the local
+  copy goes: in a later outage it would undo what replaced it in Redis since.
+- A replay (``cache: only``), where a miss fails the model, does not take the
+  cooldown's word that Redis is down: it asks Redis (one shared PING) before
+  reporting a miss, and an answer ends the cooldown early.
+
+A value of another Redis type under a key (another program's list) is a miss,
+never an outage.
 
 The lookups of a call with several models, and the stores, go to Redis in one
 pipeline per turn of the event loop (with the other calls of that turn, such
@@ -54,9 +61,12 @@ RESYNC_BATCH_BYTES = 1 << 20  # and most bytes, so one round trip fits in an ope
 RESYNC_AT_CLOSE_S = 2.0  # the most shutdown waits for that copy
 
 # One round trip for a lookup: the answer if there is one, else try to take the lease.
+# A value of another Redis type under the key (a list, a hash) is no answer: a miss, like foreign bytes, and the
+# next answer's plain SET replaces it. (redis.call's WRONGTYPE error failed the whole script, which looked like an
+# outage: Redis was then skipped for every key for a cooldown, and the foreign value was never replaced.)
 _LOOKUP = """
-local value = redis.call('GET', KEYS[1])
-if value then return {1, value, redis.call('PTTL', KEYS[1])} end
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'string' then return {1, value, redis.call('PTTL', KEYS[1])} end
 if ARGV[1] == '' then return {0, 0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('DEL', KEYS[3])  -- a new call: an earlier caller's error marker is not about it
@@ -68,16 +78,25 @@ return {0, 0}
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
-if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+if redis.pcall('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
 
 # Extend the lease only while it is still this holder's (it may have lapsed and been taken by another).
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Copy an answer of a use call kept during an outage, unless Redis holds an answer (a string) by now: one another
+# process stored meanwhile is as good, and newer. A value of another type is no answer (SET NX kept it for good).
+_COPY = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# Errors about one key's value (another process's data of another type), not about Redis: never an outage.
+_KEY_ERRORS = frozenset({"WRONGTYPE"})
 
 
 class RedisBackend:
@@ -136,6 +155,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         self._probe: asyncio.Task[None] | None = None
+        self._revive: asyncio.Task[None] | None = None  # a PING to end a cooldown early (see _answers_again)
         self.near: NearCache | None = None
         if near_prefix and near_entries > 0 and near_bytes > 0:
             # Only a factory of connections (RESP2: invalidations arrive as messages of a plain subscription).
@@ -251,7 +271,14 @@ class RedisBackend:
         self, key: str, lease_key: str, token: str | None, ttl_s: float, patient: bool, together: bool
     ) -> tuple[bytes | None, bool | None]:
         if not self.healthy:
-            return await self.fallback.get(key), None
+            local = await self.fallback.get(key)
+            # A replay fails the model on a miss, and the cooldown is a guess at how long an outage lasts: Redis
+            # may hold the answer and answer again already. Ask it before reporting a miss (what this process
+            # changed during the outage is newer than Redis's entry, and needs no asking).
+            if local is not None or not patient or token is not None or key in self._unsynced:
+                return local, None
+            if not await self._answers_again():
+                return None, None
         if self._unsynced and key in self._unsynced:
             return await self._lookup_unsynced(key, lease_key, token, ttl_s)
         if self.near is None:
@@ -394,6 +421,32 @@ class RedisBackend:
         if token in self._held and self.healthy:
             await self._guard(self._renew(keys=[lease_key], args=[token, max(1, int(ttl_s * 1000))]))
 
+    async def _answers_again(self) -> bool:
+        """While Redis is skipped after a failure: whether it answers a PING now, given the probe's patience.
+
+        One PING at a time, shared by every caller asking. An answer ends the cooldown early, for every
+        operation; no answer starts it again.
+        """
+        if self._revive is None:
+            self._revive = asyncio.create_task(self._ping_to_revive(), name="cache-revive")
+        await asyncio.shield(self._revive)
+        return self.healthy
+
+    async def _ping_to_revive(self) -> None:
+        from redis.exceptions import RedisError
+
+        client = self._probe_client()
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._trip(exc)
+        else:
+            self._down_until = 0.0  # the next operation that succeeds logs the recovery and copies what is held
+        finally:
+            self._revive = None
+            await _close_quietly(client)
+
     async def _verdict(self) -> bool:
         """Whether Redis is well, once the probe started by a timeout (if any) has decided."""
         if self._probe is not None:
@@ -401,7 +454,7 @@ class RedisBackend:
         return self.healthy
 
     async def _guard(self, operation: Awaitable[T], timeout_s: float | None = None) -> T | object:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         try:
             async with asyncio.timeout(timeout_s or self.op_timeout_s):
@@ -411,7 +464,8 @@ class RedisBackend:
                 self._probe = asyncio.create_task(self._verify(exc), name="cache-probe")
             return _FAILED
         except (RedisError, OSError) as exc:
-            self._trip(exc)
+            if not (isinstance(exc, ResponseError) and _error_code(exc) in _KEY_ERRORS):
+                self._trip(exc)
             return _FAILED
         if self.failures:
             log.warning("redis cache at %s is answering again; using it", self.url)
@@ -564,13 +618,22 @@ class RedisBackend:
                 for key, how, value, left_s in batch:
                     if how == "delete":
                         pipe.delete(key)
+                    elif how == "keep":  # EVAL, not EVALSHA: Redis may have restarted without its scripts
+                        pipe.eval(_COPY, 1, key, value, max(1, int(left_s * 1000)))
                     else:
-                        pipe.set(key, value, px=max(1, int(left_s * 1000)), nx=how == "keep")
+                        pipe.set(key, value, px=max(1, int(left_s * 1000)))
                 if await self._guard(pipe.execute()) is _FAILED:
                     for key, how, _, _ in batch:  # try again after the next recovery
                         self._unsynced.setdefault(key, how)
                     return
                 log.debug("copied %d answers kept locally to redis", len(batch))
+                for key, _, value, _ in batch:
+                    # Redis holds this answer now, or a newer one another process stored: the local copy would
+                    # come back in the next outage and undo whatever replaced it in Redis meanwhile (a refresh).
+                    # Unless this process changed the key again while the copy was on the wire.
+                    entry = self.fallback.entry(key)
+                    if entry is not None and entry[0] is value and key not in self._unsynced:
+                        await self.fallback.delete(key)
         finally:
             self._resync_task = None
 
@@ -607,9 +670,10 @@ class RedisBackend:
             )
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self.op_timeout_s)
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.wait([self._probe])
+        for task in (self._probe, self._revive):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self.near is not None:
             await self.near.aclose()
         await _close_quietly(self.client)
@@ -623,6 +687,11 @@ async def _close_quietly(client: Any) -> None:
 
 
 _FAILED = object()
+
+
+def _error_code(exc: Exception) -> str:
+    """Redis's error code, as it leads the message of an error Redis returned ("WRONGTYPE Operation against ...")."""
+    return str(exc).partition(" ")[0]
 
 
 @functools.cache

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CacheMode = Literal["use", "refresh", "bypass", "only"]
 STORABLE = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS})
 T = TypeVar("T")
+_FINISH_REASONS = frozenset(str(reason) for reason in FinishReason)
 _LEADER_GONE = object()  # the first caller was cancelled: someone else must make the call
 
 
@@ -68,6 +69,9 @@ class PeerFailure:
     message: str
     status: int | None = None  # the HTTP status the provider answered, if any
     retry_after_s: float | None = None  # how long the provider asked to wait, as it said it
+    # An empty answer's finish reason ("length": a reasoning model spent the limit thinking): its waiters report
+    # why, as the caller that made the call does. Its usage is not published: the provider billed it once.
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +331,15 @@ class ResponseCache:
                     try:
                         data = json.loads(failure)
                         status, retry_after_s = data.get("status"), data.get("retry_after_s")
+                        finish_reason = data.get("finish_reason")
+                        if not isinstance(finish_reason, str) or finish_reason not in _FINISH_REASONS:
+                            finish_reason = None  # one this gateway does not know: the error still holds
                         return PeerFailure(
                             str(ErrorCode(data["code"])),
                             str(data["message"]),
                             status if isinstance(status, int) and not isinstance(status, bool) else None,
                             float(retry_after_s) if _a_number(retry_after_s) else None,
+                            finish_reason,
                         )
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         return None  # an unknown or garbled marker: make the call ourselves

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -98,6 +101,55 @@ def test_lease_and_error_keys_sit_beside_the_answers_not_under_their_prefix() ->
     assert error_key(answer) == f"a:b:error:v{KEY_SCHEMA}:{digest}"
     assert not lease_key(answer).startswith(answer_prefix("a:b"))
     assert not error_key(answer).startswith(answer_prefix("a:b"))
+
+
+@pytest.mark.parametrize("kind", ["lease", "error"])
+def test_a_namespace_named_after_a_kind_keeps_its_answers_off_another_namespace_s_keys(kind: str) -> None:
+    """Namespace "a:lease" kept its answers under "a:lease:v1:<hash>", exactly where namespace "a" keeps its leases:
+    a's calls then waited on a lease nobody held, until their deadline. Likewise ":error"."""
+    beside = lease_key if kind == "lease" else error_key
+    for namespace in ("a", "a:b", f"a:{kind}"):
+        for changes in ({}, *VARIANTS.values()):
+            assert key(namespace=f"{namespace}:{kind}", **changes) != beside(key(namespace=namespace, **changes))
+    assert key(namespace=f"a:{kind}").startswith(answer_prefix(f"a:{kind}"))
+    # Any other namespace keeps the hash it always had: no stored answer is orphaned by the fix.
+    digest = key().rpartition(":")[2]
+    assert [key(namespace=n).rpartition(":")[2] for n in ("a", "a:b", f"a:{kind}s", f"{kind}:a")] == [digest] * 4
+
+
+def test_a_set_among_a_providers_options_is_spelled_by_its_sorted_members() -> None:
+    """Keyed by its str(), a set's members came in the order of the process's hash seed."""
+    args = (BASE["provider"], BASE["base_url"], BASE["model"], BASE_REQUEST, 0)
+    words = frozenset({"END", "STOP", "###", "Observation:"})
+    assert '"options":{"stop_words":["###","END","Observation:","STOP"]}' in canonical(*args, {"stop_words": words})
+    mixed = {"ids": {3, "a", (1, 2), frozenset({"y", "x"})}}  # sorted by each member's own canonical spelling
+    assert '"options":{"ids":["a",3,["x","y"],[1,2]]}' in canonical(*args, mixed)
+    assert cache_key("ns", *args, {"stop_words": set(sorted(words, reverse=True))}) == cache_key(
+        "ns", *args, {"stop_words": words}
+    )
+
+
+def test_a_set_option_has_the_same_key_in_every_gateway_process() -> None:
+    """Processes differ in their hash seed (PYTHONHASHSEED, random by default): each computed another key."""
+    script = (
+        "from ai_gateway.cache.key import cache_key\n"
+        "from ai_gateway.types import ChatRequest, Message\n"
+        "request = ChatRequest((Message('user', 'hi'),))\n"
+        "options = {'stop_words': frozenset({'END', 'STOP', '###', 'Observation:', 'Final', 'Answer'})}\n"
+        "print(cache_key('ns', 'plug', 'http://h/v1', 'm', request, None, options))\n"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for seed in range(4)
+    }
+    assert len(keys) == 1, keys
 
 
 def test_an_omitted_temperature_is_not_temperature_zero() -> None:
@@ -378,3 +430,20 @@ async def test_extra_headers_stay_out_of_the_key(
     items = redis_target.items()
     assert items
     assert not any(b"sk-azure" in blob for k, v in items.items() for blob in (k, v or b""))
+
+
+async def test_a_gateway_is_not_held_up_by_answers_stored_in_a_namespace_named_after_its_leases(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
+) -> None:
+    """Gateway "<ns>:lease" stored its answer where gateway "<ns>" looks for a lease: the latter waited for it to be
+    released until the end of its deadline, then failed."""
+    neighbour = {**redis_target.settings(), "cache_namespace": f"{redis_target.namespace}:lease"}
+    async with open_gateway(**neighbour) as gw:
+        assert (await gw.ask()).only["status"] == "ok"
+    async with open_gateway(**redis_target.settings()) as gw:
+        reply = await gw.ask(timeout_s=2)
+        peer_waits = gw.gateway.cache.stats.peer_waits
+
+    assert (reply.only["status"], reply.only["cached"]) == ("ok", False), reply.only["error"]
+    assert peer_waits == 0
+    assert fake.count(VENDOR) == 2

@@ -221,6 +221,76 @@ async def test_garbage_under_a_live_key_is_a_miss_and_is_replaced(
     assert (data["v"], data["text"]) == (1, "Paris")
 
 
+async def test_a_value_of_another_redis_type_under_a_live_key_is_a_miss_not_an_outage(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A list under one answer's key failed the lookup (WRONGTYPE), which was taken for an outage: Redis was skipped
+    for every key for a cooldown (a replay missed answers that were there), and the list was never replaced."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    fake.set(VENDOR, Scenario(text="Paris"))
+    key = live_key(redis_target.namespace, fake)
+    async with open_gateway(**redis_target.settings()) as filler:
+        assert_ok(await filler.ask(prompt="Another question?"))
+    with redis_target.client() as r:
+        r.rpush(key, b"not", b"an", b"envelope")
+    async with open_gateway(**redis_target.settings(), cache_cooldown_s=300) as gw:
+        reply = await gw.ask()
+        replay = await gw.ask(prompt="Another question?", cache="only")
+        backend = redis_backend(gw)
+        assert (backend.failures, backend.healthy) == (0, True)
+
+    assert_ok(reply, replay)
+    assert (reply.answer, reply.only["cached"]) == ("Paris", False)
+    assert replay.only["cached"] is True
+    assert redis_warnings(caplog) == []
+    with redis_target.client() as r:
+        assert json.loads(r.get(key))["text"] == "Paris"  # the next answer replaced the list
+
+
+async def test_a_plain_read_of_a_value_of_another_redis_type_is_a_miss_not_an_outage(
+    redis_target: RedisTarget,
+) -> None:
+    key = f"{answer_prefix(redis_target.namespace)}listed"
+    with redis_target.client() as r:
+        r.rpush(key, b"not", b"an", b"envelope")
+    backend = RedisBackend(redis_target.url, MemoryBackend(10, 1 << 20), cooldown_s=300)
+    try:
+        assert await backend.get(key) is None
+        assert (backend.failures, backend.healthy) == (0, True)
+    finally:
+        await backend.aclose()
+
+
+async def test_a_value_of_another_type_is_replaced_by_the_copy_of_an_answer_kept_during_an_outage(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """A use call's answer is copied unless Redis holds another answer by then; with SET NX a list counted as one."""
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="Paris"))
+    key = live_key(target.namespace, fake)
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        assert_ok(await gw.ask())  # kept in this process, to be copied
+        await gw.settle()
+        assert backend.unsynced == 1
+        await asyncio.to_thread(private_redis.start)  # empty
+        with target.client() as r:
+            r.rpush(key, b"not", b"an", b"envelope")
+        await until(lambda: backend.healthy, "the cooldown to end")
+        assert_ok(await gw.ask(prompt="A question after the restart?"))  # Redis answers: the copy starts
+
+        def copied() -> bool:
+            with target.client() as r:
+                return r.type(key) == b"string"
+
+        await until(copied, "the answer kept locally to replace the list")
+        assert backend.failures == 0
+
+    with target.client() as r:
+        assert json.loads(r.get(key))["text"] == "Paris"
+
+
 async def test_a_foreign_peer_error_under_a_held_lease_does_not_fail_the_call(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
 ) -> None:
@@ -299,6 +369,45 @@ async def test_a_timeout_where_the_probe_times_out_too_trips_redis(hung_redis: H
         assert (backend.failures, backend.slow) == (1, 0)
     finally:
         await backend.aclose()
+
+
+async def test_a_replay_reads_a_redis_that_answers_again_before_its_cooldown_ends(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """After a short outage Redis answered again, but a replay kept skipping it for the whole cooldown and reported
+    cache_miss for answers that were there."""
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="Paris"))
+    async with open_gateway(**target.settings()) as filler:
+        assert_ok(await filler.ask())
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        refuse_writes(private_redis)
+        assert_ok(await gw.ask(models=["openai/other-model"]))  # refused: Redis is skipped from here
+        assert not backend.healthy
+        accept_writes(private_redis)  # the outage is over; the cooldown is not
+        replay = await gw.ask(cache="only")
+        assert (backend.healthy, backend.failures) == (True, 0)  # and every other call uses Redis again too
+        await until(lambda: len(answer_keys(target)) == 2, "the answer kept during the outage to be copied")
+
+    assert_ok(replay)
+    assert (replay.answer, replay.only["cached"]) == ("Paris", True)
+    assert fake.count(VENDOR) == 1  # the filler's call only
+
+
+async def test_a_replay_during_an_outage_misses_once_redis_does_not_answer_either(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        assert_ok(await gw.ask(models=["openai/other-model"]))  # Redis is skipped from here
+        failures = backend.failures
+        replay = await gw.ask(cache="only")
+        assert (backend.healthy, backend.failures) == (False, failures + 1)  # it was asked, and is skipped again
+
+    assert replay.only["error"]["code"] == "cache_miss"
 
 
 # ---------------------------------------------------------------------------- answers kept locally reach Redis later
@@ -456,6 +565,34 @@ async def test_an_answer_kept_during_one_outage_is_not_served_in_the_next_after_
     assert_ok(during)
     assert during.answer != "OLD answer"  # the fallback's copy was superseded by the refresh
     assert fake.count(VENDOR) == 3
+
+
+async def test_an_answer_copied_to_redis_after_an_outage_is_not_served_in_the_next_one(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess
+) -> None:
+    """Left in the embedded cache once copied, it came back in the next outage and undid another process's refresh
+    made in between."""
+    target = RedisTarget(private_redis.port, 0)
+    fake.set(VENDOR, Scenario(text="OLD answer"))
+    async with open_gateway(**target.settings(), cache_cooldown_s=0.2) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        assert (await gw.ask()).answer == "OLD answer"  # outage 1: kept here, to be copied
+        await asyncio.to_thread(private_redis.start)
+        await until(lambda: backend.healthy, "the cooldown to end")
+        assert_ok(await gw.ask(prompt="A question after the restart?"))  # Redis answers: the copy starts
+        await until(lambda: len(answer_keys(target)) == 2, "the answer kept locally to reach Redis")
+        await until(lambda: len(gw.memory()) == 0, "the local copy to be dropped once Redis holds the answer")
+        fake.set(VENDOR, Scenario(text="NEW answer"))
+        async with open_gateway(**target.settings()) as other:
+            assert (await other.ask(cache="refresh")).answer == "NEW answer"
+        private_redis.stop()
+        fake.set(VENDOR, Scenario(text="THIRD answer"))
+        during = await gw.ask()  # outage 2
+
+    assert_ok(during)
+    assert (during.answer, during.only["cached"]) == ("THIRD answer", False)  # not the OLD answer refreshed away
+    assert fake.count(VENDOR) == 4
 
 
 async def test_a_redis_restart_while_the_gateway_is_idle_does_not_trip_it(

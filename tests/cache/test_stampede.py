@@ -7,13 +7,18 @@ nothing here depends on timing; "across processes" is two gateway servers sharin
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
 
 from ai_gateway import dispatch as dispatch_module
 from ai_gateway.cache import store as store_module
-from ai_gateway.cache.store import LEASE_TTL_S
+from ai_gateway.cache.key import answer_prefix, error_key
+from ai_gateway.cache.memory import MemoryBackend
+from ai_gateway.cache.redis_backend import RedisBackend
+from ai_gateway.cache.store import LEASE_TTL_S, PeerFailure, ResponseCache
 from ai_gateway.schemas import QueryResult
 from tests.cache.conftest import OpenGateway
 from tests.cache.support import MODEL, PROMPT, CacheFake, Running, cancel_after_write, until
@@ -348,6 +353,44 @@ async def test_an_error_shared_by_another_process_keeps_its_status_and_retry_aft
     assert (theirs.code, theirs.status, theirs.retry_after_s) == (mine.code, mine.status, mine.retry_after_s)
     assert (mine.code, mine.status, mine.retry_after_s) == ("overloaded", 503, 30.0)
     assert theirs.message.endswith("(from another gateway process)")
+    assert fake.count(VENDOR) == 1
+
+
+async def test_an_empty_answer_s_finish_reason_is_published_with_its_error(redis_target: RedisTarget) -> None:
+    """The marker carried code, message, status and retry_after only: a waiter could not say why the answer was
+    empty (a reasoning model that spent max_tokens thinking finishes with "length")."""
+    cache = ResponseCache(RedisBackend(redis_target.url, MemoryBackend(10, 1 << 20)), redis_target.namespace)
+    try:
+        key = f"{answer_prefix(redis_target.namespace)}{'e' * 64}"
+        _, lease = await cache.lookup(key, read=True, claim=True, lease_ttl_s=5)
+        assert lease is not None
+        empty = PeerFailure(
+            "empty_response", "the model returned no text (finish reason: length)", None, None, "length"
+        )
+        cache.store_later(key, None, lease, empty)
+        await cache.flush()
+        assert await cache.await_peer(key, 5) == empty
+
+        with redis_target.client() as r:  # one this gateway does not know: the error still holds
+            r.set(error_key(key), json.dumps({**asdict(empty), "finish_reason": "sleepy"}), px=5000)
+        assert await cache.await_peer(key, 5) == replace(empty, finish_reason=None)
+    finally:
+        await cache.aclose()
+
+
+async def test_an_empty_answer_waited_for_in_another_process_is_reported_with_its_finish_reason(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.set(VENDOR, Scenario(text="Paris", thinking=50))
+    release = fake.hold(VENDOR)
+    async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        holder, peer = await holder_and_peer(
+            one, two, fake, release, monkeypatch, holding={"max_tokens": 20}, max_tokens=20
+        )
+
+    assert [r.results[0].error.code for r in (holder, peer) if r.results[0].error] == ["empty_response"] * 2
+    assert [r.results[0].finish_reason for r in (holder, peer)] == ["length", "length"]
+    assert peer.results[0].usage is None and holder.results[0].usage is not None  # billed once, to the holder
     assert fake.count(VENDOR) == 1
 
 
