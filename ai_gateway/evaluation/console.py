@@ -1,13 +1,15 @@
 """``ai-gateway eval``: the runner behind a progress bar (stderr) and a summary table (stdout).
 
 Exit codes: 0 every query answered (by at least one model), 1 some query got no
-answer at all, 2 bad input (nothing was called), 130 interrupted (finished rows kept).
+answer at all, 2 bad input (nothing was called), 3 the results file could not be written,
+130 interrupted, 143 terminated (SIGTERM), 129 hung up (SIGHUP); finished rows are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import signal
 import sys
@@ -42,7 +44,11 @@ class View(Protocol):
 EXIT_OK, EXIT_UNANSWERED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
 EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_HUNG_UP = 129  # 128 + SIGHUP (1, where there is one), as a shell reports a death by it
 _REFRESH_S = 0.1  # progress fields are re-rendered at most this often
+# Not a terminal (a CI log): a progress line at each tenth of the queries done, and on the first query done this long
+# after the last line. CI runners end a job that writes nothing for ~10 minutes.
+_LOG_EVERY_S = 60.0
 
 
 def run_cli(
@@ -89,7 +95,7 @@ def run_cli(
         )
         return EXIT_BAD_INPUT
     # --no-progress (scripted runs): no bar, and rich (~40 ms of start-up) is never imported.
-    view: View = NO_PROGRESS if args.no_progress else ProgressView(plan.state)
+    view: View = NO_PROGRESS if args.no_progress else progress_view(plan.state)
     # Built before the progress bar shows: a bad provider configuration exits with its message first.
     if args.via == "tool":
         run = functools.partial(_run_tool, build(settings, environ), plan, view)
@@ -98,27 +104,30 @@ def run_cli(
 
         providers = (registry or Registry.from_settings)(settings, environ)
         run = functools.partial(_run_gateway, settings, providers, plan, view)
-    terminated = False
+    stopped_by: int | None = None  # the signal that ended the run at once (SIGTERM, SIGHUP), if one did
     # Decided as asyncio.run decides for its own handler (which replaces it by the time the run starts): a shell
     # that started this in the background ignores SIGINT for it, and Ctrl-C meant for the foreground must not stop it.
     ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Likewise `nohup ai-gateway eval ...` ignores SIGHUP, so that the run outlives its terminal: it keeps doing so.
+    sighup = getattr(signal, "SIGHUP", None)  # none on Windows
+    hang_up = sighup is not None and signal.getsignal(sighup) is signal.SIG_DFL
 
     async def until_signalled() -> EvalSummary:
         """Ctrl-C stops the run in two steps. The first starts no new query and lets those in flight finish:
         providers bill a query that is cut off too, and a resume would pay for it again. The second (or the
         first, when nothing is in flight) cancels them. Either way every line written is kept.
 
-        SIGTERM (a scheduler, a container stopping, whose grace period a slow query could outlast) cancels at
-        once, as a second Ctrl-C does: the answers already written reach the cache before the process ends.
-        Killed outright, a replay would miss the answers whose lines were written but whose cache writes were
-        still under way."""
+        SIGTERM (a scheduler, a container stopping, whose grace period a slow query could outlast) and SIGHUP (the
+        terminal closed, an SSH session dropped) cancel at once, as a second Ctrl-C does: the answers already
+        written reach the cache before the process ends. Killed outright, a replay would miss the answers whose
+        lines were written but whose cache writes were still under way."""
         main = asyncio.current_task()
         assert main is not None
         state = plan.state
 
-        def terminate() -> None:
-            nonlocal terminated
-            terminated = True
+        def terminate(signum: int) -> None:
+            nonlocal stopped_by
+            stopped_by = signum
             main.cancel()
 
         def interrupt() -> None:
@@ -134,7 +143,9 @@ def run_cli(
 
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals (Windows, not the main thread)
-            loop.add_signal_handler(signal.SIGTERM, terminate)
+            loop.add_signal_handler(signal.SIGTERM, terminate, signal.SIGTERM)
+            if hang_up and sighup is not None:
+                loop.add_signal_handler(sighup, terminate, sighup)
             if ctrl_c:
                 loop.add_signal_handler(signal.SIGINT, interrupt)  # in place of asyncio.run's (it cancels at once)
         return await run()
@@ -155,8 +166,14 @@ def run_cli(
         )
         return EXIT_WRITE_FAILED
     except (KeyboardInterrupt, asyncio.CancelledError):
-        _say_stopped(plan, "terminated" if terminated else "interrupted")
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        if stopped_by is None:
+            _say_stopped(plan, "interrupted")
+            return EXIT_INTERRUPTED
+        if stopped_by == signal.SIGTERM:
+            _say_stopped(plan, "terminated")
+            return EXIT_TERMINATED
+        _say_stopped(plan, "hung up (SIGHUP: the terminal closed)")
+        return EXIT_HUNG_UP
     if args.json_summary:
         print(summary.model_dump_json(indent=2))
     else:
@@ -186,11 +203,14 @@ def _unreachable(url: str) -> str | None:
 
 def _say_stopped(plan: Plan, how: str) -> None:
     state = plan.state
-    print(
-        f"ai-gateway eval: {how}; {state.done} of {state.total} queries done and kept in {plan.out} (run the same "
-        "command again to resume)",
-        file=sys.stderr,
-    )
+    # Hung up, stderr may be the terminal that is gone (EIO): the exit code says it all the same.
+    with contextlib.suppress(OSError):
+        print(
+            f"ai-gateway eval: {how}; {state.done} of {state.total} queries done and kept in {plan.out} (run the "
+            "same command again to resume)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _run_gateway(settings: Any, registry: Any, plan: Plan, view: View) -> EvalSummary:
@@ -241,6 +261,11 @@ def lifespan_gateway(server: Any) -> Any:
     return context["gateway"]
 
 
+def progress_view(state: RunState) -> View:
+    """The bar on a terminal; elsewhere (a CI log, a file), a plain line now and then."""
+    return ProgressView(state) if sys.stderr.isatty() else LogView(state)
+
+
 class ProgressView:
     """A rich progress bar on stderr (queries done, rate, elapsed) over a line of running totals:
     cache hits, tokens, cost and cost saved so far (answers with no known price counted, never guessed)."""
@@ -264,8 +289,7 @@ class ProgressView:
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
-            # Not a terminal (a log, CI): the final state only, wide enough for every column.
-            console=Console(stderr=True, width=None if sys.stderr.isatty() else 120),
+            console=Console(stderr=True),
             refresh_per_second=10,
         )
         self.task = self.progress.add_task("eval", total=state.total, completed=state.done, rate="")
@@ -295,7 +319,49 @@ class ProgressView:
     def __exit__(self, *exc: object) -> None:
         if self.started:
             self.update(self.state, force=True)
-            self.progress.stop()
+            # A terminal that hung up (EIO) must not turn the run's end into "cannot write the results file".
+            with contextlib.suppress(OSError):
+                self.progress.stop()
+
+
+class LogView:
+    """Progress where stderr is not a terminal (a CI log, a file): a bar redrawn in place cannot be drawn there, and
+    rich prints only its final state, so a long run left the log silent until it ended (and a CI runner ends a job
+    silent for ~10 minutes). A plain line instead, written as queries finish: at each tenth of them done, and on the
+    first one done ``_LOG_EVERY_S`` after the last line; and the final line when the run ends."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.started = False
+        self._tenth = state.done * 10 // state.total  # resumed: the tenths already done are no news
+        self._written_at = 0.0
+
+    def start(self) -> None:
+        self.started = True
+        self._written_at = time.perf_counter()
+
+    def update(self, state: RunState, force: bool = False) -> None:
+        if not self.started or state.done >= state.total:  # the last query's line is the final one
+            return
+        tenth = state.done * 10 // state.total
+        if tenth > self._tenth or time.perf_counter() - self._written_at >= _LOG_EVERY_S:
+            self._tenth = tenth
+            self._write(progress_line(state))
+
+    def note(self, message: str) -> None:
+        self._write(message)
+
+    def _write(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        self._written_at = time.perf_counter()
+
+    def __enter__(self) -> LogView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            with contextlib.suppress(OSError):  # stderr gone: the results file is what counts
+                self._write(progress_line(self.state))
 
 
 class _NoProgress:
@@ -316,6 +382,16 @@ class _NoProgress:
 
 
 NO_PROGRESS = _NoProgress()
+
+
+def progress_line(state: RunState) -> str:
+    """One line of progress for a log: queries done, the rate, the time taken and the running totals."""
+    rate = f"{state.rate:,.1f}" if state.rate < 10 else f"{state.rate:,.0f}"  # a slow model's 0.4 q/s is not 0
+    elapsed = datetime.timedelta(seconds=int(time.perf_counter() - state.started))
+    return (
+        f"eval {state.done:,}/{state.total:,} queries ({state.done * 100 // state.total}%) · {rate} q/s · {elapsed}"
+        f" · {totals_line(state)}"
+    )
 
 
 def totals_line(state: RunState) -> str:

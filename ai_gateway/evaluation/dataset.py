@@ -7,7 +7,9 @@ naming the file, the line and the field.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,29 +118,57 @@ def load_dataset(path: Path) -> list[Row]:
     except OSError as exc:
         raise EvalInputError(f"{path}: cannot read ({exc.strerror})") from None
     rows: list[Row] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, bool]] = {}  # id -> (the line that has it, whether that line gives it)
     for number, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
-        row = _parse_row(path, number, line)
+        row, id_given = _parse_row(path, number, line)
         key = json.dumps(row.id, ensure_ascii=False)
         if key in seen:
-            raise EvalInputError(f"{path} line {number}: field 'id': {key} repeats the id of line {seen[key]}")
-        seen[key] = number
+            raise EvalInputError(_repeated_id(path, number, id_given, key, *seen[key]))
+        seen[key] = number, id_given
         rows.append(row)
     if not rows:
         raise EvalInputError(f"{path}: no rows (expected one JSON object per line)")
     return rows
 
 
-def _parse_row(path: Path, number: int, line: str) -> Row:
+def _repeated_id(path: Path, number: int, id_given: bool, key: str, first: int, first_given: bool) -> str:
+    """Which line's id is a default (its line number, when the line has no 'id') matters to the fix: a line with
+    no 'id' field cannot be told that its field repeats another's."""
+    if not id_given:
+        return (
+            f"{path} line {number}: no field 'id', so its id is its line number, {key}, which line {first} gives as "
+            f"its 'id'; give line {number} an 'id' of its own (or line {first} another one)"
+        )
+    if not first_given:
+        return (
+            f"{path} line {number}: field 'id': {key} repeats the id of line {first}, which has no field 'id' (its id "
+            f"is its line number); give line {number} another id, or line {first} an 'id' of its own"
+        )
+    return f"{path} line {number}: field 'id': {key} repeats the id of line {first}; give each row an id of its own"
+
+
+def _parse_row(path: Path, number: int, line: str) -> tuple[Row, bool]:
+    """The row, and whether it gives its id (else the id is its line number)."""
     where = f"{path} line {number}"
+    repeated: list[bool] = []
     try:
-        data: Any = json.loads(line, parse_constant=_not_json, parse_float=_written_float)
+        data: Any = json.loads(
+            line,
+            parse_constant=_not_json,
+            parse_float=_written_float,
+            object_pairs_hook=functools.partial(_object, repeated),
+        )
     except ValueError as exc:
         raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise EvalInputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if repeated and (field := _repeated_key(data, "")) is not None:
+        raise EvalInputError(
+            f"{where}: field {field!r} is given twice; JSON readers keep one of the two without a word (Python's the "
+            "last, others the first), so the row means what its reader makes of it: keep the one you mean"
+        )
     prompt, messages = data.get("prompt"), data.get("messages")
     if prompt is None and messages is None:
         raise EvalInputError(
@@ -175,7 +205,14 @@ def _parse_row(path: Path, number: int, line: str) -> Row:
             "own dataset and run"
         )
     meta = {name: value for name, value in data.items() if name not in _ROW_FIELDS}
-    return Row(row_id, number, prompt, turns, expected, system, meta or None)
+    if (huge := _beyond_double(meta, "")) is not None:
+        field, number_text = huge
+        raise EvalInputError(
+            f"{where}: field {field!r} is {number_text}, beyond the range of a double (about 1.8e308): copied to the "
+            f'results line it would read Infinity, which is not JSON; write it as a string ("{number_text}") or '
+            "within that range"
+        )
+    return Row(row_id, number, prompt, turns, expected, system, meta or None), "id" in data
 
 
 _ROW_FIELDS = {"id", "expected", *QUESTION_FIELDS}
@@ -232,6 +269,56 @@ def _written_float(text: str) -> float:
     number = _WrittenFloat(text)
     number.text = text
     return number
+
+
+class _Repeats(dict[str, Any]):
+    """A JSON object that gave ``key`` more than once (``dict`` kept the last)."""
+
+    key: str
+
+
+def _object(repeated: list[bool], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; one with a key given twice is marked, and ``repeated`` says there is one, to name its path."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _Repeats(obj)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    repeated.append(True)
+    return marked
+
+
+def _repeated_key(value: Any, path: str) -> str | None:
+    """The path (``source.tags``, ``messages[0].role``) of the first key given twice, outermost first."""
+    if isinstance(value, _Repeats):
+        return _join(path, value.key)
+    children: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, child in children:
+        if (found := _repeated_key(child, _join(path, name))) is not None:
+            return found
+    return None
+
+
+def _beyond_double(value: Any, path: str) -> tuple[str, str] | None:
+    """The path and text of the first number in ``value`` that a double cannot hold (1e400 reads as inf)."""
+    if isinstance(value, _WrittenFloat):
+        return (path, value.text) if math.isinf(value) else None
+    children: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, child in children:
+        if (found := _beyond_double(child, _join(path, name))) is not None:
+            return found
+    return None
+
+
+def _join(path: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}" if path else name
 
 
 def _not_json(constant: str) -> Any:
@@ -291,9 +378,9 @@ _LINE_START = b'{"id":'  # how every line of a results file begins (runner.make_
 def read_results(path: Path) -> ResultsFile:
     """The finished (id, sample) records of ``path`` (absent: none); of two lines for one, the later.
 
-    A last line without its newline is ours cut off mid-write only if it starts as our lines do; then it is
-    dropped (its query runs again). Anything else there is refused, never cut: the file may be someone's
-    notes, or another dataset, given as ``--out`` by mistake.
+    A last line without its newline is ours cut off mid-write only if it starts as our lines do (or is a start of
+    that, cut shorter); then it is dropped (its query runs again). Anything else there is refused, never cut: the
+    file may be someone's notes, or another dataset, given as ``--out`` by mistake.
     """
     try:
         if not stat.S_ISREG(path.stat().st_mode):
@@ -310,11 +397,14 @@ def read_results(path: Path) -> ResultsFile:
         raise EvalInputError(f"{path}: cannot read the results file ({exc.strerror})", "out") from None
     keep = data.rfind(b"\n") + 1
     unterminated = False
-    if data[keep:].strip() and not data[keep:].startswith(_LINE_START):
+    tail = data[keep:]
+    if tail and _LINE_START.startswith(tail):
+        pass  # cut off within the line's first bytes ('{"i', after a full disk): dropped
+    elif tail.strip() and not tail.startswith(_LINE_START):
         keep, unterminated = len(data), True  # a whole line or not ours: read (and so checked) as the others
-    elif data[keep:].startswith(_LINE_START):
+    elif tail.startswith(_LINE_START):
         try:
-            json.loads(data[keep:])
+            json.loads(tail)
         except ValueError:
             pass  # cut off mid-write: dropped
         else:

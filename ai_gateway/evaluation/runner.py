@@ -238,7 +238,11 @@ class Plan:
 def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -> Plan:
     """Check the options and the results file; find the (row, sample) pairs still to run."""
     config.check()
-    if not out.parent.is_dir():
+    try:
+        out_dir = out.parent.is_dir()
+    except OSError as exc:  # a name over 255 bytes, a directory that may not be searched
+        raise option_error("--out", f"{str(out)!r} is not a usable path ({exc.strerror})") from None
+    if not out_dir:
         raise option_error("--out", f"directory {str(out.parent)!r} does not exist")
     if out.resolve() == dataset.resolve():
         raise option_error("--out", "must not be the dataset itself")
@@ -260,15 +264,24 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
 
 
 def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> None:
-    """Resuming must not mix the answers of two different setups in one file."""
+    """Resuming must not mix the answers of two different setups in one file. The message names the options that
+    differ and both values of each, as for --temperature: "another setup" alone left the user to diff them."""
     models = [r.get("model") for r in record.get("results") or []]
-    if record.get("strategy") != config.strategy or (models and models != list(config.models)):
-        raise option_error(
-            "--out",
-            f"{out} already holds results of another setup (id {json.dumps(record.get('id'))}: "
-            f"strategy {record.get('strategy')}, models {','.join(map(str, models))}); "
-            "rerun with the same --models and --strategy to resume, or choose another --out",
-        )
+    differ: list[tuple[str, str, str]] = []  # (option, the file's value, this run's)
+    if record.get("strategy") != config.strategy:
+        differ.append(("--strategy", str(record.get("strategy")), config.strategy))
+    if models and models != list(config.models):  # a query that failed as a whole records no models
+        differ.append(("--models", ",".join(map(str, models)), ",".join(config.models)))
+    if not differ:
+        return
+    where = f"id {json.dumps(record.get('id'), ensure_ascii=False)}, sample {record.get('sample')}"
+    raise option_error(
+        "--out",
+        f"{out} already holds results of another setup: written with "
+        f"{' and '.join(f'{flag} {was}' for flag, was, _ in differ)} ({where}), this run has "
+        f"{' and '.join(f'{flag} {now}' for flag, _, now in differ)}; rerun with "
+        f"{' '.join(f'{flag} {was}' for flag, was, _ in differ)} to resume, or choose another --out",
+    )
 
 
 def _check_same_sampling(out: Path, record: dict[str, Any], sample: int, config: EvalConfig) -> None:

@@ -100,13 +100,29 @@ def _inside(root: Path, given: str, argument: str) -> Path:
 
     A client of an HTTP deployment is not the server's user: without this, run_eval would read any file the
     server can read and append to any file it can write. Resolving first means ``..`` and links that lead
-    out are refused too.
+    out are refused too. A path no file can have is refused here as well, naming the argument: its errors (a
+    ValueError, a RuntimeError, an OSError) reached the caller as fastmcp's bare "Error calling tool".
     """
-    candidate = root / Path(given).expanduser()
+
+    def unusable(why: str) -> ToolError:
+        return ToolError(f"invalid argument {argument}: {given!r} is not a usable path ({why})", log_level=QUIET)
+
+    if "\0" in given:
+        raise unusable("it holds a NUL byte, which no file name can")
+    try:
+        candidate = root / Path(given).expanduser()
+    except RuntimeError:  # ~name, and the server has no user of that name
+        raise unusable(
+            f"{given.partition('/')[0]} is the home of no user on the server; write the path without ~"
+        ) from None
     if not candidate.resolve().is_relative_to(root):
         raise ToolError(
             f"invalid argument {argument}: {given!r} lies outside the evaluation directory {str(root)!r}; "
             "give a path inside it (or start the server with AI_GATEWAY_EVAL_DIR set to the directory you need)",
             log_level=QUIET,
         )
+    try:  # only inside: what a stat says of a path outside is none of the caller's business
+        candidate.exists()  # raises for what resolve() lets by: a name over 255 bytes, a directory not searchable
+    except OSError as exc:
+        raise unusable(exc.strerror or type(exc).__name__) from None
     return candidate

@@ -8,11 +8,14 @@ Ctrl-C, and an offline replay from a shared (Redis) cache.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
+import termios
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,6 +294,40 @@ async def test_resuming_with_another_setup_is_refused(running: tuple[Client, Any
         await evaluate(gateway, dataset, out, [A, B])
 
 
+async def test_a_resume_of_another_setup_names_the_options_and_both_values(
+    running: tuple[Client, Any], tmp_path: Path
+) -> None:
+    """The message showed the stored setup only: which option differed, and this run's value, were left to find
+    (as for --temperature, it names both)."""
+    _, gateway = running
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "out.jsonl"
+    await evaluate(gateway, dataset, out, [A, B])
+    cases = [
+        (
+            {"models": [B, A]},
+            f'written with --models {A},{B} (id "q1", sample 0), this run has --models {B},{A}; rerun with '
+            f"--models {A},{B} to resume",
+        ),
+        (
+            {"models": [A, B], "strategy": "fastest"},
+            'written with --strategy first_available (id "q1", sample 0), this run has --strategy fastest; rerun '
+            "with --strategy first_available to resume",
+        ),
+        (
+            {"models": [A], "strategy": "consensus"},
+            f'written with --strategy first_available and --models {A},{B} (id "q1", sample 0), this run has '
+            f"--strategy consensus and --models {A}; rerun with --strategy first_available --models {A},{B} to "
+            "resume",
+        ),
+    ]
+    for options, message in cases:
+        with pytest.raises(EvalInputError) as info:
+            await evaluate(gateway, dataset, out, **options)
+        refused = f"--out: {out} already holds results of another setup: {message}, or choose another --out"
+        assert str(info.value) == refused
+
+
 async def test_resuming_with_a_changed_dataset_is_refused(running: tuple[Client, Any], fake: GatedFake,
                                                           tmp_path: Path) -> None:  # fmt: skip
     """A done line answers the question it recorded: if the row with its id now asks another one, the run stops
@@ -420,6 +457,22 @@ def test_an_out_that_is_no_regular_file_is_refused_before_it_is_read(
         f"ai-gateway eval: {out}: not a regular file (a directory, a device or a pipe); the results file is read back "
         "to resume, so --out must be a file (choose another --out)\n"
     )
+
+
+@pytest.mark.parametrize("tail", [b"{", b'{"', b'{"i', b'{"id"'])
+def test_a_write_cut_off_within_its_first_bytes_is_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tail: bytes
+) -> None:
+    """A full disk can cut a line after a byte or three ('{"i'): too short to start as our lines do, it was taken for
+    someone else's file and the rerun refused, where the exit-3 message had said to run the same command again."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(1, 4)])
+    out = tmp_path / "out.jsonl"
+    args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--concurrency", "1")
+    assert run_cli(args, offline_setup, build_server) == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(lines[0] + tail)
+    assert run_cli(args, offline_setup, build_server) == 0, capsys.readouterr().err
+    assert [r["id"] for r in read_records(out)] == [1, 2, 3]
 
 
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
@@ -850,7 +903,24 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
         ('{"prompt": "a", "expected": ["4", "four"]}', "line 2: field 'expected' must be a string (or a number)"),
         ('{"prompt": "a", "id": true}', "line 2: field 'id' must be"),
         ('{"prompt": "a", "id": "  "}', "line 2: field 'id' must be a non-empty string"),
-        ('{"prompt": "a", "id": 1}', "line 2: field 'id': 1 repeats the id of line 1"),
+        (
+            '{"prompt": "a", "id": 1}',
+            "line 2: field 'id': 1 repeats the id of line 1, which has no field 'id' (its id is its line number); "
+            "give line 2 another id, or line 1 an 'id' of its own",
+        ),
+        # Line 3 has no id: its id is its line number, and the message said its "field 'id'" repeated line 2's.
+        (
+            '{"prompt": "a", "id": 3}',
+            "line 3: no field 'id', so its id is its line number, 3, which line 2 gives as its 'id'; give line 3 an "
+            "'id' of its own (or line 2 another one)",
+        ),
+        # A key given twice was resolved without a word (the last won): the row was graded against "5".
+        (
+            '{"prompt": "2+2?", "expected": "4", "expected": "5"}',
+            "line 2: field 'expected' is given twice; JSON readers keep one of the two without a word",
+        ),
+        ('{"messages": [{"role": "user", "content": "a", "content": "b"}]}', "field 'messages[0].content' is given"),
+        ('{"prompt": "a", "source": {"page": 1, "page": 2}}', "line 2: field 'source.page' is given twice"),
         # A lone surrogate (half of an emoji cut off) would fail the run at its cache key or its results line.
         ('{"prompt": "smile \\ud83d please"}', "line 2: field 'prompt' is not valid Unicode (a lone surrogate"),
         ('{"messages": [{"role": "user", "content": "\\udc00"}]}', "line 2: field 'messages[0].content' is not valid"),
@@ -894,6 +964,13 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
         # Python reads NaN; copied into a results line's meta, it would make the line unreadable to other tools.
         ('{"prompt": "a", "score": NaN}', "line 2: not valid JSON (NaN is not a JSON value; write null or a string)"),
         ('{"prompt": "a", "w": -Infinity}', "line 2: not valid JSON (-Infinity is not a JSON value"),
+        # A number past a double's range reads as inf: the results line said Infinity, which no JSON reader takes.
+        (
+            '{"prompt": "a", "score": 1e400}',
+            "line 2: field 'score' is 1e400, beyond the range of a double (about 1.8e308): copied to the results line "
+            'it would read Infinity, which is not JSON; write it as a string ("1e400") or within that range',
+        ),
+        ('{"prompt": "a", "source": {"scores": [0.5, -1E+999]}}', "field 'source.scores[1]' is -1E+999, beyond"),
     ],
 )
 def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
@@ -1125,7 +1202,7 @@ def test_cli_progress_is_shown_on_stderr_unless_turned_off(tmp_path: Path, capsy
     argv = ["eval", str(dataset), "--models", "mock/fixed:4", "--out", str(tmp_path / "o.jsonl")]
 
     assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 0
-    err = capsys.readouterr().err  # not a terminal: the bar's final state only
+    err = capsys.readouterr().err  # not a terminal: plain lines (see the next test)
     assert "2/2" in err and "cache hits 0 · tokens" in err
 
     argv[-1] = str(tmp_path / "quiet.jsonl")
@@ -1137,6 +1214,42 @@ def test_cli_progress_is_shown_on_stderr_unless_turned_off(tmp_path: Path, capsy
     assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 2
     err = capsys.readouterr().err
     assert err.startswith("ai-gateway eval: --models: models[1]: 'nope/model'") and err.count("\n") == 1, err
+
+
+def test_cli_progress_in_a_log_is_written_as_the_run_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where stderr is no terminal (a CI log), rich printed the bar's final state only, when the run ended: a long
+    run left the log silent, and CI runners end a job silent for ~10 minutes. Now a line comes at each tenth of the
+    queries done, with the rate and the totals so far, and the final line when the run ends."""
+    from ai_gateway.evaluation import console
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(1, 21)])
+    seen: list[str] = []  # what stderr got before each results line was written
+    real = runner_module._dumps
+
+    def dumps(record: dict[str, Any]) -> str:
+        seen.append(capsys.readouterr().err)
+        return real(record)
+
+    monkeypatch.setattr(runner_module, "_dumps", dumps)
+    argv = ["eval", str(dataset), "--models", "mock/echo", "--concurrency", "1", "--out", str(tmp_path / "o.jsonl")]
+    assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 0
+    during = "".join(seen).splitlines()
+    assert [line.split(" · ")[0] for line in during] == [f"eval {n}/20 queries ({n * 5}%)" for n in range(2, 20, 2)]
+    line = r"eval {done}/20 queries \({pct}%\) · [\d.,]+ q/s · \d+:\d\d:\d\d · cache hits 0 · tokens \d+ in / \d+ out"
+    line += " · cost "
+    assert re.fullmatch(line.format(done=2, pct=10) + r"\$0 \+ 2 unpriced \(saved \$0\)", during[0]), during[0]
+    final = capsys.readouterr().err.splitlines()
+    assert len(final) == 1 and re.fullmatch(line.format(done=20, pct=100) + r".*20 unpriced.*", final[0]), final
+
+    # A slow run writes a line on the first query done _LOG_EVERY_S after the last line (0 here: every one).
+    monkeypatch.setattr(console, "_LOG_EVERY_S", 0.0)
+    seen.clear()
+    argv[-1] = str(tmp_path / "again.jsonl")
+    assert run_cli(build_parser().parse_args(argv), offline_setup, build_server) == 0
+    during = "".join(seen).splitlines()
+    assert [line.split(" · ")[0] for line in during] == [f"eval {n}/20 queries ({n * 5}%)" for n in range(1, 20)]
 
 
 # ---------------------------------------------------------------------------- the run_eval tool
@@ -1297,6 +1410,35 @@ async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any],
     )
 
 
+async def test_run_eval_names_a_path_no_file_can_have(
+    running: tuple[Client, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NUL byte, a name over 255 bytes or the home of no user raised ValueError, OSError or RuntimeError past the
+    path checks: the caller got fastmcp's bare "Error calling tool 'run_eval'" and the server logged a traceback."""
+    client, _ = running
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows(1))
+    long, nobody = "a" * 300, "~no-such-user-of-ai-gateway"
+    cases = [
+        ("path", "data\0.jsonl", "it holds a NUL byte, which no file name can"),
+        ("path", long, "File name too long"),
+        ("out", f"{long}/o.jsonl", "File name too long"),
+        ("out", f"{nobody}/o.jsonl", f"{nobody} is the home of no user on the server; write the path without ~"),
+    ]
+    for argument, given, why in cases:
+        with pytest.raises(ToolError) as info:
+            await client.call_tool("run_eval", {"path": "data.jsonl", "models": [A], argument: given})
+        assert str(info.value) == f"invalid argument {argument}: {given!r} is not a usable path ({why})"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not (tmp_path / "data.results.jsonl").exists()
+
+    # The CLI: a directory of --out whose name is too long ended in a traceback (exit 1).
+    out = tmp_path / long / "o.jsonl"
+    args = cli_args(str(tmp_path / "data.jsonl"), "--models", "mock/echo", "--out", str(out))
+    assert run_cli(args, offline_setup, build_server) == 2
+    err = capsys.readouterr().err
+    assert err == f"ai-gateway eval: --out: {str(out)!r} is not a usable path (File name too long)\n"
+
+
 async def test_run_eval_tool_reads_and_writes_only_inside_its_directory(
     make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1402,8 +1544,10 @@ async def _stderr_line(proc: asyncio.subprocess.Process, needle: str) -> str:
         ([signal.SIGINT], 130, "interrupted", 8, []),
         ([signal.SIGINT, signal.SIGINT], 130, "interrupted", 6, ["--no-progress"]),
         ([signal.SIGTERM], 143, "terminated", 6, []),
+        # SIGHUP (a terminal closed, an SSH session dropped) killed the run before its cache writes were done.
+        ([signal.SIGHUP], 129, "hung up (SIGHUP: the terminal closed)", 6, ["--no-progress"]),
     ],
-    ids=["ctrl-c", "ctrl-c-twice", "sigterm"],
+    ids=["ctrl-c", "ctrl-c-twice", "sigterm", "sighup"],
 )
 async def test_cli_interrupted_keeps_finished_rows_and_a_rerun_resumes(
     tmp_path: Path, signals: list[signal.Signals], code: int, word: str, kept: int, view: list[str]
@@ -1438,7 +1582,8 @@ async def test_cli_interrupted_keeps_finished_rows_and_a_rerun_resumes(
         assert proc.returncode == code, err
         assert f"{word}; {kept} of 10 queries done and kept in out.jsonl" in err
         assert "Traceback" not in err
-        assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == list(range(1, kept + 1))
+        # Sorted: two queries run at once, and their lines are written as they finish, in either order.
+        assert sorted(r["id"] for r in read_records(tmp_path / "out.jsonl")) == list(range(1, kept + 1))
         assert fake.count() == 8  # six fast rows, and the two slow ones asked before the signal
         # Drained, the run ends with the summary of what it did (stopped at once, with none).
         assert (b"8 of 10 queries answered, 2 not run" in out) == (kept == 8), out.decode()
@@ -1452,6 +1597,51 @@ async def test_cli_interrupted_keeps_finished_rows_and_a_rerun_resumes(
         assert (summary["resumed"], summary["ran"], summary["done"], summary["answered"]) == (kept, 10 - kept, 10, 10)
         records = read_records(tmp_path / "out.jsonl")
         assert sorted(r["id"] for r in records) == list(range(1, 11)) and len(by_key(records)) == 10
+
+
+@pytest.mark.parametrize("view", [[], ["--no-progress"]], ids=["progress-bar", "no-progress"])
+async def test_cli_whose_terminal_closes_keeps_its_lines_and_their_cache_entries(
+    tmp_path: Path, redis_target: RedisTarget, view: list[str]
+) -> None:
+    """The terminal the run writes to closes (an SSH session drops): the kernel sends SIGHUP, which killed the run
+    before the cache writes of the lines already written were done, so a replay missed some of them. Handled as
+    SIGTERM is, and the writes to the terminal that is gone (EIO) do not turn the end into another error."""
+    write_jsonl(tmp_path / "data.jsonl", slow_rows())
+    argv = ["eval", "data.jsonl", "--models", A, "--concurrency", "2", "--out", "out.jsonl", *view]
+
+    def own_terminal() -> None:  # in the child, a session leader (start_new_session): the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    async with PromptGatedFake() as fake:
+        env = subprocess_env(
+            fake.url, AI_GATEWAY_REDIS_URL=redis_target.url, AI_GATEWAY_CACHE_NAMESPACE=redis_target.namespace
+        )
+        terminal, device = os.openpty()
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, *argv, env=env, cwd=tmp_path, stdin=device, stdout=device, stderr=device,
+            start_new_session=True, preexec_fn=own_terminal,
+        )  # fmt: skip
+        os.close(device)
+        loop = asyncio.get_running_loop()
+        os.set_blocking(terminal, False)
+        shown = bytearray()  # read as it comes: a terminal nobody reads fills up, and the run's writes would block
+        loop.add_reader(terminal, lambda: shown.extend(os.read(terminal, 65536)))
+        try:
+            await fake.wait_until(lambda: fake.held == 2, "two slow rows held", timeout=30)
+            loop.remove_reader(terminal)
+            os.close(terminal)  # the terminal closes: the kernel hangs it up, and sends SIGHUP
+            terminal = -1
+            async with asyncio.timeout(30):
+                await proc.wait()
+        finally:
+            if terminal >= 0:
+                loop.remove_reader(terminal)
+                os.close(terminal)
+            fake.gate.set()
+            await stop_process(proc)
+    assert proc.returncode == 129, shown.decode(errors="replace")
+    assert sorted(r["id"] for r in read_records(tmp_path / "out.jsonl")) == [1, 2, 3, 4, 5, 6]
+    assert len([k for k in redis_target.stored_keys() if k.count(b":") == 2]) == 6  # each written line's answer
 
 
 def test_cli_replay_from_a_redis_that_does_not_answer_writes_nothing(
