@@ -88,7 +88,10 @@ async def test_cost_fields_are_in_the_output_schema(client: Client) -> None:
     schema = tool.output_schema
     assert schema is not None
     query_cost = schema["properties"]["cost_usd"]
-    assert query_cost["type"] == ["number", "null"] and "summed over the calls a provider billed" in query_cost["description"]
+    assert (
+        query_cost["type"] == ["number", "null"]
+        and "summed over the calls a provider billed" in query_cost["description"]
+    )
     model_result = schema["properties"]["results"]["items"]["properties"]
     assert model_result["cost_usd"]["type"] == ["number", "null"]
     assert "0 for a cached answer" in model_result["cost_usd"]["description"]
