@@ -391,7 +391,7 @@ class Dispatcher:
         budget = r.budget(target.provider)
         attempts = 0
         last_error: GatewayError | None = None
-        sending: list[int] = []  # the attempt whose request is out, if one is
+        sending = False  # an attempt's request is out
         if resume is not None and resume.error is not None:
             # The model's time and attempts so far are part of it; a closed circuit or a short deadline now is
             # said on its earlier error, by the retry's own checks.
@@ -415,7 +415,7 @@ class Dispatcher:
             return last_error
 
         async def attempt() -> Completion:
-            nonlocal attempts, last_error
+            nonlocal attempts, last_error, sending
             left = deadline.remaining()
             if left < r.policy.min_attempt_s:
                 late = DeadlineExceeded(f"too little of the {deadline.total_s:g}s deadline left for another attempt")
@@ -432,14 +432,14 @@ class Dispatcher:
             attempts += 1  # from here on a request really goes to the provider
             if attempts == 1:
                 budget.record_request()
-            sending.append(attempts)
+            sending = True
             try:
                 return await self._attempt(target, request, deadline, breaker, trial)
             except GatewayError as exc:
                 last_error = exc
                 raise
             finally:
-                sending.pop()
+                sending = False
                 r.limiter.release(target.provider)
 
         try:

@@ -52,7 +52,7 @@ async def serve_stdio(server: FastMCP) -> None:
                 serving.cancel()
 
         loop = asyncio.get_running_loop()
-        handled = []
+        handled: list[signal.Signals] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):  # platforms without loop signal handlers keep Python's
                 loop.add_signal_handler(signum, on_signal, signum)

@@ -11,12 +11,15 @@ import functools
 import json
 import math
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ai_gateway.strategies.voting import normalise
 from ai_gateway.types import broken_character
+
+T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant")
 RowId = str | int
@@ -164,7 +167,7 @@ def _parse_row(path: Path, number: int, line: str) -> tuple[Row, bool]:
         raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise EvalInputError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    if repeated and (field := _repeated_key(data, "")) is not None:
+    if repeated and (field := _first(data, "", _repeated_key)) is not None:
         raise EvalInputError(
             f"{where}: field {field!r} is given twice; JSON readers keep one of the two without a word (Python's the "
             "last, others the first), so the row means what its reader makes of it: keep the one you mean"
@@ -205,7 +208,7 @@ def _parse_row(path: Path, number: int, line: str) -> tuple[Row, bool]:
             "own dataset and run"
         )
     meta = {name: value for name, value in data.items() if name not in _ROW_FIELDS}
-    if (huge := _beyond_double(meta, "")) is not None:
+    if (huge := _first(meta, "", _beyond_double)) is not None:
         field, number_text = huge
         raise EvalInputError(
             f"{where}: field {field!r} is {number_text}, beyond the range of a double (about 1.8e308): copied to the "
@@ -293,26 +296,26 @@ def _object(repeated: list[bool], pairs: list[tuple[str, Any]]) -> dict[str, Any
     return marked
 
 
-def _repeated_key(value: Any, path: str) -> str | None:
-    """The path (``source.tags``, ``messages[0].role``) of the first key given twice, outermost first."""
-    if isinstance(value, _Repeats):
-        return _join(path, value.key)
+def _first(value: Any, path: str, check: Callable[[Any, str], T | None]) -> T | None:
+    """What ``check`` finds first in ``value`` (itself, then what it holds, depth first), given each part's path
+    (``source.tags``, ``messages[0].role``)."""
+    if (found := check(value, path)) is not None:
+        return found
     children: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for name, child in children:
-        if (found := _repeated_key(child, _join(path, name))) is not None:
+        if (found := _first(child, _join(path, name), check)) is not None:
             return found
     return None
+
+
+def _repeated_key(value: Any, path: str) -> str | None:
+    """The path of the key an object gave twice."""
+    return _join(path, value.key) if isinstance(value, _Repeats) else None
 
 
 def _beyond_double(value: Any, path: str) -> tuple[str, str] | None:
-    """The path and text of the first number in ``value`` that a double cannot hold (1e400 reads as inf)."""
-    if isinstance(value, _WrittenFloat):
-        return (path, value.text) if math.isinf(value) else None
-    children: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for name, child in children:
-        if (found := _beyond_double(child, _join(path, name))) is not None:
-            return found
-    return None
+    """The path and text of a number a double cannot hold (1e400 reads as inf)."""
+    return (path, value.text) if isinstance(value, _WrittenFloat) and math.isinf(value) else None
 
 
 def _join(path: str, name: str | int) -> str:
