@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ai_gateway.adapter import Adapter
-from ai_gateway.cache.store import LEASE_TTL_S, CachePolicy, PeerFailure, ResponseCache
+from ai_gateway.cache.store import LEASE_TTL_S, UNSHARED, CachePolicy, PeerFailure, ResponseCache
 from ai_gateway.errors import (
     AuthError,
     CacheMiss,
@@ -287,9 +287,11 @@ class Dispatcher:
                 return Outcome(target, "error", error=error, hedge=hedge)
             if claim and lease is None:  # another gateway process is making this call: wait for it
                 peer = await store.await_peer(key, deadline.remaining(), replacing=policy.mode == "refresh")
-                if peer is not None:
+                if peer is None:  # the holder gave up: whoever claims the call now makes it
+                    _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=_lease_ttl(deadline))
+                elif peer != UNSHARED:
                     return self._from_peer(target, peer, started, hedge)
-                _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=_lease_ttl(deadline))
+                # UNSHARED: its answer could be neither stored nor handed over; every waiter calls at once, unleased
             outcome: Outcome | None = None  # stays None if this caller is cancelled (raise_cancel)
             stop_renewing = store.keep_lease(key, lease) if lease is not None else None
             try:

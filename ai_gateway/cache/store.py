@@ -17,7 +17,9 @@
 - Across processes sharing Redis, the caller that makes the call first takes
   a short lease on the key; the others poll for its answer (or for its error,
   published briefly under a separate key, so they fail alike and nothing is
-  cached) and call the provider themselves only if the lease lapses.
+  cached) and call the provider themselves only if the lease lapses. An answer
+  that may not be stored (too large, a content filter's text, an unknown
+  finish) is handed over the same way, under the error's key, briefly.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ STORABLE = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_
 T = TypeVar("T")
 _FINISH_REASONS = frozenset(str(reason) for reason in FinishReason)
 _LEADER_GONE = object()  # the first caller was cancelled: someone else must make the call
+# What a lease holder tells its waiters when its answer may not be stored and is too large to hand over:
+# each of them calls the provider itself, all at once, where taking the lease in turn made them call one by one.
+UNSHARED = "unshared"
+_UNSHARED_MARKER = json.dumps({UNSHARED: True}).encode()
+# The largest unstored answer handed over to waiting processes (or max_entry_bytes, if larger): a marker lives
+# 5 s, and one SET of this size stays well inside a cache operation's timeout.
+HANDOFF_MAX_BYTES = 1 << 20
 
 
 class Backend(Protocol):
@@ -207,15 +216,22 @@ class ResponseCache:
         """Off the response path: store the answer (if it may be stored), then settle the lease.
 
         With ``replace`` (a refresh), an answer that cannot be stored removes the old entry,
-        so the next read does not serve what the caller asked to refresh.
+        so the next read does not serve what the caller asked to refresh. With a lease, an answer that
+        cannot be stored is handed over to the processes waiting on it (``await_peer``), or if too large,
+        they are told to call themselves: left to find the lease gone, they took it one after another.
         """
         value = None
+        marker = None if failure is None else json.dumps(asdict(failure)).encode()
         if completion is not None:
-            if completion.finish_reason in STORABLE and completion.text.strip():
-                value = encode(completion)
-            if value is None or len(value) > self.max_entry_bytes:
-                value = None
+            storable = completion.finish_reason in STORABLE and bool(completion.text.strip())
+            encoded = encode(completion) if storable or lease is not None else None
+            if storable and encoded is not None and len(encoded) <= self.max_entry_bytes:
+                value = encoded
+            else:
                 self.stats.not_stored += 1
+                if encoded is not None and completion.text.strip():
+                    fits = len(encoded) <= max(HANDOFF_MAX_BYTES, self.max_entry_bytes)
+                    marker = encoded if fits else _UNSHARED_MARKER
         if value is None and replace:
             self._settling.pop(key, None)
             task = asyncio.create_task(self.backend.delete(key), name="cache-drop")
@@ -223,7 +239,7 @@ class ResponseCache:
             task.add_done_callback(self._writes.discard)
         if value is None and lease is None:
             return
-        task = asyncio.create_task(self._store(key, value, lease, failure, replace), name="cache-write")
+        task = asyncio.create_task(self._store(key, value, lease, marker, replace), name="cache-write")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         if value is not None and completion is not None:
@@ -257,16 +273,12 @@ class ResponseCache:
             del self._settling[key]
 
     async def _store(
-        self, key: str, value: bytes | None, lease: str | None, failure: PeerFailure | None, replace: bool
+        self, key: str, value: bytes | None, lease: str | None, marker: bytes | None, replace: bool
     ) -> None:
         try:
             settle = getattr(self.backend, "settle", None)
             if lease is not None and settle is not None:
-                error = None if failure is None else json.dumps(asdict(failure))
-                error_bytes = error and error.encode()
-                await settle(
-                    key, value, self.ttl_s, lease_key(key), lease, error_key(key), error_bytes, replace=replace
-                )
+                await settle(key, value, self.ttl_s, lease_key(key), lease, error_key(key), marker, replace=replace)
                 self.stats.writes += value is not None
                 return
             if value is not None:
@@ -306,8 +318,10 @@ class ResponseCache:
 
     async def await_peer(
         self, key: str, give_up_s: float, *, replacing: bool = False
-    ) -> Completion | PeerFailure | None:
+    ) -> Completion | PeerFailure | Literal["unshared"] | None:
         """Wait for the process holding the lease: its answer, its error, or None when the lease lapsed.
+
+        ``UNSHARED``: its answer may not be stored and was too large to hand over; call the provider, claiming nothing.
 
         ``replacing`` (a refresh): the entry there before the wait is what the caller asked to replace, never
         its answer; only one stored after it is (or the holder's error).
@@ -328,8 +342,13 @@ class ResponseCache:
                     self.stats.hits += 1
                     return completion
                 if failure is not None:
+                    if (handed := decode(failure)) is not None:  # an answer that may not be stored, handed over
+                        self.stats.hits += 1
+                        return handed
                     try:
                         data = json.loads(failure)
+                        if isinstance(data, dict) and data.get(UNSHARED) is True:
+                            return UNSHARED
                         status, retry_after_s = data.get("status"), data.get("retry_after_s")
                         finish_reason = data.get("finish_reason")
                         if not isinstance(finish_reason, str) or finish_reason not in _FINISH_REASONS:

@@ -44,6 +44,8 @@ class CacheFake(GatedFake):
         if custom is None:
             return await super()._answer(request, dialect, model, body, call)
         assert dialect == "openai", "finish_with answers in the OpenAI dialect only"
+        if (gate := self._gates.get(model)) is not None:  # held like any other answer (``hold``)
+            await gate.wait()
         text, reason = custom
         payload = {
             "id": "chatcmpl-custom",

@@ -394,6 +394,86 @@ async def test_an_empty_answer_waited_for_in_another_process_is_reported_with_it
     assert fake.count(VENDOR) == 1
 
 
+UNSTORABLE = {
+    "too large to store": (("Paris, " * 60, "stop"), {"cache_max_entry_bytes": 200}),
+    "a content filter's text": (("I can only say part", "content_filter"), {}),
+    "an unknown finish": (("Paris", "sleepy"), {}),
+}
+
+
+def answers_stored(redis_target: RedisTarget) -> list[bytes]:
+    return [k for k in redis_target.stored_keys() if not (b":lease:" in k or b":error:" in k)]
+
+
+@pytest.mark.parametrize(("answer", "settings"), UNSTORABLE.values(), ids=UNSTORABLE.keys())
+async def test_an_answer_that_may_not_be_stored_is_handed_to_the_process_waiting_on_it(
+    open_gateway: OpenGateway,
+    fake: CacheFake,
+    redis_target: RedisTarget,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: tuple[str, str],
+    settings: dict[str, Any],
+) -> None:
+    """Neither stored nor published, it left each waiting process to find the lease gone and take it in turn:
+    four processes asking at once made four provider calls, one after another. In one process the waiting
+    callers already shared the first one's answer, stored or not."""
+    fake.finish_with(VENDOR, *answer)
+    release = fake.hold(VENDOR)
+    settings = {**redis_target.settings(), **settings}
+    async with open_gateway(**settings) as one, open_gateway(**settings) as two:
+        holder, peer = await holder_and_peer(one, two, fake, release, monkeypatch)
+
+    assert [r.results[0].status for r in (holder, peer)] == ["ok", "ok"]
+    assert peer.answer == holder.answer == answer[0]
+    assert peer.results[0].finish_reason == holder.results[0].finish_reason
+    assert (peer.results[0].cached, peer.results[0].attempts, holder.results[0].cached) == (True, 0, False)
+    assert fake.count(VENDOR) == 1
+    assert answers_stored(redis_target) == []
+
+
+async def test_an_unstored_answer_too_large_to_hand_over_lets_every_waiting_process_call_at_once(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told nothing, a waiting process that looked after another had taken the lease waited on that one's call
+    too, so the processes called one after another. Here gateway three looks only once two is calling."""
+    monkeypatch.setattr(store_module, "HANDOFF_MAX_BYTES", 100)
+    fake.finish_with(VENDOR, "Paris, " * 60, "stop")
+    first = fake.hold(VENDOR)
+    settings = {**redis_target.settings(), "cache_max_entry_bytes": 50}
+    async with (
+        open_gateway(**settings) as one,
+        open_gateway(**settings) as two,
+        open_gateway(**settings) as three,
+    ):
+        waits = [watch_waits(two, monkeypatch), watch_waits(three, monkeypatch)]
+        backend: Any = three.gateway.cache.backend
+        real_peer_state, holder_done, three_may_look = backend.peer_state, asyncio.Event(), asyncio.Event()
+
+        async def peer_state(key: str) -> tuple[bytes | None, bytes | None, bool]:
+            if holder_done.is_set():
+                await three_may_look.wait()
+            return await real_peer_state(key)
+
+        monkeypatch.setattr(backend, "peer_state", peer_state)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peers = [direct(two), direct(three)]
+        await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waits)), 5)  # both found the lease taken
+        second = fake.hold(VENDOR)  # the calls after the holder's are held here
+        holder_done.set()
+        first.set()
+        await fake.wait_for_calls(2, VENDOR)  # gateway two asks the provider
+        three_may_look.set()
+        await fake.wait_for_calls(3, VENDOR)  # and three too, while two's call runs: nobody waits on a lease
+        second.set()
+        results = [await holder, *[await peer for peer in peers]]
+
+    assert [(r.results[0].status, r.results[0].cached) for r in results] == [("ok", False)] * 3
+    assert {r.answer for r in results} == {"Paris, " * 60}
+    assert answers_stored(redis_target) == []
+    assert [k for k in redis_target.stored_keys() if b":lease:" in k] == []
+
+
 async def test_a_lease_lives_a_few_seconds_whatever_the_call_s_deadline(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget
 ) -> None:
