@@ -49,7 +49,7 @@ class ProviderSpec:
     """Where and how to reach one provider; the dialect is ``adapter``.
 
     ``api_key_env`` and ``base_url_env`` list environment variables in order of
-    preference (``GEMINI_API_KEY`` before ``GOOGLE_API_KEY``). ``options`` are
+    preference (``GOOGLE_API_KEY`` before ``GEMINI_API_KEY``, as Google orders them). ``options`` are
     dialect knobs the adapter reads from its config (never secrets).
     """
 
@@ -207,6 +207,25 @@ def _decode(content: bytes) -> Any:
         return content.decode("utf-8", "replace")
 
 
+def _validation_detail(value: Any) -> str | None:
+    """A FastAPI validation error (Mistral, vLLM), bare (``{"detail": [...]}``) or as the message: each item's
+    field and reason ("temperature: Input should be less than or equal to 1.5"), which a bare "HTTP 422" hid.
+    Its ``input`` is left out: it echoes what the caller sent."""
+    if isinstance(value, dict):
+        value = value.get("detail")
+    if isinstance(value, str) and value:
+        return value[:500]
+    if not isinstance(value, list):
+        return None
+    parts = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(reason := item.get("msg"), str):
+            loc = item.get("loc")
+            where = ".".join(str(p) for p in loc if p != "body") if isinstance(loc, list) else ""
+            parts.append(f"{where}: {reason}" if where else reason)
+    return "; ".join(parts)[:500] or None
+
+
 def error_message_from_body(body: Any, status: int) -> str:
     """The vendor's own message if the body has one in a usual place, else the status."""
     if isinstance(body, dict):
@@ -215,6 +234,8 @@ def error_message_from_body(body: Any, status: int) -> str:
             msg = err.get("message") or err.get("msg")
             if isinstance(msg, str) and msg:
                 return msg[:500]
+            if (detail := _validation_detail(msg if isinstance(msg, dict | list) else err.get("detail"))) is not None:
+                return detail
         if isinstance(err, str) and err:
             return err[:500]
     if isinstance(body, str) and body.strip():

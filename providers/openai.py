@@ -39,7 +39,11 @@ FINISH_REASONS: dict[str, FinishReason] = {
 
 # Error ``code``/``type`` values (https://platform.openai.com/docs/guides/error-codes)
 # plus the spellings compatible hosts use for the same situations.
-_QUOTA_TAGS = frozenset({"insufficient_quota", "billing_hard_limit_reached", "insufficient_balance"})
+# OpenAI's billing stops (help.openai.com/6614457): error.type may still say insufficient_quota, or may not.
+_QUOTA_TAGS = frozenset({
+    "insufficient_quota", "billing_hard_limit_reached", "insufficient_balance", "credit_balance_exhausted",
+    "organization_spend_limit_exceeded", "project_spend_limit_exceeded", "organization_usage_limit_exceeded",
+})  # fmt: skip
 _CONTEXT_TAGS = frozenset({"context_length_exceeded"})
 _FILTER_TAGS = frozenset({"content_filter", "content_policy_violation"})
 _AUTH_TAGS = frozenset({"invalid_api_key", "authentication_error"})
@@ -125,8 +129,12 @@ class OpenAIChatAdapter(Adapter):
         # 402 is how OpenRouter and DeepSeek say "out of credits".
         if tags & _QUOTA_TAGS or status == 402:
             return QuotaExhausted(message, status=status)
-        if status == 429 and _TOO_LARGE.search(message):
-            return BadRequest(message, status=status)  # over the per-minute limit by itself: no wait helps
+        if status in (413, 429) and _TOO_LARGE.search(message):
+            # Over the per-minute limit by itself (Groq says so with a 413): no wait helps, and it is not the
+            # model's context window that is too small.
+            return BadRequest(message, status=status)
+        if _moderation_flagged(err):
+            return ContentFiltered(message, status=status)  # OpenRouter's 403: not a key it refuses
         if status == 429:
             if retry_after is None:
                 retry_after = _retry_hint(message)
@@ -151,6 +159,12 @@ def _error_object(body: Any) -> dict[str, Any]:
     if isinstance(err, dict):
         return err
     return body
+
+
+def _moderation_flagged(err: dict[str, Any]) -> bool:
+    """OpenRouter's moderation refusal (a 403, or inside a 200): the input was flagged, with the reasons why."""
+    metadata = err.get("metadata")
+    return isinstance(metadata, dict) and ("reasons" in metadata or "flagged_input" in metadata)
 
 
 def _status_in_body(body: dict[str, Any]) -> int:

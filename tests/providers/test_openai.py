@@ -258,6 +258,89 @@ def test_classify_error(
     assert err.message == inner["message"]
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    ],
+)
+def test_billing_stops_are_quota_exhausted_whatever_the_error_type(code: str) -> None:
+    """OpenAI's spend-limit 429s: retried as rate limits, each model was asked three times for nothing."""
+    body = {"error": {"message": "You have reached your spend limit.", "type": "requests", "code": code}}
+    err = make().classify_error(429, httpx.Headers(), body)
+    assert (type(err), err.retryable) == (QuotaExhausted, False)
+
+
+OPENROUTER_FLAGGED = {
+    "error": {
+        "code": 403,
+        "message": 'openai/gpt-4o requires moderation on OpenRouter. Your input was flagged for "violence".',
+        "metadata": {"reasons": ["violence"], "flagged_input": "how do I ...", "provider_name": "OpenAI"},
+    }
+}
+
+
+def test_an_openrouter_moderation_refusal_is_content_filtered_not_a_bad_key() -> None:
+    err = make().classify_error(403, httpx.Headers(), OPENROUTER_FLAGGED)
+    assert (type(err), err.status, err.message) == (ContentFiltered, 403, OPENROUTER_FLAGGED["error"]["message"])
+    assert "how do I" not in err.message  # the flagged input stays out of the error
+    with pytest.raises(ContentFiltered):
+        make().parse_response(OPENROUTER_FLAGGED, "openai/gpt-4o")  # the same refusal inside a 200
+    plain = make().classify_error(403, httpx.Headers(), {"error": {"message": "Forbidden"}})
+    assert type(plain) is AuthError
+
+
+def test_a_request_over_the_tokens_per_minute_limit_by_itself_is_a_bad_request_on_a_413_too() -> None:
+    """Groq says so with a 413, which read as a context window too small for the prompt."""
+    body = {
+        "error": {
+            "message": "Request too large for model `llama-3.3-70b-versatile` on tokens per minute (TPM): Limit "
+            "12000, Requested 23000, please reduce your message size and try again.",
+            "type": "tokens",
+            "code": "rate_limit_exceeded",
+        }
+    }
+    err = make().classify_error(413, httpx.Headers(), body)
+    assert (type(err), err.retryable) == (BadRequest, False)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(
+            {
+                "object": "error",
+                "message": {
+                    "detail": [
+                        {"type": "extra_forbidden", "loc": ["body", "max_completion_tokens"],
+                         "msg": "Extra inputs are not permitted", "input": 8192},
+                        {"type": "float_type", "loc": ["body", "top_p"], "msg": "Input should be a valid number",
+                         "input": "x"},
+                    ]
+                },
+                "type": "invalid_request_error",
+            },
+            "max_completion_tokens: Extra inputs are not permitted; top_p: Input should be a valid number",
+            id="mistral",
+        ),
+        pytest.param(
+            {"detail": [{"type": "less_than_equal", "loc": ["body", "temperature"],
+                         "msg": "Input should be less than or equal to 1.5", "input": 1.8}]},
+            "temperature: Input should be less than or equal to 1.5",
+            id="bare fastapi",
+        ),
+        pytest.param({"detail": "Not Found"}, "Not Found", id="fastapi string"),
+    ],
+)
+def test_a_validation_error_names_each_field_and_why(body: dict[str, Any], message: str) -> None:
+    """Its detail is a list, not a string: the caller was told only "HTTP 422"."""
+    err = make().classify_error(422, httpx.Headers(), body)
+    assert (type(err), err.message) == (BadRequest, message)
+
+
 def test_classify_error_non_json_body_falls_back_to_status() -> None:
     err = make().classify_error(502, httpx.Headers(), "<html>Bad Gateway</html>")
     assert isinstance(err, UpstreamError)
