@@ -67,10 +67,15 @@ class AnthropicAdapter(Adapter):
         max_tokens = request.max_tokens
         if max_tokens is None:
             max_tokens = int(self.config.options.get("default_max_tokens", 4096))
+        turns = request.alternating_turns()
+        if turns and turns[-1][0] == "assistant":
+            # A conversation that ends with the assistant's words asks Claude to go on from them (a prefill), and
+            # the API refuses such words ending in whitespace ("Sure, the colour is ") with a 400.
+            turns[-1] = ("assistant", turns[-1][1].rstrip())
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,
-            "messages": [{"role": role, "content": text} for role, text in request.alternating_turns()],
+            "messages": [{"role": role, "content": text} for role, text in turns],
         }
         system = request.system_prompt()
         if system is not None:

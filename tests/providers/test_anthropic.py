@@ -98,6 +98,16 @@ def test_build_request_keeps_zero_temperature() -> None:
     assert req.json["temperature"] == 0.0
 
 
+def test_a_closing_assistant_turn_is_sent_without_trailing_whitespace() -> None:
+    """Claude continues a closing assistant turn (a prefill); the API answers 400 "final assistant content cannot
+    end with trailing whitespace" to one that ends in a space or a newline. Earlier assistant turns keep theirs."""
+    messages = (Message("user", "Colour?"), Message("assistant", "Red. \n"), Message("user", "And the sky?"))
+    prefill = ChatRequest(messages=(*messages, Message("assistant", "The sky is \n")))
+    sent = make().build_request(prefill, "m").json["messages"]
+    assert [m["content"] for m in sent] == ["Colour?", "Red. \n", "And the sky?", "The sky is"]
+    assert make().build_request(ChatRequest(messages=messages), "m").json["messages"][-1]["content"] == "And the sky?"
+
+
 # -- parse_response -----------------------------------------------------------------
 
 
