@@ -65,7 +65,9 @@ class Registry:
         load_plugins: bool = True,
         disabled: Iterable[str] = (),
     ) -> None:
-        self._environ = environ
+        # A key pasted with its newline (`$(cat key.txt)`, an .env line with a stray space) made every call fail
+        # in the transport, as an internal error, while `models` said configured. No key or URL has edge spaces.
+        self._environ = {name: value.strip() for name, value in environ.items()}
         self._entries: dict[str, _Entry] = {}
         # Disabled providers stay loadable as dialects for custom hosts, but are hidden and refused.
         self._disabled = disabled_set = set(disabled)

@@ -64,6 +64,26 @@ def test_a_broken_plugin_is_reported_not_fatal(attr: str, reason: str) -> None:
     assert registry.status("mock").configured
 
 
+def test_keys_and_urls_are_read_without_surrounding_whitespace() -> None:
+    """A key pasted with its newline made every call fail in the transport ("internal") while `models` said
+    configured; a variable of only whitespace is not set."""
+    registry = Registry(
+        installed(),
+        environ={"OPENAI_API_KEY": " sk-abc\n", "OPENAI_BASE_URL": "http://h:1/v1 \n", "ANTHROPIC_API_KEY": " \n"},
+    )
+    config = registry.config("openai")
+    assert config.api_key is not None and config.api_key.reveal() == "sk-abc"
+    assert config.base_url == "http://h:1/v1"
+    assert registry.status("anthropic").reason == "ANTHROPIC_API_KEY is not set"
+    assert "sk-abc" in registry.secrets()
+
+
+def test_gemini_takes_google_api_key_first_as_google_does() -> None:
+    registry = Registry(installed(), environ={"GEMINI_API_KEY": "older", "GOOGLE_API_KEY": "newer"})
+    config = registry.config("gemini")
+    assert config.api_key is not None and config.api_key.reveal() == "newer"
+
+
 def test_missing_keys_say_which_variable_to_set() -> None:
     registry = Registry(installed(), environ={"GOOGLE_API_KEY": "g"})
     assert registry.status("openai").reason == "OPENAI_API_KEY is not set"

@@ -242,7 +242,7 @@ def test_row() -> None:
     assert GEMINI.name == "gemini"
     assert GEMINI.adapter is GeminiAdapter
     assert GEMINI.base_url == BASE
-    assert GEMINI.api_key_env == ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    assert GEMINI.api_key_env == ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # Google's order: with both set, GOOGLE_API_KEY
     assert GEMINI.base_url_env == ("GEMINI_BASE_URL",)
     assert "gemini-2.5-flash" in GEMINI.example_models
 
