@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ai_gateway.errors import (
+    BadRequest,
     ConnectFailed,
     GatewayError,
     MalformedResponse,
@@ -167,6 +168,9 @@ class Adapter(ABC):
             raise self._own(ConnectFailed(f"cannot connect to {self.config.name}: {exc}")) from None
         except httpx.HTTPError as exc:
             raise self._own(UpstreamError(f"transport error from {self.config.name}: {type(exc).__name__}")) from None
+        except ValueError:  # the transport refused to send it: a control character in a key or header, say
+            why = "a header or the URL holds a character HTTP does not allow; check its key and base URL"
+            raise self._own(BadRequest(f"the request to {self.config.name} could not be sent: {why}")) from None
         content = response.content
         if not 200 <= response.status_code < 300:
             error = self.classify_error(response.status_code, response.headers, _decode(content))

@@ -149,6 +149,9 @@ class Registry:
             keys = " or ".join(spec.api_key_env) or "an api_key_env variable"
             configured, reason = False, f"{where} holds a user:password@, which is not sent; put the key in {keys}"
             base_url = redact_url(base_url)
+        elif key_var and not _sendable(self._environ[key_var]):
+            # Sent, it failed every call, and a server's error that quoted the header showed the key.
+            configured, reason = False, f"{key_var} holds a control or non-ASCII character; set it to the key alone"
         elif key_var:
             configured, reason = True, f"{key_var} is set"
         elif spec.key_required:
@@ -214,3 +217,8 @@ def _loader(ep: EntryPoint) -> Callable[[], ProviderSpec]:
         return spec
 
     return load
+
+
+def _sendable(key: str) -> bool:
+    """Whether ``key`` can travel in an HTTP header as it is: printable ASCII."""
+    return key.isascii() and key.isprintable()

@@ -357,6 +357,22 @@ async def test_a_cancelled_tool_call_abandons_its_provider_requests(
     assert model_tasks() == []
 
 
+@pytest.mark.parametrize("key", ["sk-good-half\x01bad-half", "sk-good-half\u2019bad-half"], ids=["control", "quote"])
+async def test_a_key_no_http_header_may_carry_leaves_its_provider_unconfigured_and_unsent(
+    fake: GatedFake, environ: dict[str, str], key: str
+) -> None:
+    """A control character inside a key: aiohttp refused the header ("internal: adapter error (ValueError)");
+    httpx sent it, and the server's 400 quoted the header, whose second half no redaction recognised."""
+    server = build_server(Settings(_env_file=None), {**environ, "OPENAI_API_KEY": key})
+    async with Client(server) as client:
+        result = await query(client, prompt=PROMPT, models=["openai/x"])
+
+    text = json.dumps(result.structured_content) + text_of(result)
+    assert "OPENAI_API_KEY holds a control or non-ASCII character; set it to the key alone" in text
+    assert "half" not in text
+    assert fake.count("x") == 0
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_wire_failures_map_to_stable_codes(fake: GatedFake, environ: dict[str, str], transport: str) -> None:
     fake.set("w-empty", Scenario(text="  "))

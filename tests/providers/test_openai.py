@@ -428,6 +428,17 @@ async def test_complete_connect_error(api: respx.MockRouter, client: httpx.Async
     assert KEY not in str(info.value)
 
 
+async def test_a_request_the_transport_refuses_to_send_is_a_bad_request(
+    api: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    """aiohttp refuses a header with a control character (an extra_headers option, say) with a ValueError, which
+    surfaced as an internal error; it is the configuration's, and no retry sends it."""
+    api.post(URL).mock(side_effect=ValueError(f"Forbidden control character detected in headers: {KEY}"))
+    with pytest.raises(BadRequest, match="check its key and base URL") as info:
+        await make().complete(client, REQUEST, "m")
+    assert KEY not in str(info.value) and not info.value.retryable
+
+
 async def test_complete_non_json_200(api: respx.MockRouter, client: httpx.AsyncClient) -> None:
     api.post(URL).respond(200, text="<html>gateway</html>", headers={"content-type": "text/html"})
     with pytest.raises(MalformedResponse, match="text/html"):
