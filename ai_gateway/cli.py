@@ -38,13 +38,15 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     from ai_gateway import logs
     from ai_gateway.environment import load_environ
     from ai_gateway.secrets import credentials_in, environment_credentials
-    from ai_gateway.settings import Settings
+    from ai_gateway.settings import Settings, unknown_settings
 
     try:
         settings = Settings()
     except ValidationError as exc:
         sys.exit(f"ai-gateway: invalid setting: {describe_settings_error(exc)}")
     environ = load_environ()
+    if unknown := unknown_settings(environ):
+        sys.exit(f"ai-gateway: invalid setting: {'; '.join(unknown)}; .env.example lists every setting")
     level = getattr(args, "log_level", None) or settings.log_level
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     secrets = [*environment_credentials(environ), *credentials_in([redis_url])]
@@ -106,6 +108,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         url = f"http://{settings.host}:{settings.port}"
         print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
+        if settings.auth_token is None and not _loopback(settings.host):
+            print(
+                f"ai-gateway: warning: serving on {settings.host} without AI_GATEWAY_AUTH_TOKEN: anyone who can "
+                "reach this port can spend the providers' keys",
+                file=sys.stderr,
+            )
         from ai_gateway.drain import serve_http
 
         serving = serve_http(
@@ -118,6 +126,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Sessions by default: a client on a protocol before 2026-07-28 sends its cancel as a notification in
             # its session; without one, the cancel was dropped and the provider calls ran on, billed.
             stateless_http=settings.stateless_http,
+            # DNS rebinding: a web page whose name resolves to 127.0.0.1 could otherwise call the tools with the
+            # user's keys. fastmcp's guard, off by default, checks Host and Origin on loopback binds, and on every
+            # bind once hosts are listed.
+            host_origin_protection="auto",
+            allowed_hosts=settings.allowed_hosts or None,
+            allowed_origins=settings.allowed_origins or None,
             # Without this uvicorn installs its own handlers (access lines on stdout,
             # no redaction); its records must flow through ours instead.
             uvicorn_config={"log_config": None},
@@ -126,6 +140,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             asyncio.run(serving)
     return 0
 
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 def cmd_query(args: argparse.Namespace) -> int:
     settings, environ = _setup(args)
@@ -343,3 +365,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

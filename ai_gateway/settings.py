@@ -9,6 +9,8 @@ a test keeps the two in sync.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -264,6 +266,17 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HTTP transport: Host header values accepted besides localhost and the bind address "
+        "(comma-separated; '*.example.com' patterns). Set, every request's Host is checked, whatever the bind "
+        "address; unset, only a server bound to a loopback address checks it (DNS-rebinding protection).",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HTTP transport: browser origins trusted besides the server's own and loopback ones "
+        "(comma-separated, e.g. https://app.example.com).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="Log level (stderr).")
     eval_dir: str | None = Field(
         None,
@@ -296,10 +309,21 @@ class Settings(BaseSettings):
             raise ValueError("the port is not a number (percent-encode a ':' or '@' in the password)") from None
         return value
 
-    @field_validator("default_models", "disabled_providers", mode="before")
+    @field_validator("default_models", "disabled_providers", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _auth_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token file mounted with its newline: no client can send one that ends so, and each got a bare 401.
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not (token.isascii() and token.isprintable()):
+            raise ValueError("holds a control or non-ASCII character, which no HTTP header may carry")
+        return SecretStr(token)
 
     @field_validator("model_prices", mode="before")
     @classmethod
@@ -350,3 +374,19 @@ class Settings(BaseSettings):
         if timeout_s is None:
             return self.default_timeout_s
         return min(max(timeout_s, self.min_timeout_s), self.max_timeout_s)
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """The ``AI_GATEWAY_*`` names in ``environ`` that are no setting, each with the nearest one.
+
+    Settings ignore names they do not know, so a typo went unseen: ``AI_GATEWAY_AUTH_TOKN`` served without the
+    token it was meant to require. Names are matched without regard to case, as the settings read them.
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+            problems.append(f"{name} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return problems

@@ -189,9 +189,12 @@ class ServerProcess:
 
 
 async def spawn_http_server(
-    env: Mapping[str, str], cwd: Path, *, stdout: Any = None, stderr: Any = None
+    env: Mapping[str, str], cwd: Path, *, stdout: Any = None, stderr: Any = None, host: str = "127.0.0.1"
 ) -> ServerProcess:
-    """Start (not yet ready) a gateway over HTTP; ``stdout``/``stderr`` (open files) capture its output."""
+    """Start (not yet ready) a gateway over HTTP; ``stdout``/``stderr`` (open files) capture its output.
+
+    Bound to ``host``, reached at 127.0.0.1 (which an all-addresses bind covers too).
+    """
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *CLI,
@@ -199,7 +202,7 @@ async def spawn_http_server(
         "--transport",
         "http",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         env=dict(env),

@@ -68,6 +68,8 @@ RUNS: dict[str, tuple[list[str], dict[str, str]]] = {
     "models": (["models"], {}),
     "unknown": (["query", "hi", "--models", "nope/some-model"], {}),
     "leak": (["query", "hi", "--models", "gemini/l-bad", "--json", "--log-level", "debug"], {}),
+    "typo": (["models"], {"AI_GATEWAY_AUTH_TOKN": "s3cret-typo-value", "ai_gateway_log_levle": "debug"}),
+    "bad-token": (["models"], {"AI_GATEWAY_AUTH_TOKEN": "tok-\x01-typed"}),
 }
 
 
@@ -164,3 +166,22 @@ async def test_all_failed_query_exits_1_and_never_prints_a_key(cli: Runs) -> Non
     for secret in KEYS.values():
         assert secret not in run.out
         assert secret not in run.err
+
+
+async def test_a_misspelt_setting_stops_the_command_naming_the_setting_it_meant(cli: Runs) -> None:
+    """Unknown names were ignored: AI_GATEWAY_AUTH_TOKN served with no token at all, and said nothing."""
+    run = cli["typo"]
+    assert run.code == 1 and run.out == ""
+    assert run.err.strip() == (
+        "ai-gateway: invalid setting: AI_GATEWAY_AUTH_TOKN is not a setting (did you mean AI_GATEWAY_AUTH_TOKEN?); "
+        "ai_gateway_log_levle is not a setting (did you mean AI_GATEWAY_LOG_LEVEL?); "
+        ".env.example lists every setting"
+    )
+    assert "s3cret" not in run.err
+
+
+async def test_an_auth_token_no_http_header_can_carry_is_refused_at_start(cli: Runs) -> None:
+    run = cli["bad-token"]
+    assert run.code == 1
+    assert "AI_GATEWAY_AUTH_TOKEN" in run.err and "control or non-ASCII character" in run.err
+    assert "typed" not in run.err

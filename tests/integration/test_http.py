@@ -41,6 +41,7 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "tok-integration-5f3b2a9c41d8e7"
+NAMED = "gw.example.test"  # the name a reverse proxy forwards the authed gateway's requests under
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -56,14 +57,16 @@ def _fresh_fake(module_fake: GatedFake) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def servers(module_fake: GatedFake, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Servers]:
-    """Three gateways started side by side: plain, with a bearer token, and logging at info into files."""
+    """Three gateways started side by side: plain, with a bearer token (read from a file with its newline, and
+    a host name to accept), and logging at info into files, bound to every address."""
     cwd: Path = tmp_path_factory.mktemp("http-gateway")  # no .env to pick up
     logs = Servers.log_paths(cwd)
     plain = {"env": subprocess_env(module_fake.url), "cwd": cwd}
-    authed = {"env": subprocess_env(module_fake.url, AI_GATEWAY_AUTH_TOKEN=TOKEN), "cwd": cwd}
+    authed_env = subprocess_env(module_fake.url, AI_GATEWAY_AUTH_TOKEN=f"{TOKEN}\n", AI_GATEWAY_ALLOWED_HOSTS=NAMED)
+    authed = {"env": authed_env, "cwd": cwd}
     with logs[0].open("wb") as out, logs[1].open("wb") as err:
         logged_env = subprocess_env(module_fake.url, AI_GATEWAY_LOG_LEVEL="info")
-        logged = {"env": logged_env, "cwd": cwd, "stdout": out, "stderr": err}
+        logged = {"env": logged_env, "cwd": cwd, "stdout": out, "stderr": err, "host": "0.0.0.0"}
         async with http_servers(plain, authed, logged) as (p, a, lg):
             yield Servers(p, a, lg, logs)
 
@@ -286,6 +289,42 @@ async def test_auth_token_is_required_for_mcp_but_not_for_health(servers: Server
         listed = await client.list_tools()
     assert "query_models" in {t.name for t in listed}
     assert module_fake.count() == 1
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+async def initialize(base_url: str, **headers: str) -> int:
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{base_url}/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **headers})
+    return reply.status_code
+
+
+async def test_a_web_page_rebinding_its_name_to_a_loopback_gateway_is_refused(gateway: ServerProcess) -> None:
+    """A page on evil.example whose name resolves to 127.0.0.1 could initialize, call query_models with the
+    user's keys and run_eval in the server's directory: the Host and Origin were never checked."""
+    port = gateway.base_url.rpartition(":")[2]
+    assert await initialize(gateway.base_url, host=f"evil.example:{port}", origin="http://evil.example") == 421
+    assert await initialize(gateway.base_url, origin="http://evil.example") == 403
+    assert await initialize(gateway.base_url, origin=f"http://localhost:{port}") == 200
+    assert await initialize(gateway.base_url) == 200  # a client that is no browser sends no Origin
+
+
+async def test_listed_host_names_are_accepted_and_others_refused(servers: Servers) -> None:
+    auth = f"Bearer {TOKEN}"
+    assert await initialize(servers.authed.base_url, host=NAMED, authorization=auth) == 200
+    assert await initialize(servers.authed.base_url, host="evil.example", authorization=auth) == 421
+
+
+async def test_serving_beyond_loopback_without_a_token_warns_at_start(servers: Servers) -> None:
+    warning = "warning: serving on 0.0.0.0 without AI_GATEWAY_AUTH_TOKEN"
+    assert warning in servers.logs[1].read_text()
 
 
 async def test_client_timeout_cancels_the_provider_requests(gateway: ServerProcess, module_fake: GatedFake) -> None:
