@@ -33,7 +33,9 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     import httpx
 
     limits = httpx.Limits(
-        max_connections=settings.max_connections,
+        # Never fewer connections than the attempts the limiter lets run: those past the pool waited in it for up to
+        # the connect timeout, then failed as provider timeouts and opened every circuit of providers that answered.
+        max_connections=max(settings.max_connections, settings.max_concurrency),
         max_keepalive_connections=settings.max_keepalive_connections,
         keepalive_expiry=settings.keepalive_expiry_s,
     )

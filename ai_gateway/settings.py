@@ -219,7 +219,12 @@ class Settings(BaseSettings):
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP/TLS connect timeout per provider request.")
     read_timeout_s: float = Field(120.0, gt=0, description="Longest silence between two reads of a response.")
-    max_connections: int = Field(200, ge=1, description="Connection pool size across all providers.")
+    max_connections: int = Field(
+        200,
+        ge=1,
+        description="Connection pool size across all providers; never below AI_GATEWAY_MAX_CONCURRENCY (a call the "
+        "limiter admitted must not wait for a connection).",
+    )
     max_keepalive_connections: int = Field(50, ge=0, description="Idle connections kept open for reuse.")
     keepalive_expiry_s: float = Field(30.0, ge=0, description="Seconds an idle connection is kept.")
 

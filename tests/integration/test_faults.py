@@ -499,3 +499,22 @@ async def test_a_shed_call_is_not_a_provider_attempt(gateway: Callable[..., Clie
     assert fake.count("other") == 0
     assert only(shed)["attempts"] == 0
     assert provider(report, "openai")["recent_errors"] == {}
+
+
+# ---------------------------------------------------------------------------- the connection pool
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_every_call_the_limiter_admits_gets_a_connection_at_once(
+    gateway: Callable[..., Client], fake: GatedFake, transport: str
+) -> None:
+    """A pool smaller than the limiter (200 connections for 256 calls, by default) kept the calls past it waiting
+    for a connection up to the connect timeout; they then failed as provider timeouts and opened the circuits of
+    providers that answered every request they got."""
+    names = ["p-1", "p-2", "p-3"]
+    release = fake.hold(*names)
+    async with gateway(max_concurrency=3, max_connections=2, http_transport=transport) as client:
+        calls = [asyncio.create_task(query(client, models=[f"openai/{name}"])) for name in names]
+        await fake.wait_for_calls(3)  # all three reach the provider while the first two are still held
+        release.set()
+        answers = await asyncio.gather(*calls)
+
+    assert [only(a)["status"] for a in answers] == ["ok"] * 3
