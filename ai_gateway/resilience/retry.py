@@ -16,8 +16,8 @@ the first that fails is recorded on the error as ``not_retried``):
    attempt (``min_attempt_s``), and gives up when less than that is left;
 5. the provider's retry budget allows it.
 
-The wait is the provider's Retry-After when it gave one, else full jitter:
-uniform(0, min(backoff_max_s, backoff_base_s × 2^(retry-1))).
+The wait is full jitter, uniform(0, min(backoff_max_s, backoff_base_s × 2^(retry-1))),
+or the provider's Retry-After when that is longer.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ async def call_with_retries(
                 return f"Retry-After {error.retry_after_s:g}s exceeds the {policy.retry_after_cap_s:g}s cap", 0.0, False
             if error.retry_after_s > left:
                 return f"Retry-After {error.retry_after_s:g}s exceeds the time left", 0.0, True
-            wait = error.retry_after_s
+            # Never below the backoff: "Retry-After: 0" from a failing provider made the retries back to back.
+            wait = max(error.retry_after_s, min(policy.backoff(attempt_number), left / 2))
         else:
             if left < policy.min_attempt_s:  # (halving below would approach the deadline forever)
                 return NO_TIME_LEFT, 0.0, True

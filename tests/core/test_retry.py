@@ -76,6 +76,17 @@ async def test_retry_after_is_honoured_exactly() -> None:
     assert clock.sleeps == [2.5]
 
 
+async def test_a_retry_after_shorter_than_the_backoff_waits_the_backoff() -> None:
+    """"Retry-After: 0" on every 503 of a failing provider made the retries back to back, every caller at once."""
+    clock = FakeClock()
+    script = Script(*(Overloaded("busy", status=503, retry_after_s=0.0) for _ in range(2)))
+    policy = RetryPolicy(backoff_base_s=1.0, backoff_max_s=4.0, rng=random.Random(7))
+    assert await run(script, clock=clock, policy=policy) == "ok"
+    expected = random.Random(7)
+    assert clock.sleeps == [expected.uniform(0, 1.0), expected.uniform(0, 2.0)]
+    assert all(wait > 0 for wait in clock.sleeps)
+
+
 @pytest.mark.parametrize(
     "error",
     [
