@@ -153,6 +153,16 @@ class Adapter(ABC):
         """An explanation if ``model`` can never work with this provider, else None."""
         return None
 
+    def canonical_model(self, model: str) -> str:
+        """The one spelling of ``model`` among those the API takes for the same model (Gemini's
+        ``models/gemini-2.5-flash`` is ``gemini-2.5-flash``).
+
+        The core uses it to refuse one model named twice (under consensus it would vote twice and be paid twice),
+        to key the cache and to look up prices; it is also the name ``build_request`` is given. The default: every
+        spelling is its own model.
+        """
+        return model
+
     # -- the one shared I/O step ---------------------------------------------------
 
     async def complete(self, client: httpx.AsyncClient, request: ChatRequest, model: str) -> Completion:

@@ -100,7 +100,7 @@ class ModelTarget:
 
     id: str  # as the caller wrote it: provider/model
     provider: str
-    model: str  # the vendor's model name: everything after the first "/"
+    model: str  # the vendor's model name: everything after the first "/", as the adapter's canonical_model spells it
     adapter: Adapter
     breaker_key: str = ""  # the provider, or provider/model where models fail independently
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+import unicodedata
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, Literal
@@ -139,6 +140,9 @@ class Gateway:
         r = self.resilience
         health = r.health.snapshot()
         providers = sorted(set(health) | set(r.budgets) | set(r.limiter.in_flight))
+        # An adapter scrubs only its own provider's key: a vendor echoing another provider's key (or a custom
+        # host's header) kept it here, while query_models, redacting with every secret, hid it.
+        secrets = self.registry.secrets()
         breakers = [
             BreakerInfo(
                 name=b.name,
@@ -146,7 +150,7 @@ class Gateway:
                 failures=b.failures,
                 seconds_to_probe=b.seconds_to_probe,
                 trial_calls=b.trial_calls,
-                last_error=ErrorInfo(**b.last_error) if b.last_error else None,
+                last_error=_error_info(b.last_error, secrets) if b.last_error else None,
             )
             for b in r.breakers.snapshot()
         ]
@@ -197,24 +201,12 @@ class Gateway:
                 "models", f"at most {self.settings.max_models} models per call (AI_GATEWAY_MAX_MODELS); got {len(ids)}"
             )
         targets: list[ModelTarget] = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # each model, in its adapter's canonical spelling -> where it was first named
         for i, model_id in enumerate(ids):
             field = f"models[{i}]"
-            if model_id in seen:
+            if model_id in ids[:i]:
                 raise InvalidArgument(field, f"{model_id!r} is listed twice; each model may appear once")
-            seen.add(model_id)
-            _check_unicode(field, model_id)
-            if model_id != model_id.strip():
-                raise InvalidArgument(field, f"{model_id!r} has surrounding spaces; write {model_id.strip()!r}")
-            provider, sep, model = model_id.partition("/")
-            if not sep or not provider or not model.strip():
-                raise InvalidArgument(field, f"{model_id!r} is not provider/model (e.g. openai/gpt-4o-mini)")
-            if any(c.isspace() for c in model_id):
-                # No provider names a model with a space or a tab in it: sent as written, it would come back a 404,
-                # which a fallback chain would quietly skip.
-                fixed = "/".join(part.strip() for part in model_id.split("/", 1))
-                hint = f"; did you mean {fixed!r}?" if not any(c.isspace() for c in fixed) else ""
-                raise InvalidArgument(field, f"{model_id!r} has whitespace inside; model ids have none{hint}")
+            provider, model = _split_model_id(field, model_id)
             try:
                 adapter = self._adapter(provider)
             except RegistryError as exc:
@@ -222,8 +214,19 @@ class Gateway:
             problem = adapter.validate_model(model)
             if problem:
                 raise InvalidArgument(field, f"{model_id!r}: {problem}")
+            # Two spellings of one model (gemini/models/x and gemini/x): under consensus it voted twice, and
+            # was paid for twice.
+            canonical = adapter.canonical_model(model)
+            first = seen.setdefault(f"{provider}/{canonical}", i)
+            if first != i:
+                raise InvalidArgument(
+                    field,
+                    f"{model_id!r} is the same model as models[{first}] ({ids[first]!r}); each model may appear once",
+                )
             scope = self.registry.spec(provider).breaker_scope
-            targets.append(ModelTarget(model_id, provider, model, adapter, model_id if scope == "model" else provider))
+            circuit = model_id if scope == "model" else provider
+            # The canonical name is what is sent, keyed in the cache and priced: both spellings share one entry.
+            targets.append(ModelTarget(model_id, provider, canonical, adapter, circuit))
         return targets
 
     def check_temperature(self, targets: Sequence[ModelTarget], temperature: float | None) -> None:
@@ -340,6 +343,42 @@ def build_chat_request(
     return ChatRequest(messages=turns, system=system, temperature=temperature, max_tokens=max_tokens)
 
 
+def _split_model_id(field: str, model_id: str) -> tuple[str, str]:
+    """``provider/model`` as (provider, model), or InvalidArgument saying what is wrong with how it is written."""
+    _check_unicode(field, model_id)
+    if model_id != model_id.strip():
+        raise InvalidArgument(field, f"{model_id!r} has surrounding spaces; write {model_id.strip()!r}")
+    provider, sep, model = model_id.partition("/")
+    if not sep or not provider or not model.strip():
+        raise InvalidArgument(field, f"{model_id!r} is not provider/model (e.g. openai/gpt-4o-mini)")
+    if any(c.isspace() for c in model_id):
+        # No provider names a model with a space or a tab in it: sent as written, it would come back a 404,
+        # which a fallback chain would quietly skip.
+        fixed = "/".join(part.strip() for part in model_id.split("/", 1))
+        hint = f"; did you mean {fixed!r}?" if not any(c.isspace() for c in fixed) else ""
+        raise InvalidArgument(field, f"{model_id!r} has whitespace inside; model ids have none{hint}")
+    if (at := _invisible(model_id)) is not None:
+        # A zero-width space, a BOM or a NUL pasted with the id: unseen in a log or a config file, it was sent to
+        # the provider as written, which answered 404 (or took it for another model).
+        fixed = "".join(c for c in model_id if not _is_invisible(c))
+        hint = f"; did you mean {fixed!r}?" if fixed.partition("/")[2] else ""
+        raise InvalidArgument(
+            field,
+            f"{model_id!r} has an invisible or control character inside (U+{ord(model_id[at]):04X} at position "
+            f"{at}); model ids have none{hint}",
+        )
+    return provider, model
+
+
+def _is_invisible(char: str) -> bool:
+    """A control (Cc: NUL, ESC, ...) or format character (Cf: zero-width space, BOM, bidi marks)."""
+    return unicodedata.category(char) in ("Cc", "Cf")
+
+
+def _invisible(text: str) -> int | None:
+    return next((i for i, char in enumerate(text) if _is_invisible(char)), None)
+
+
 def _check_unicode(field: str, text: str | None) -> None:
     if text is not None and (at := broken_character(text)) is not None:
         raise InvalidArgument(
@@ -411,6 +450,12 @@ def _total_usd(costs: list[float | None]) -> float | None:
     return round(total, USD_DIGITS)
 
 
+def _error_info(error: Mapping[str, Any], secrets: Sequence[str]) -> ErrorInfo:
+    """An error as the gateway shows it (a result, a breaker's last error): its message redacted with every
+    secret the gateway knows, not only those of the provider that raised it."""
+    return ErrorInfo(**{**error, "message": redact(str(error["message"]), secrets)})
+
+
 def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | None = None) -> ModelResult:
     completion, error = outcome.completion, outcome.error
     # An empty answer is an error, but the provider billed it: its usage, cost and finish reason are reported.
@@ -436,7 +481,7 @@ def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | N
         )
         if usage
         else None,
-        error=ErrorInfo(**{**error.to_dict(), "message": redact(error.message, secrets)}) if error else None,
+        error=_error_info(error.to_dict(), secrets) if error else None,
         finish_reason=str(billed.finish_reason) if billed else None,
         provider_model=provider_model,
         attempts=outcome.attempts,

@@ -1,6 +1,11 @@
-"""The MCP prompts (ready-made instructions that lead an agent to ``query_models``) and the check of their arguments."""
+"""The MCP prompts (ready-made instructions that lead an agent to ``query_models``) and the check of their arguments.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here, and each argument's description is its default's ``Field``: fastmcp
+appends "Provide a value matching the following JSON schema ... Encode non-string values as JSON." to the description
+of every prompt argument whose annotation is not the ``str`` object itself. A string annotation (as that import makes
+them) was all a client saw; ``Annotated[str, Field(...)]`` gets the note too, repeating the description, and as a
+string annotation it cannot be resolved when the prompt is rendered.
+"""
 
 import json
 from typing import Any
@@ -8,13 +13,21 @@ from typing import Any
 from fastmcp import FastMCP
 from fastmcp.exceptions import ValidationError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from pydantic import Field
+
+QUESTION = "The question to put to the models, as you would ask it."
+MODELS = (
+    "Comma-separated model ids as provider/model (e.g. 'openai/gpt-4o-mini, gemini/gemini-2.5-flash'). "
+    "Left empty, the prompt names none and the gateway's default models (AI_GATEWAY_DEFAULT_MODELS) apply."
+)
+ANSWER = "The answer to check; the models are asked the question without seeing it."
 
 
 def add_prompts(mcp: FastMCP) -> None:
     mcp.add_middleware(PromptArguments(mcp))
 
     @mcp.prompt
-    def compare_models(question: str, models: str = "") -> str:
+    def compare_models(question: str = Field(description=QUESTION), models: str = Field("", description=MODELS)) -> str:
         """Ask several models the same question and compare their answers."""
         chosen = f" with models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}" if models else ""
         return (
@@ -24,7 +37,7 @@ def add_prompts(mcp: FastMCP) -> None:
         )
 
     @mcp.prompt
-    def second_opinion(question: str, answer: str) -> str:
+    def second_opinion(question: str = Field(description=QUESTION), answer: str = Field(description=ANSWER)) -> str:
         """Check an answer against other models before relying on it."""
         return (
             "Use the query_models tool with strategy='consensus' to ask the question below, without showing the "

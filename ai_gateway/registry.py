@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
-from ai_gateway.secrets import Secret, environment_credentials, has_userinfo, redact_url
+from ai_gateway.secrets import Secret, environment_credentials, has_userinfo, redact_url, userinfo_form
 from ai_gateway.settings import CustomProvider, Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Registry:
                 raise RegistryError(f"custom_providers.{name}: the name is taken by a registered provider; rename it")
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
         self._visible = sorted(name for name in self._entries if name not in disabled_set)
+        self._custom = dict(custom or {})
         self._key_vars = {c.api_key_env for c in (custom or {}).values() if c.api_key_env}
         self._custom_credentials = [v for c in (custom or {}).values() for v in c.credentials()]
         self._secrets: tuple[str, ...] | None = None
@@ -147,7 +148,8 @@ class Registry:
             # URL does. The key belongs in its variable, where it is sent as the dialect sends keys.
             where = base_var or "its base_url"
             keys = " or ".join(spec.api_key_env) or "an api_key_env variable"
-            configured, reason = False, f"{where} holds a user:password@, which is not sent; put the key in {keys}"
+            form = userinfo_form(base_url)
+            configured, reason = False, f"{where} holds a {form}, which is not sent; put the key in {keys}"
             base_url = redact_url(base_url)
         elif key_var and not _sendable(self._environ[key_var]):
             # Sent, it failed every call, and a server's error that quoted the header showed the key.
@@ -192,6 +194,7 @@ class Registry:
 
     def _custom_loader(self, name: str, custom: CustomProvider) -> Callable[[], ProviderSpec]:
         def load() -> ProviderSpec:
+            _refuse_dialect_cycle(name, self._custom)
             dialect = self._load(custom.dialect)
             return ProviderSpec(
                 name=name,
@@ -205,6 +208,20 @@ class Registry:
             )
 
         return load
+
+
+def _refuse_dialect_cycle(name: str, custom: Mapping[str, CustomProvider]) -> None:
+    """Refuse a host whose chain of dialects loops among hosts from settings (one naming itself, two naming each
+    other): loading it recursed to Python's limit, logging the whole chain at every level (megabytes)."""
+    chain = [name]
+    while (dialect := custom[chain[-1]].dialect) in custom:
+        if dialect in chain:
+            path = " -> ".join([*chain, dialect])
+            raise RegistryError(
+                f"AI_GATEWAY_CUSTOM_PROVIDERS: the dialect of {name!r} goes round in a loop ({path}) and never "
+                "reaches a built-in or plugin provider; name one as its dialect"
+            )
+        chain.append(dialect)
 
 
 def _loader(ep: EntryPoint) -> Callable[[], ProviderSpec]:

@@ -23,12 +23,15 @@ REDACTED = "[REDACTED]"
 CREDENTIAL_NAME = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
 # A setting or header named like a credential (an "api-key" header), but not "max_tokens_field": tokens are output.
 _CREDENTIAL_OPTION = re.compile(r"key|token(?!s)|secret|passw|auth|credential|signature|cookie", re.IGNORECASE)
-# The same two places in URLs inside any text (an httpx log line, an error message): user:password@ and
-# ?name=value with a credential's name.
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@/\s]+@")
+# The same two places in URLs inside any text (an httpx log line, an error message): user:password@ (or a bare
+# token@: with no ":", the whole userinfo is the credential, as in https://TOKEN@host) and ?name=value with a
+# credential's name.
+_URL_PASSWORD = re.compile(r"(://(?:[^/\s:@]*:)?)[^@/\s]+@")
 # user:password@ whose password holds a "/" (or "#", "?") that should have been percent-encoded: urlsplit then
-# takes the password for a path, so only this finds it.
-_URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*):(?P<password>[^@\s]*)@", re.IGNORECASE)
+# takes the password for a path, so only this finds it. A userinfo without ":" is a token, all of it secret.
+_URL_USERINFO = re.compile(
+    r"^[a-z][a-z0-9+.\-]*://(?:(?P<user>[^/?#@:\s]*):(?P<password>[^@\s]*)|(?P<token>[^/?#@:\s]+))@", re.IGNORECASE
+)
 # A secret cut off at the end of a truncated message still shows this much of itself.
 _CUT_PREFIX = 6
 _URL_CREDENTIAL = re.compile(
@@ -110,8 +113,8 @@ def credentials_in(value: Any) -> list[str]:
         for item in value:
             found += credentials_in(item)
     elif isinstance(value, str) and "://" in value:
-        if match := _URL_USERINFO.match(value):
-            found.append(match["password"])
+        if (secret := url_password(value)) is not None:
+            found.append(secret)
         query = value.partition("?")[2].partition("#")[0]
         found += [v for name, v in parse_qsl(query, True) if v and CREDENTIAL_NAME.search(name)]
     return [v for v in found if v]
@@ -125,23 +128,39 @@ def environment_credentials(environ: Mapping[str, str]) -> set[str]:
 
 
 def url_password(url: str) -> str | None:
-    """The password of a URL's user:password@, as written (even with a "/" in it, which urlsplit misreads)."""
+    """The password of a URL's user:password@, as written (even with a "/" in it, which urlsplit misreads), or the
+    whole userinfo when it has no ":" (https://TOKEN@host)."""
     match = _URL_USERINFO.match(url)
-    return match["password"] if match else None
+    return match[_secret_group(match)] if match else None
+
+
+def _secret_group(match: re.Match[str]) -> str:
+    """Which group of a :data:`_URL_USERINFO` match holds the secret: the password, else the bare token."""
+    return "password" if match["password"] is not None else "token"
+
+
+def userinfo_form(url: str) -> str:
+    """How a URL's userinfo is written, to name it in a message without showing it: ``token@`` or
+    ``user:password@``."""
+    match = _URL_USERINFO.match(url)
+    return "token@" if match is not None and match["token"] is not None else "user:password@"
 
 
 def has_userinfo(url: str) -> bool:
-    """True when ``url`` carries user:password@ (even with a "/" in the password, which urlsplit misreads)."""
+    """True when ``url`` carries user:password@ or token@ (even with a "/" in the password, which urlsplit
+    misreads)."""
     return url_password(url) is not None or "@" in urlsplit(url).netloc
 
 
 def redact_url(url: str) -> str:
-    """A URL fit to show (a status, a log line): a password before the host and the value of a query parameter
-    named like a credential become ``****``; the rest still tells one endpoint from another."""
+    """A URL fit to show (a status, a log line): a password before the host (or the whole userinfo when it is a
+    bare token) and the value of a query parameter named like a credential become ``****``; the rest still tells
+    one endpoint from another."""
     if "@" not in url and "?" not in url:
         return url
     if (match := _URL_USERINFO.match(url)) is not None:  # before urlsplit, which misreads a "/" in the password
-        url = f"{url[: match.start('password')]}****{url[match.end('password') :]}"
+        group = _secret_group(match)
+        url = f"{url[: match.start(group)]}****{url[match.end(group) :]}"
     parts = urlsplit(url)
     query = urlencode(
         [(name, "****" if CREDENTIAL_NAME.search(name) else value) for name, value in parse_qsl(parts.query, True)],

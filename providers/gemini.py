@@ -72,8 +72,12 @@ _CONTEXT = re.compile(r"input token count.*exceeds the maximum", re.IGNORECASE |
 class GeminiAdapter(Adapter):
     dialect = "gemini"
 
+    def canonical_model(self, model: str) -> str:
+        # The API takes a model's resource name ("models/gemini-2.5-flash") and its bare id alike.
+        return model.removeprefix("models/")
+
     def build_request(self, request: ChatRequest, model: str) -> HttpRequest:
-        name = model.removeprefix("models/")
+        name = self.canonical_model(model)
         url = self.config.url(f"/v1beta/models/{quote(name, safe='')}:generateContent")
         headers = {"content-type": "application/json"}
         if self.config.api_key is not None:

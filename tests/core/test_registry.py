@@ -121,6 +121,46 @@ def test_custom_provider_names_are_checked() -> None:
         Registry(installed(), environ={}, custom={"Bad Name": CustomProvider(base_url="http://x")})
 
 
+@pytest.mark.parametrize(
+    ("custom", "loop"),
+    [
+        ({"aa": CustomProvider(base_url="http://x", dialect="aa")}, "aa -> aa"),
+        (
+            {
+                "aa": CustomProvider(base_url="http://x", dialect="bb"),
+                "bb": CustomProvider(base_url="http://y", dialect="aa"),
+            },
+            "aa -> bb -> aa",
+        ),
+    ],
+    ids=["names itself", "two name each other"],
+)
+def test_a_custom_provider_whose_dialects_loop_fails_to_load_with_one_line(
+    custom: dict[str, CustomProvider], loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loading it recursed to Python's limit and logged one warning per level, each repeating the chain (~5 MB)."""
+    registry = Registry(installed(), environ={}, custom=custom)
+    status = registry.status("aa")
+    assert not status.configured
+    assert status.reason == (
+        f"provider 'aa' failed to load: RegistryError: AI_GATEWAY_CUSTOM_PROVIDERS: the dialect of 'aa' goes round "
+        f"in a loop ({loop}) and never reaches a built-in or plugin provider; name one as its dialect"
+    )
+    with pytest.raises(RegistryError, match="goes round in a loop"):
+        registry.config("aa")
+    assert [r.getMessage() for r in caplog.records] == [status.reason]
+    assert registry.status("openai").source == "built-in"  # the others load as before
+
+
+def test_a_custom_provider_may_take_its_dialect_from_another() -> None:
+    custom = {
+        "edge": CustomProvider(base_url="http://edge/v1", dialect="corp"),
+        "corp": CustomProvider(base_url="https://llm.corp/v1", dialect="anthropic"),
+    }
+    registry = Registry(installed(), environ={}, custom=custom)
+    assert registry.spec("edge").adapter is registry.spec("anthropic").adapter
+
+
 def test_disabled_providers_disappear_but_still_serve_as_a_dialect() -> None:
     settings = Settings(
         _env_file=None,
@@ -173,6 +213,12 @@ def test_secrets_cover_credentials_in_headers_and_base_urls() -> None:
             "openai",
             "OPENAI_BASE_URL holds a user:password@, which is not sent; put the key in OPENAI_API_KEY",
         ),
+        (  # a bare token as the userinfo: it was listed as given
+            {"OPENAI_API_KEY": "sk", "OPENAI_BASE_URL": "https://pa55word@proxy/v1"},
+            {},
+            "openai",
+            "OPENAI_BASE_URL holds a token@, which is not sent; put the key in OPENAI_API_KEY",
+        ),
     ],
 )
 def test_a_base_url_with_a_password_is_refused_with_the_fix(
@@ -182,7 +228,7 @@ def test_a_base_url_with_a_password_is_refused_with_the_fix(
     password. The provider is not configured, says why, and shows its URL redacted."""
     status = Registry(installed(), environ=environ, custom=custom).status(name)
     assert (status.configured, status.reason) == (False, reason)
-    assert status.base_url is not None and "pa55word" not in status.base_url and ":****@" in status.base_url
+    assert status.base_url is not None and "pa55word" not in status.base_url and "****@" in status.base_url
 
 
 def test_only_hosts_from_settings_carry_their_dialect_and_urls_keep_their_query() -> None:

@@ -8,7 +8,15 @@ import logging
 from urllib.parse import quote, quote_plus
 
 from ai_gateway import logs
-from ai_gateway.secrets import REDACTED, Secret, credentials_in, redact, redact_cut, redact_url
+from ai_gateway.secrets import (
+    REDACTED,
+    Secret,
+    credentials_in,
+    environment_credentials,
+    redact,
+    redact_cut,
+    redact_url,
+)
 
 
 def test_secret_hides_itself() -> None:
@@ -83,3 +91,16 @@ def test_credentials_in_settings_are_found_by_their_names() -> None:
     options = {"extra_headers": {"api-key": "azure-secret", "X-Title": "my app"}, "max_tokens_field": "max_tokens"}
     url = "https://llm.corp/v1?api-version=1&api-key=QKEY"
     assert sorted(credentials_in([options, url])) == ["QKEY", "azure-secret"]
+
+
+def test_a_bare_token_before_the_host_is_a_credential_and_hidden() -> None:
+    """https://TOKEN@host has no ":" in its userinfo: only user:password@ was known, so the token was shown as
+    given (list_models, `ai-gateway models`) and was no secret to redact from log lines."""
+    url = "https://tok-SECRETUSERONLY123@api.example/v1"
+    assert redact_url(url) == "https://****@api.example/v1"
+    assert credentials_in(url) == ["tok-SECRETUSERONLY123"]
+    assert environment_credentials({"OPENAI_BASE_URL": url}) == {"tok-SECRETUSERONLY123"}
+    assert redact(f"POST {url}/chat/completions") == f"POST https://{REDACTED}@api.example/v1/chat/completions"
+    # An "@" after the host is part of the path, not a userinfo.
+    assert redact_url("https://api.example/users/@me?page=2") == "https://api.example/users/@me?page=2"
+    assert redact("GET https://api.example/users/@me") == "GET https://api.example/users/@me"

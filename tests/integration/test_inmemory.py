@@ -19,6 +19,7 @@ from fastmcp.client.client import CallToolResult
 from mcp import MCPError
 from mcp.types import INVALID_PARAMS
 
+from ai_gateway.evaluation.console import lifespan_gateway
 from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
 from tests.fake_provider import Scenario
@@ -140,6 +141,34 @@ async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) ->
     second = await client.get_prompt("second_opinion", {"question": "2+2?", "answer": "5"})
     text = second.messages[0].content.text
     assert "Question: 2+2?" in text and "Proposed answer: 5" in text
+
+
+async def test_each_prompt_argument_says_what_to_put_in_it(client: Client) -> None:
+    """Every argument carried fastmcp's boilerplate ("Provide a value matching the following JSON schema"), which
+    told a client nothing, not even that models is a comma-separated list of provider/model ids."""
+    prompts = {p.name: {a.name: a for a in p.arguments or []} for p in await client.list_prompts()}
+    compare, second = prompts["compare_models"], prompts["second_opinion"]
+    assert (compare["question"].required, compare["models"].required) == (True, False)
+    assert "Comma-separated model ids as provider/model" in (compare["models"].description or "")
+    assert "question" in (compare["question"].description or "")
+    assert "answer to check" in (second["answer"].description or "")
+    for argument in (*compare.values(), *second.values()):
+        assert argument.description and "JSON schema" not in argument.description
+
+async def test_a_token_before_the_host_of_a_base_url_is_not_listed(
+    make_server: Callable[..., FastMCP], environ: dict[str, str]
+) -> None:
+    """https://TOKEN@host has no ":" in its userinfo: list_models and gateway://models showed the token as given."""
+    token = "tok-SECRETUSERONLY123"
+    environ["OPENAI_BASE_URL"] = f"https://{token}@api.example/v1"
+    async with Client(make_server()) as client:
+        catalogue = (await client.call_tool("list_models", {})).structured_content
+        (content,) = await client.read_resource("gateway://models")
+
+    openai = next(p for p in catalogue["providers"] if p["provider"] == "openai")
+    assert openai["base_url"] == "https://****@api.example/v1"
+    assert openai["configured"] is False and "token@" in openai["reason"]
+    assert token not in json.dumps(catalogue) and token not in content.text
 
 
 @pytest.mark.parametrize(
@@ -424,6 +453,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("blank model part", {"prompt": "hi", "models": ["openai/gpt-4o-mini", "openai/  "]}, ["models[1]"]),
     ("empty provider part", {"prompt": "hi", "models": ["/gpt-4o-mini"]}, ["models[0]"]),
     ("duplicate model", {"prompt": "hi", "models": ["openai/a", "openai/a"]}, ["models[1]", "twice"]),
+    # Gemini takes a model's resource name for its id: one model, which voted twice under consensus.
+    (
+        "one model under two spellings",
+        {"prompt": "hi", "models": [MODELS["gemini"], "gemini/models/gemini-2.5-flash"]},
+        ["models[1]", f"is the same model as models[0] ({MODELS['gemini']!r}); each model may appear once"],
+    ),
     ("model id with spaces", {"prompt": "hi", "models": ["openai/gpt-4o-mini "]}, ["models[0]", "spaces"]),
     (
         "model id with a space inside",
@@ -431,6 +466,22 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["models[0]", "whitespace inside", "'openai/gpt-4o-mini'"],
     ),
     ("model id with a tab inside", {"prompt": "hi", "models": ["openai/gpt-4o\tmini"]}, ["models[0]", "whitespace"]),
+    # Unseen where the id was pasted from, these were sent to the provider as written.
+    (
+        "model id with a zero-width space",
+        {"prompt": "hi", "models": ["openai/gpt-4o-mini\u200b"]},
+        ["models[0]", "invisible or control character", "U+200B at position 18", "did you mean 'openai/gpt-4o-mini'?"],
+    ),
+    (
+        "model id with a byte order mark",
+        {"prompt": "hi", "models": ["openai/\ufeffgpt-4o-mini"]},
+        ["models[0]", "U+FEFF at position 7", "did you mean 'openai/gpt-4o-mini'?"],
+    ),
+    (
+        "model id with a NUL",
+        {"prompt": "hi", "models": [*OK_MODEL, "openai/gpt-4o-mini\x00"]},
+        ["models[1]", "U+0000", "model ids have none"],
+    ),
     ("too many models", {"prompt": "hi", "models": ["openai/a", "openai/b", "openai/c"]}, ["models", "at most 2"]),
     ("empty model list", {"prompt": "hi", "models": []}, ["models"]),
     ("no models and no default", {"prompt": "hi"}, ["models", "AI_GATEWAY_DEFAULT_MODELS"]),
@@ -500,6 +551,24 @@ async def test_invalid_arguments_name_the_field_and_call_no_provider(
     for needle in needles:
         assert needle in text
     assert fake.count() == 0
+
+
+async def test_both_spellings_of_a_gemini_model_share_one_cache_entry(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    """The cache was keyed by the name as written: asking models/gemini-2.5-flash paid again for an answer
+    already held for gemini-2.5-flash."""
+    fake.set("gemini-2.5-flash", Scenario(text="Paris"))
+    server = make_server()
+    async with Client(server) as client:
+        first = await query(client, prompt=PROMPT, models=[MODELS["gemini"]])
+        await lifespan_gateway(server).cache.flush()  # stored off the response path
+        again = await query(client, prompt=PROMPT, models=["gemini/models/gemini-2.5-flash"])
+
+    assert not first.is_error and not again.is_error
+    (result,) = again.structured_content["results"]
+    assert (result["model"], result["cached"], result["text"]) == ("gemini/models/gemini-2.5-flash", True, "Paris")
+    assert fake.count() == 1
 
 
 # ---------------------------------------------------------------------------- conversations

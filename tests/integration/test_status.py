@@ -19,7 +19,7 @@ import pytest
 from fastmcp import Client, FastMCP
 
 from tests.fake_provider import Scenario
-from tests.integration.conftest import GatedFake, free_port
+from tests.integration.conftest import KEYS, GatedFake, free_port
 from tests.redis_harness import RedisTarget
 
 PROMPT = "What is the capital of France?"
@@ -143,6 +143,26 @@ async def test_an_open_circuit_shows_in_status_resource_and_health(
     assert degraded["status"] == "degraded"
     assert degraded["circuits"] == {"open": ["openai"], "half_open": []}
     assert "openai" in degraded["providers"]["configured"]
+
+
+async def test_a_breakers_last_error_is_shown_without_any_key_the_gateway_knows(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    """Ollama holds no key, so its adapter scrubbed nothing from a 500 that echoed the other providers' keys:
+    query_models redacted them, but gateway_status and gateway://status showed them verbatim."""
+    echoed = " ".join(KEYS.values())
+    fake.set("llama3.2", Scenario.error("server_error", message=f"upstream rejected {echoed}"))
+    async with Client(make_server(**FAST, max_attempts=1)) as client:
+        failed = await query(client, models=["ollama/llama3.2"])
+        report = await tool_status(client)
+        (resource,) = await client.read_resource("gateway://status")
+
+    assert failed.is_error
+    shown = by(report["breakers"], "name")["ollama"]["last_error"]["message"]
+    assert shown == "upstream rejected " + " ".join(["[REDACTED]"] * len(KEYS))
+    assert shown == failed.structured_content["results"][0]["error"]["message"]
+    for key in KEYS.values():
+        assert key not in json.dumps(report) and key not in resource.text
 
 
 # ---------------------------------------------------------------------------- the cache section

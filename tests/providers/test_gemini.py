@@ -90,6 +90,13 @@ def test_build_request_strips_models_prefix_and_omits_unset() -> None:
     assert req.json == {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
 
 
+def test_a_models_resource_name_and_its_bare_id_are_one_model() -> None:
+    """The core refuses one model named twice and keys the cache by this spelling: the API takes both."""
+    adapter = make()
+    assert adapter.canonical_model("models/gemini-2.5-pro") == adapter.canonical_model("gemini-2.5-pro")
+    assert adapter.canonical_model("gemini-2.5-pro") == "gemini-2.5-pro"
+
+
 def test_build_request_only_max_tokens() -> None:
     req = make().build_request(ChatRequest(messages=(Message("user", "Hi"),), max_tokens=10), "gemini-2.5-flash")
     assert req.json["generationConfig"] == {"maxOutputTokens": 10}
