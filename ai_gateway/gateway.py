@@ -192,6 +192,8 @@ class Gateway:
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:
         """Turn model ids into targets, or say exactly which id is wrong and why."""
         ids = list(models) if models else list(self.settings.default_models)
+        # A wrong default is the server's setting, not the caller's argument: the error names what to fix.
+        source = "models" if models else "AI_GATEWAY_DEFAULT_MODELS"
         if not ids:
             raise InvalidArgument(
                 "models", "name at least one model as provider/model (or set AI_GATEWAY_DEFAULT_MODELS)"
@@ -203,7 +205,7 @@ class Gateway:
         targets: list[ModelTarget] = []
         seen: dict[str, int] = {}  # each model, in its adapter's canonical spelling -> where it was first named
         for i, model_id in enumerate(ids):
-            field = f"models[{i}]"
+            field = f"{source}[{i}]"
             if model_id in ids[:i]:
                 raise InvalidArgument(field, f"{model_id!r} is listed twice; each model may appear once")
             provider, model = _split_model_id(field, model_id)
@@ -221,7 +223,7 @@ class Gateway:
             if first != i:
                 raise InvalidArgument(
                     field,
-                    f"{model_id!r} is the same model as models[{first}] ({ids[first]!r}); each model may appear once",
+                    f"{model_id!r} is the same model as {source}[{first}] ({ids[first]!r}); each model may appear once",
                 )
             scope = self.registry.spec(provider).breaker_scope
             circuit = model_id if scope == "model" else provider

@@ -553,6 +553,18 @@ async def test_invalid_arguments_name_the_field_and_call_no_provider(
     assert fake.count() == 0
 
 
+async def test_a_wrong_default_model_is_blamed_on_the_setting_not_on_the_caller(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    """A call naming no models got "invalid argument models[1]", an argument it never sent."""
+    server = make_server(default_models=["openai/gpt-4o-mini", "anthropic claude-haiku-4-5"])
+    async with Client(server) as client:
+        result = await query(client, prompt=PROMPT)
+    assert result.is_error
+    assert "AI_GATEWAY_DEFAULT_MODELS[1]: 'anthropic claude-haiku-4-5' is not provider/model" in text_of(result)
+    assert fake.count() == 0
+
+
 async def test_both_spellings_of_a_gemini_model_share_one_cache_entry(
     make_server: Callable[..., FastMCP], fake: GatedFake
 ) -> None:
