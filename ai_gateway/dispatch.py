@@ -29,6 +29,7 @@ from ai_gateway.errors import (
     Cancelled,
     CircuitOpen,
     ConnectFailed,
+    ContentFiltered,
     DeadlineExceeded,
     EmptyResponse,
     ErrorCode,
@@ -39,6 +40,7 @@ from ai_gateway.errors import (
     ProviderTimeout,
     QuotaExhausted,
     RateLimited,
+    UnusableAnswer,
 )
 from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
@@ -309,8 +311,8 @@ class Dispatcher:
                     failure = None
                     error = outcome.error if outcome is not None and outcome.status == "error" else None
                     if error is not None and not process_specific(error):
-                        empty = error.completion if isinstance(error, EmptyResponse) else None
-                        why = None if empty is None else str(empty.finish_reason)  # its usage stays the holder's
+                        sent = error.completion if isinstance(error, UnusableAnswer) else None
+                        why = None if sent is None else str(sent.finish_reason)  # its usage stays the holder's
                         failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s, why)
                     stored = outcome.completion if outcome is not None and outcome.ok else None
                     # A refresh that got an answer it may not store, or an error about the call, removes the
@@ -358,10 +360,11 @@ class Dispatcher:
         now = self.clock()
         message = f"{peer.message} (from another gateway process)"
         error: GatewayError
-        if peer.code == ErrorCode.EMPTY_RESPONSE and peer.finish_reason is not None:
-            # Why it was empty, as its maker reports it; not its usage: the provider billed that caller once.
+        unusable = _UNUSABLE.get(peer.code)
+        if unusable is not None and peer.finish_reason is not None:
+            # Why it was no answer, as its maker reports it; not its usage: the provider billed that caller once.
             completion = Completion("", FinishReason(peer.finish_reason))
-            error = EmptyResponse(
+            error = unusable(
                 message,
                 provider=target.provider,
                 status=peer.status,
@@ -522,15 +525,23 @@ class Dispatcher:
             breaker.release(trial, result, error)
 
 
+# The unusable answers another process may publish with their finish reason, by code.
+_UNUSABLE: dict[str, type[UnusableAnswer]] = {
+    ErrorCode.EMPTY_RESPONSE: EmptyResponse,
+    ErrorCode.CONTENT_FILTERED: ContentFiltered,
+}
+
+
 def _lease_ttl(deadline: Deadline) -> float:
     """A short lease (renewed while the call runs), never longer than the call may take."""
     return min(max(deadline.remaining(), 0.1), LEASE_TTL_S)
 
 
 def _unbilled(error: GatewayError | None) -> GatewayError | None:
-    """A billed empty answer as a caller that waited for it sees it: the same error and finish reason, without the
-    usage the provider billed once, to the caller that made the call (counted for each, it was counted N times)."""
-    if not isinstance(error, EmptyResponse) or error.completion is None or error.completion.usage is None:
+    """A billed unusable answer (empty, filtered) as a caller that waited for it sees it: the same error and finish
+    reason, without the usage the provider billed once, to the caller that made the call (counted for each, it was
+    counted N times)."""
+    if not isinstance(error, UnusableAnswer) or error.completion is None or error.completion.usage is None:
         return error
     unbilled = copy.copy(error)
     unbilled.completion = replace(error.completion, usage=None)

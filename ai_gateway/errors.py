@@ -14,8 +14,9 @@
     │   └── PermanentError                            no         no
     │       ├── BadRequest            bad_request
     │       ├── ContextLengthExceeded context_length
-    │       ├── ContentFiltered       content_filtered
-    │       ├── EmptyResponse         empty_response
+    │       ├── UnusableAnswer                                      (an answer billed but none: ``completion``)
+    │       │   ├── ContentFiltered   content_filtered
+    │       │   └── EmptyResponse     empty_response
     │       ├── AuthError             auth
     │       ├── NotFound              not_found
     │       └── QuotaExhausted        quota_exhausted              yes
@@ -155,18 +156,23 @@ class ContextLengthExceeded(PermanentError):
     code = ErrorCode.CONTEXT_LENGTH
 
 
-class ContentFiltered(PermanentError):
-    code = ErrorCode.CONTENT_FILTERED
-
-
-class EmptyResponse(PermanentError):
-    code = ErrorCode.EMPTY_RESPONSE
+class UnusableAnswer(PermanentError):
+    """The provider answered, and billed the answer, but it is none: ``completion`` keeps what it did send (its
+    finish reason and the usage billed), so the call's tokens and cost are still reported."""
 
     def __init__(self, message: str, *, completion: Completion | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        # What the provider did send: its finish reason and the usage it billed. A reasoning model given a small
-        # max_tokens spends them all thinking and finishes with "length" before writing any text.
         self.completion = completion
+
+
+class ContentFiltered(UnusableAnswer):
+    code = ErrorCode.CONTENT_FILTERED
+
+
+class EmptyResponse(UnusableAnswer):
+    """No text: a reasoning model given a small max_tokens spends them all thinking and finishes with "length"."""
+
+    code = ErrorCode.EMPTY_RESPONSE
 
 
 class AuthError(PermanentError):

@@ -20,7 +20,7 @@ from ai_gateway.cache.key import answer_prefix
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
-from ai_gateway.errors import EmptyResponse, InvalidArgument
+from ai_gateway.errors import InvalidArgument, UnusableAnswer
 from ai_gateway.http import SharedClient, WarmUp
 from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
@@ -460,8 +460,9 @@ def _error_info(error: Mapping[str, Any], secrets: Sequence[str]) -> ErrorInfo:
 
 def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | None = None) -> ModelResult:
     completion, error = outcome.completion, outcome.error
-    # An empty answer is an error, but the provider billed it: its usage, cost and finish reason are reported.
-    billed = completion if completion is not None else error.completion if isinstance(error, EmptyResponse) else None
+    # An empty or filtered answer is an error, but the provider billed it: its usage, cost and finish reason are
+    # reported.
+    billed = completion if completion is not None else error.completion if isinstance(error, UnusableAnswer) else None
     usage = billed.usage if billed else None
     # Priced here, after the cache: a cached answer's envelope carries its usage, never a cost. Only an answer
     # (status ok) or a billed empty answer has a usage at all.

@@ -98,14 +98,14 @@ class QueryResult(BaseModel):
     latency_ms: float = Field(description="Wall-clock time of the whole call.")
     usage: UsageInfo | None = Field(
         None,
-        description="Tokens summed over the calls a provider billed: its answers, and empty answers it billed all the "
-        "same; cached answers cost nothing and are left out.",
+        description="Tokens summed over the calls a provider billed: its answers, and the empty answers and refusals "
+        "it billed all the same; cached answers cost nothing and are left out.",
     )
     cost_usd: float | None = Field(
         None,
-        description="USD summed over the calls a provider billed: its answers, and empty answers it billed all the "
-        "same (0 when none); null when any of them has no known cost. Calls that failed or were cancelled without "
-        "an answer report no usage and are not counted.",
+        description="USD summed over the calls a provider billed: its answers, and the empty answers and refusals it "
+        "billed all the same (0 when none); null when any of them has no known cost. Calls that failed or were "
+        "cancelled without an answer report no usage and are not counted.",
     )
     cost_saved_usd: float | None = Field(
         None, description="USD the cached answers would have cost (0 when none); null when any of them is unpriced."

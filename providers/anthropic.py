@@ -89,9 +89,7 @@ class AnthropicAdapter(Adapter):
         text = "".join(block["text"] for block in body["content"] if block.get("type") == "text")
         raw_reason = body.get("stop_reason")
         reason = FINISH_REASONS.get(raw_reason, FinishReason.OTHER) if raw_reason else FinishReason.OTHER
-        if reason is FinishReason.CONTENT_FILTER and not text:
-            raise ContentFiltered("the model declined to answer (stop_reason refusal)")
-        return Completion(
+        completion = Completion(
             text=text,
             finish_reason=reason,
             usage=_usage(body.get("usage")),
@@ -99,6 +97,9 @@ class AnthropicAdapter(Adapter):
             raw_finish_reason=raw_reason,
             response_id=body.get("id"),
         )
+        if reason is FinishReason.CONTENT_FILTER and not text:  # billed: its usage goes with the error
+            raise ContentFiltered("the model declined to answer (stop_reason refusal)", completion=completion)
+        return completion
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: Any) -> ProviderError:
         err = body.get("error") if isinstance(body, dict) else None

@@ -103,7 +103,9 @@ class GeminiAdapter(Adapter):
         if not candidates:
             block = (body.get("promptFeedback") or {}).get("blockReason")
             if block:
-                raise ContentFiltered(f"the prompt was blocked (blockReason {block})")
+                usage = _usage(body.get("usageMetadata"))  # the prompt's tokens, as Gemini counts them
+                blocked = Completion("", FinishReason.CONTENT_FILTER, usage=usage, raw_finish_reason=str(block))
+                raise ContentFiltered(f"the prompt was blocked (blockReason {block})", completion=blocked)
             raise MalformedResponse("response has no candidates")
         candidate = candidates[0]
         # A candidate stopped by a safety filter may have no content at all.
@@ -112,9 +114,7 @@ class GeminiAdapter(Adapter):
         text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought"))
         raw_reason = candidate.get("finishReason")
         reason = FINISH_REASONS.get(raw_reason, FinishReason.OTHER) if raw_reason else FinishReason.OTHER
-        if reason is FinishReason.CONTENT_FILTER and not text:
-            raise ContentFiltered(f"the answer was blocked (finishReason {raw_reason})")
-        return Completion(
+        completion = Completion(
             text=text,
             finish_reason=reason,
             usage=_usage(body.get("usageMetadata")),
@@ -122,6 +122,9 @@ class GeminiAdapter(Adapter):
             raw_finish_reason=raw_reason,
             response_id=body.get("responseId"),
         )
+        if reason is FinishReason.CONTENT_FILTER and not text:  # billed: its usage goes with the error
+            raise ContentFiltered(f"the answer was blocked (finishReason {raw_reason})", completion=completion)
+        return completion
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: Any) -> ProviderError:
         # Streaming endpoints wrap the error in a one-element list; accept both.

@@ -104,14 +104,7 @@ class OpenAIChatAdapter(Adapter):
         raw_reason = choice.get("finish_reason")
         reason = FINISH_REASONS.get(raw_reason, FinishReason.OTHER) if raw_reason else FinishReason.OTHER
 
-        if not text and reason is FinishReason.CONTENT_FILTER:
-            raise ContentFiltered("the provider's content filter removed the answer")
-        refusal = message.get("refusal")
-        if not text and isinstance(refusal, str) and refusal:
-            # A structured-output refusal arrives with finish_reason "stop" but no content.
-            raise ContentFiltered(f"the model refused: {refusal[:300]}")
-
-        return Completion(
+        completion = Completion(
             text=text,
             finish_reason=reason,
             usage=_usage(body.get("usage")),
@@ -119,6 +112,14 @@ class OpenAIChatAdapter(Adapter):
             raw_finish_reason=raw_reason,
             response_id=body.get("id"),
         )
+        # Refusals are billed: the completion goes with the error, so its tokens and cost are still reported.
+        if not text and reason is FinishReason.CONTENT_FILTER:
+            raise ContentFiltered("the provider's content filter removed the answer", completion=completion)
+        refusal = message.get("refusal")
+        if not text and isinstance(refusal, str) and refusal:
+            # A structured-output refusal arrives with finish_reason "stop" but no content.
+            raise ContentFiltered(f"the model refused: {refusal[:300]}", completion=completion)
+        return completion
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: Any) -> ProviderError:
         err = _error_object(body)

@@ -200,6 +200,27 @@ async def test_failures_refusals_and_incomplete_answers_are_never_stored(
     assert fake.count(VENDOR) == calls  # "only" called nobody
 
 
+async def test_a_refusal_with_no_text_still_reports_the_tokens_and_cost_it_was_billed(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    """A 200 with finish_reason content_filter, no text and a usage block became content_filtered with no usage:
+    the call's cost read 0.0, though the provider billed its tokens."""
+    fake.finish_with(VENDOR, "", "content_filter")  # the fake bills 3 tokens in, 5 out
+    prices = {MODEL: {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}}
+    async with open_gateway(model_prices=prices) as gw:
+        refused = await gw.ask()
+
+    result = refused.only
+    assert (result["status"], result["error"]["code"], result["finish_reason"]) == (
+        "error",
+        "content_filtered",
+        "content_filter",
+    )
+    assert (result["usage"]["input_tokens"], result["usage"]["output_tokens"]) == (3, 5)
+    assert result["cost_usd"] == pytest.approx((3 * 1000.0 + 5 * 2000.0) / 1e6)
+    assert refused.data["cost_usd"] == pytest.approx(result["cost_usd"])
+
+
 async def test_an_ok_answer_with_a_refusal_finish_is_served_but_not_stored(
     open_gateway: OpenGateway, fake: CacheFake
 ) -> None:

@@ -149,8 +149,10 @@ def test_finish_reasons(raw: str, expected: FinishReason) -> None:
 
 
 def test_parse_refusal_without_text_raises() -> None:
-    with pytest.raises(ContentFiltered, match="refusal"):
+    with pytest.raises(ContentFiltered, match="refusal") as info:
         make().parse_response(load("refusal.json"), "m")
+    billed = info.value.completion  # the refusal was billed: its usage travels with the error
+    assert billed is not None and (billed.usage.input_tokens, billed.usage.output_tokens) == (40, 0)
 
 
 def test_parse_tool_use_only_is_empty_text() -> None:

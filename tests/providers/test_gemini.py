@@ -150,13 +150,17 @@ def test_finish_reasons(raw: str, expected: FinishReason) -> None:
 
 
 def test_parse_prompt_blocked_names_the_reason() -> None:
-    with pytest.raises(ContentFiltered, match="PROHIBITED_CONTENT"):
+    with pytest.raises(ContentFiltered, match="PROHIBITED_CONTENT") as info:
         make().parse_response(load("prompt_blocked.json"), "m")
+    billed = info.value.completion  # the prompt's tokens, as Gemini counted them, travel with the error
+    assert billed is not None and (billed.usage.input_tokens, billed.usage.output_tokens) == (12, 0)
 
 
 def test_parse_candidate_blocked_without_text() -> None:
-    with pytest.raises(ContentFiltered, match="SAFETY"):
+    with pytest.raises(ContentFiltered, match="SAFETY") as info:
         make().parse_response(load("candidate_safety.json"), "m")
+    billed = info.value.completion
+    assert billed is not None and (billed.usage.input_tokens, billed.usage.output_tokens) == (20, 0)
 
 
 def test_parse_no_candidates_and_no_block_is_malformed() -> None:

@@ -167,8 +167,10 @@ def test_parse_no_choices_is_malformed() -> None:
 
 
 def test_parse_content_filter_with_no_text_raises() -> None:
-    with pytest.raises(ContentFiltered):
+    with pytest.raises(ContentFiltered) as info:
         make().parse_response(load("content_filter.json"), "m")
+    billed = info.value.completion  # the refusal was billed: its usage travels with the error
+    assert billed is not None and billed.usage == Usage(25, 0, None, None)
 
 
 def test_parse_content_filter_with_partial_text_is_a_completion() -> None:
@@ -180,8 +182,10 @@ def test_parse_content_filter_with_partial_text_is_a_completion() -> None:
 
 
 def test_parse_refusal_raises_content_filtered() -> None:
-    with pytest.raises(ContentFiltered, match="cannot assist"):
+    with pytest.raises(ContentFiltered, match="cannot assist") as info:
         make().parse_response(load("refusal.json"), "m")
+    billed = info.value.completion
+    assert billed is not None and (billed.usage.input_tokens, billed.usage.output_tokens) == (81, 11)
 
 
 def test_parse_openrouter_error_inside_200_is_classified() -> None:
