@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from ai_gateway.adapter import ProviderConfig, ProviderSpec
-from ai_gateway.secrets import Secret, environment_credentials, has_userinfo, redact_url, userinfo_form
+from ai_gateway.secrets import (
+    Secret,
+    environment_credentials,
+    has_userinfo,
+    redact_url,
+    sendable_in_header,
+    userinfo_form,
+)
 from ai_gateway.settings import CustomProvider, Settings
 
 log = logging.getLogger(__name__)
@@ -151,7 +158,7 @@ class Registry:
             form = userinfo_form(base_url)
             configured, reason = False, f"{where} holds a {form}, which is not sent; put the key in {keys}"
             base_url = redact_url(base_url)
-        elif key_var and not _sendable(self._environ[key_var]):
+        elif key_var and not sendable_in_header(self._environ[key_var]):
             # Sent, it failed every call, and a server's error that quoted the header showed the key.
             configured, reason = False, f"{key_var} holds a control or non-ASCII character; set it to the key alone"
         elif key_var:
@@ -235,7 +242,3 @@ def _loader(ep: EntryPoint) -> Callable[[], ProviderSpec]:
 
     return load
 
-
-def _sendable(key: str) -> bool:
-    """Whether ``key`` can travel in an HTTP header as it is: printable ASCII."""
-    return key.isascii() and key.isprintable()

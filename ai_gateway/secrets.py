@@ -167,3 +167,9 @@ def redact_url(url: str) -> str:
         safe="*",
     )
     return urlunsplit(parts._replace(query=query))
+
+
+def sendable_in_header(secret: str) -> bool:
+    """Whether a key or token can travel in an HTTP header as it is: printable ASCII. A control character failed
+    every call (aiohttp) or was sent and quoted back by the server's error (httpx)."""
+    return secret.isascii() and secret.isprintable()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ai_gateway.secrets import credentials_in, url_password
+from ai_gateway.secrets import credentials_in, sendable_in_header, url_password
 
 ENV_PREFIX = "AI_GATEWAY_"
 # Ten years: past any use, and far inside what Redis accepts as an expiry in milliseconds (an infinite or huge
@@ -326,7 +326,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         token = value.get_secret_value().strip()
-        if not (token.isascii() and token.isprintable()):
+        if not sendable_in_header(token):
             raise ValueError("holds a control or non-ASCII character, which no HTTP header may carry")
         return SecretStr(token)
 
