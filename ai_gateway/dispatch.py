@@ -145,6 +145,7 @@ class Resilience:
     limiter: ConcurrencyLimiter
     health: HealthBoard
     attempt_timeout_s: float
+    slow_call_s: float | None
     budget_settings: tuple[float, int, float]  # ratio, floor, window
     clock: Clock = SYSTEM_CLOCK
     budgets: dict[str, RetryBudget] = field(default_factory=dict)
@@ -170,6 +171,7 @@ class Resilience:
             ),
             health=HealthBoard(),
             attempt_timeout_s=settings.attempt_timeout_s,
+            slow_call_s=settings.slow_call_s,
             budget_settings=(settings.retry_budget_ratio, settings.retry_budget_floor, settings.retry_budget_window_s),
             clock=clock,
         )
@@ -486,6 +488,7 @@ class Dispatcher:
         r = self.resilience
         result: Result = "neutral"
         error: GatewayError | None = None
+        slow: ProviderTimeout | None = None  # a deadline cut that still says the provider is failing
         started = self.clock()
         try:
             budget_s = min(r.attempt_timeout_s, deadline.remaining())
@@ -494,6 +497,7 @@ class Dispatcher:
                     completion = await target.adapter.complete(self.client(), request, target.model)
             except TimeoutError:
                 if deadline.remaining() <= 0:
+                    slow = self._slow_call(target, self.clock() - started)
                     raise DeadlineExceeded(
                         f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
                     ) from None
@@ -508,8 +512,8 @@ class Dispatcher:
             r.health.record(target.provider, target.id, "ok", self.clock() - started)
             return completion
         except GatewayError as exc:
-            error = exc
-            result = "failure" if _trips(exc, target) else "neutral"
+            error = slow or exc
+            result = "failure" if slow or _trips(exc, target) else "neutral"
             r.health.record(target.provider, target.id, str(exc.code), None)
             raise
         except Exception as exc:
@@ -523,6 +527,28 @@ class Dispatcher:
             raise
         finally:
             breaker.release(trial, result, error)
+
+    def _slow_call(self, target: ModelTarget, elapsed_s: float) -> ProviderTimeout | None:
+        """Whether an attempt the caller's deadline cut counts against the model's circuit.
+
+        A cut is the caller's, so on its own it says nothing about the provider; but a provider that takes requests
+        and never answers is only ever cut by deadlines when callers' deadlines are shorter than the attempt
+        timeout, and its circuit would never open. So a cut counts once the attempt has waited ``slow_call_s``,
+        unless the model's own recent answers (p99) took that long: then the caller's deadline was short for this
+        model, and one caller's short deadlines must not open a circuit every caller shares.
+        """
+        threshold = self.resilience.slow_call_s
+        if threshold is None or elapsed_s < threshold:
+            return None
+        usual = self.resilience.health.answer_latency_percentile(target.id, 99)
+        if usual is not None and elapsed_s <= usual:
+            return None
+        return ProviderTimeout(
+            f"no answer after {elapsed_s:.1f}s (slow call: over the {threshold:g}s slow_call_s"
+            + (f" and the model's p99 of {usual:.1f}s" if usual is not None else "")
+            + "); the caller's deadline cut it",
+            provider=target.provider,
+        )
 
 
 # The unusable answers another process may publish with their finish reason, by code.

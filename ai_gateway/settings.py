@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     breaker_half_open_calls: int = Field(
         1, ge=1, description="Trial calls admitted at once while half-open; they must all succeed to close it."
     )
+    slow_call_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="An attempt the caller's deadline cuts after this many seconds with no answer counts as a "
+        "failure against the model's circuit, unless the model's recent answers took as long (off if unset).",
+    )
     max_concurrency: int = Field(256, ge=1, description="Provider calls in flight at once, across all providers.")
     max_concurrency_per_provider: int = Field(64, ge=1, description="Provider calls in flight at once, per provider.")
     queue_wait_s: float = Field(
@@ -289,7 +295,7 @@ class Settings(BaseSettings):
         "there; symbolic links are followed before the check). Unset: the server's working directory.",
     )
 
-    @field_validator("hedge_after_s", "auth_token", "redis_url", "eval_dir", mode="before")
+    @field_validator("hedge_after_s", "slow_call_s", "auth_token", "redis_url", "eval_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".

@@ -60,6 +60,13 @@ class HealthBoard:
             return None
         return percentile(sorted(recent.durations), q)
 
+    def answer_latency_percentile(self, model_id: str, q: float) -> float | None:
+        """The model's recent latency over answers only (None before its first): how long it really takes."""
+        recent = self._models.get(model_id)
+        if recent is None or not recent.latencies:
+            return None
+        return percentile(sorted(recent.latencies), q)
+
     def snapshot(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         for provider, recent in sorted(self._providers.items()):

@@ -451,6 +451,27 @@ async def test_without_hedging_a_hanging_model_is_never_joined(gateway: Callable
     assert fake.count("never") == 0
 
 
+async def test_a_hung_model_cut_only_by_deadlines_opens_its_circuit_and_the_chain_falls_back(
+    gateway: Callable[..., Client], fake: GatedFake
+) -> None:
+    """Callers' deadlines (0.3 s) below the attempt timeout (30 s): every cut was the caller's, the circuit never
+    opened, and every call spent its deadline on the hung model without reaching the backup (a review's
+    reproducer). Cuts past slow_call_s now count, so after breaker_fail_max of them the chain answers."""
+    fake.set("stuck", Scenario(hang=True))
+    async with gateway(slow_call_s=0.1, breaker_fail_max=2) as client:
+        for _ in range(2):
+            cut = await query(client, models=["openai/stuck", "anthropic/backup"], timeout_s=0.3)
+            stuck, backup = results(cut)
+            assert stuck["error"]["code"] == "deadline" and backup["status"] == "skipped"
+        answered = await query(client, models=["openai/stuck", "anthropic/backup"], timeout_s=0.3)
+        report = await status(client)
+    stuck, backup = results(answered)
+    assert stuck["error"]["code"] == "circuit_open" and "slow call" in stuck["error"]["message"]
+    assert backup["status"] == "ok" and answered.structured_content["answer"]
+    assert fake.count("stuck") == 2 and fake.count("backup") == 1
+    assert breaker(report, "openai")["state"] == "open"
+
+
 async def test_hedging_is_refused_for_fastest(gateway: Callable[..., Client], fake: GatedFake) -> None:
     async with gateway() as client:
         result = await query(client, models=["openai/a", "anthropic/b"], strategy="fastest", hedge_after_s=0.05)
