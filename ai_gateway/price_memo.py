@@ -31,6 +31,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LAYOUT = 1  # of the file; a change starts new files (it is part of the build's name)
+# Models remembered per file. Each new one rewrites the file, so callers inventing model ids must not make it (and
+# that write) grow without end; past this, a new model is priced from the table in each process that meets it.
+MAX_REMEMBERED = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,8 @@ class PriceMemo:
 
     def put(self, source: str, model: str, remembered: Remembered) -> None:
         entries = self._load()
+        if model not in entries.get(source, {}) and sum(map(len, entries.values())) >= MAX_REMEMBERED:
+            return
         entries.setdefault(source, {})[model] = {"source": remembered.source, "plans": remembered.plans}
         if self._writable:
             self._write(source, model)

@@ -113,6 +113,11 @@ class Breaker:
             return "half-open"  # pybreaker flips lazily, on the next call; callers see it now
         return raw  # type: ignore[return-value]
 
+    @property
+    def idle(self) -> bool:
+        """Holds nothing worth keeping: closed, no failure counted, no trial running."""
+        return self.state == "closed" and self._cb.fail_counter == 0 and self._trials == 0
+
     def seconds_to_probe(self) -> float:
         opened = self._storage.opened_mono
         if self._cb.current_state != self._open or opened is None:
@@ -175,6 +180,11 @@ class Breaker:
         return error
 
 
+# Circuits kept at once. Per-model circuits are keyed by whatever model ids callers send; past this many, a new
+# one forgets the least recently used circuit that holds nothing (closed, no failures counted, no trial).
+MAX_CIRCUITS = 1024
+
+
 class BreakerBoard:
     """One breaker per provider, or per provider/model where a provider's models fail independently."""
 
@@ -184,10 +194,21 @@ class BreakerBoard:
         self._breakers: dict[str, Breaker] = {}
 
     def get(self, key: str) -> Breaker:
-        breaker = self._breakers.get(key)
+        breaker = self._breakers.pop(key, None)
         if breaker is None:
-            breaker = self._breakers[key] = Breaker(key, clock=self._clock, **self._settings)  # type: ignore[arg-type]
+            if len(self._breakers) >= MAX_CIRCUITS:
+                self._forget_one_idle()
+            breaker = Breaker(key, clock=self._clock, **self._settings)  # type: ignore[arg-type]
+        self._breakers[key] = breaker  # now the most recently used
         return breaker
+
+    def _forget_one_idle(self) -> None:
+        # A circuit with state (open, failures counted, a trial running) is never forgotten: that would reopen a
+        # failing model to traffic. With none idle the board grows, bounded by the models really failing.
+        for key, breaker in self._breakers.items():
+            if breaker.idle:
+                del self._breakers[key]
+                return
 
     def snapshot(self) -> list[BreakerSnapshot]:
         return [self._breakers[key].snapshot() for key in sorted(self._breakers)]

@@ -11,6 +11,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 SAMPLES = 256  # recent outcomes kept per model
+# Models tracked at once (least recently called forgotten first): callers may name any model id, and a caller
+# inventing them must not grow the board, and with it every hedge lookup, without end.
+MAX_MODELS = 1024
 
 
 @dataclass(slots=True)
@@ -36,10 +39,10 @@ class HealthBoard:
 
     def record(self, provider: str, model_id: str, code: str, latency_s: float | None) -> None:
         """One attempt's outcome: ``code`` is "ok" or an error code; latency only for answers."""
-        for key, table in ((model_id, self._models), (provider, self._providers)):
-            recent = table.get(key)
-            if recent is None:
-                recent = table[key] = _Recent()
+        by_provider = self._providers.get(provider)
+        if by_provider is None:
+            by_provider = self._providers[provider] = _Recent()
+        for recent in (self._model(model_id), by_provider):
             recent.calls += 1
             recent.codes.append(code)
             if latency_s is not None:
@@ -48,10 +51,17 @@ class HealthBoard:
 
     def record_cancelled(self, model_id: str, elapsed_s: float) -> None:
         """An attempt cancelled after ``elapsed_s``: a lower bound on its latency, for hedging only."""
-        recent = self._models.get(model_id)
+        self._model(model_id).durations.append(elapsed_s)
+
+    def _model(self, model_id: str) -> _Recent:
+        """The model's entry, now the most recently used; a new one may push out the least recently used."""
+        recent = self._models.pop(model_id, None)
         if recent is None:
-            recent = self._models[model_id] = _Recent()
-        recent.durations.append(elapsed_s)
+            recent = _Recent()
+            if len(self._models) >= MAX_MODELS:
+                del self._models[next(iter(self._models))]
+        self._models[model_id] = recent
+        return recent
 
     def latency_percentile(self, model_id: str, q: float, min_samples: int) -> float | None:
         """The model's recent attempt latency, cancelled attempts counted at their elapsed time."""

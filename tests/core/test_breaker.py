@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from ai_gateway.errors import AuthError, BadRequest, CircuitOpen, RateLimited, UpstreamError
-from ai_gateway.resilience.breaker import Breaker
+from ai_gateway.resilience import breaker as breaker_module
+from ai_gateway.resilience.breaker import Breaker, BreakerBoard
 from tests.core.fakes import FakeClock
 
 BOOM = UpstreamError("boom", status=500, provider="acme")
@@ -156,3 +157,25 @@ def test_a_late_result_after_the_reset_time_does_not_close_it_without_a_trial() 
     assert b.state == "half-open"  # only a trial call may close it
     succeed(b)
     assert b.state == "closed"
+
+
+def test_the_board_forgets_only_idle_circuits_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-model circuits are keyed by the model ids callers send; invented ids grew the board without end."""
+    monkeypatch.setattr(breaker_module, "MAX_CIRCUITS", 3)
+    board = BreakerBoard(fail_max=2, reset_s=30, half_open_calls=1, clock=FakeClock())
+    failing = board.get("p/failing")
+    fail(failing)
+    opened = board.get("p/opened")
+    fail(opened), fail(opened)
+    idle = board.get("p/idle")
+    board.get("p/failing")  # used again: still counting its failure
+    board.get("p/new")
+    assert [b.name for b in board.snapshot()] == ["p/failing", "p/new", "p/opened"]  # the idle one went
+    assert board.get("p/failing") is failing and failing.snapshot().failures == 1
+    assert board.get("p/opened").state == "open"
+    assert board.get("p/idle") is not idle  # a fresh circuit: it held nothing to lose
+
+    fail(board.get("p/new"))
+    fail(board.get("p/idle"))
+    board.get("p/another")  # none idle: nothing with state is forgotten, the board grows
+    assert len(board.snapshot()) == 5

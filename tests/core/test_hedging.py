@@ -10,6 +10,7 @@ import pytest
 
 from ai_gateway.dispatch import Dispatcher, Resilience
 from ai_gateway.errors import UpstreamError
+from ai_gateway.resilience import health as health_module
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.resilience.health import HealthBoard
 from ai_gateway.settings import Settings
@@ -95,6 +96,20 @@ def test_cancelled_attempts_raise_the_hedge_estimate_but_not_the_reported_latenc
         health.record_cancelled("acme/m", 2.0)
     assert health.latency_percentile("acme/m", 95, min_samples=20) == 2.0
     assert health.snapshot()["acme"]["latency_ms"]["p99"] == 40.0  # status shows answers only
+
+
+def test_the_board_keeps_the_most_recently_called_models_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers may name any model id; inventing them grew the board (and each status) without end."""
+    monkeypatch.setattr(health_module, "MAX_MODELS", 2)
+    health = HealthBoard()
+    for model in ("acme/a", "acme/b"):
+        health.record("acme", model, "ok", 0.5)
+    health.record_cancelled("acme/a", 0.7)  # a is used again: b is now the least recent
+    health.record("acme", "acme/c", "ok", 0.9)
+    assert health.answer_latency_percentile("acme/b", 99) is None  # forgotten
+    assert health.latency_percentile("acme/a", 100, min_samples=2) == 0.7
+    assert health.answer_latency_percentile("acme/c", 99) == 0.9
+    assert health.snapshot()["acme"]["attempts"] == 3  # the provider's own record keeps every attempt
 
 
 @pytest.mark.parametrize("delay", [float("nan"), float("inf"), 0.0, -1.0])

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ai_gateway import price_memo, pricing
 from ai_gateway.cli import describe_settings_error
-from ai_gateway.price_memo import PriceMemo, table_build
+from ai_gateway.price_memo import PriceMemo, Remembered, table_build
 from ai_gateway.pricing import Pricing
 from ai_gateway.registry import ENTRY_POINT_GROUP, Registry
 from ai_gateway.settings import CustomProvider, ModelPrice, Settings
@@ -286,6 +286,7 @@ def test_remembered_prices_equal_the_table_s_on_every_model_of_the_built_in_sour
     monkeypatch.setattr(FrozenDatetime, "at", at)
     monkeypatch.setattr(pricing, "datetime", FrozenDatetime)
     monkeypatch.setattr(PriceMemo, "_write", lambda self, source, model: None)
+    monkeypatch.setattr(price_memo, "MAX_REMEMBERED", 10**6)  # every model of the table, not a file's share
     memo = PriceMemo(Path("/nonexistent"))
     expected: dict[tuple[str, str, int], float | None] = {}
     table = Pricing({}, lambda provider: provider, memo)
@@ -323,6 +324,20 @@ def test_a_new_process_prices_from_the_memo_file_without_loading_the_table(
     assert not Pricing(prices(**{"openai/*": {"input_per_mtok": 1, "output_per_mtok": 1}}), SOURCES.get).needs_table(
         [("openai", "gpt-4o")]
     )  # an override needs no table
+
+
+def test_the_memo_file_stops_growing_at_its_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller inventing model ids rewrote an ever larger file on each new one (a review: 3,000 ids)."""
+    monkeypatch.setattr(price_memo, "MAX_REMEMBERED", 2)
+    table = Pricing({}, SOURCES.get, PriceMemo(tmp_path))
+    for model in ("invented-1", "invented-2", "invented-3"):
+        assert table.cost("openai", model, USAGES[0]) is None
+    (path,) = tmp_path.iterdir()
+    assert sorted(json.loads(path.read_text())["entries"]["openai"]) == ["invented-1", "invented-2"]
+    memo = PriceMemo(tmp_path)
+    memo.put("openai", "invented-2", Remembered("replaced", None))  # one already remembered is still updated
+    assert memo.get("openai", "invented-2") == Remembered("replaced", None)
+    assert PriceMemo(tmp_path).get("openai", "invented-2") == Remembered("replaced", None)
 
 
 def test_a_new_table_build_or_a_foreign_memo_file_is_not_trusted(
