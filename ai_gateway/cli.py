@@ -17,7 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ai_gateway import __version__
 
@@ -29,6 +29,12 @@ def _prepare_environment() -> None:
     os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
     os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
     os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
+
+
+def refuse(message: str) -> NoReturn:
+    """Stop on bad configuration with exit status 2, like a bad argument: 1 means no model answered."""
+    print(f"ai-gateway: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
@@ -43,10 +49,10 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     try:
         settings = Settings()
     except ValidationError as exc:
-        sys.exit(f"ai-gateway: invalid setting: {describe_settings_error(exc)}")
+        refuse(f"invalid setting: {describe_settings_error(exc)}")
     environ = load_environ()
     if unknown := unknown_settings(environ):
-        sys.exit(f"ai-gateway: invalid setting: {'; '.join(unknown)}; .env.example lists every setting")
+        refuse(f"invalid setting: {'; '.join(unknown)}; .env.example lists every setting")
     level = getattr(args, "log_level", None) or settings.log_level
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     secrets = [*environment_credentials(environ), *credentials_in([redis_url])]
@@ -76,7 +82,7 @@ def _build(settings: Any, environ: dict[str, str]) -> Any:
     try:
         return build_server(settings, environ)
     except RegistryError as exc:
-        sys.exit(f"ai-gateway: {exc}")
+        refuse(str(exc))
 
 
 def _registry(settings: Any, environ: dict[str, str]) -> Any:
@@ -86,7 +92,7 @@ def _registry(settings: Any, environ: dict[str, str]) -> Any:
     try:
         return Registry.from_settings(settings, environ)
     except RegistryError as exc:
-        sys.exit(f"ai-gateway: {exc}")
+        refuse(str(exc))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

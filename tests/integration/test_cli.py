@@ -70,6 +70,14 @@ RUNS: dict[str, tuple[list[str], dict[str, str]]] = {
     "leak": (["query", "hi", "--models", "gemini/l-bad", "--json", "--log-level", "debug"], {}),
     "typo": (["models"], {"AI_GATEWAY_AUTH_TOKN": "s3cret-typo-value", "ai_gateway_log_levle": "debug"}),
     "bad-token": (["models"], {"AI_GATEWAY_AUTH_TOKEN": "tok-\x01-typed"}),
+    "clash": (
+        ["query", "hi", "--models", "openai/c-never"],
+        {"AI_GATEWAY_CUSTOM_PROVIDERS": '{"openai": {"base_url": "http://127.0.0.1:9/v1"}}'},
+    ),
+    "eval-setting": (
+        ["eval", "data.jsonl", "--models", "openai/e-never", "--out", "out.jsonl"],
+        {"AI_GATEWAY_MAX_MODELS": "100"},
+    ),
 }
 
 
@@ -86,6 +94,7 @@ async def cli(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runs]:
         for name in RUNS:
             cwds[name] = tmp_path_factory.mktemp(f"cli-{name}")  # an empty directory: no .env
         (cwds["models"] / ".env").write_text(DOTENV)
+        (cwds["eval-setting"] / "data.jsonl").write_text('{"prompt": "hi"}\n')
         results = await asyncio.gather(
             *(
                 run_cli(*args, env=subprocess_env(fake.url, **extra), cwd=cwds[name])
@@ -171,7 +180,7 @@ async def test_all_failed_query_exits_1_and_never_prints_a_key(cli: Runs) -> Non
 async def test_a_misspelt_setting_stops_the_command_naming_the_setting_it_meant(cli: Runs) -> None:
     """Unknown names were ignored: AI_GATEWAY_AUTH_TOKN served with no token at all, and said nothing."""
     run = cli["typo"]
-    assert run.code == 1 and run.out == ""
+    assert run.code == 2 and run.out == ""
     assert run.err.strip() == (
         "ai-gateway: invalid setting: AI_GATEWAY_AUTH_TOKN is not a setting (did you mean AI_GATEWAY_AUTH_TOKEN?); "
         "ai_gateway_log_levle is not a setting (did you mean AI_GATEWAY_LOG_LEVEL?); "
@@ -180,8 +189,24 @@ async def test_a_misspelt_setting_stops_the_command_naming_the_setting_it_meant(
     assert "s3cret" not in run.err
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("clash", "ai-gateway: custom_providers.openai: the name is taken by a registered provider; rename it"),
+        ("eval-setting", "ai-gateway: invalid setting: AI_GATEWAY_MAX_MODELS: Input should be less than or equal to 6"),
+    ],
+)
+async def test_bad_configuration_exits_2_as_bad_input_does_never_1_which_means_no_answer(
+    cli: Runs, name: str, message: str
+) -> None:
+    """A script told a misconfigured gateway from one whose models all failed only by parsing stderr: both exited 1."""
+    run = cli[name]
+    assert (run.code, run.out) == (2, "") and run.err.startswith(message)
+    assert cli.calls("c-never", "e-never") == []
+
+
 async def test_an_auth_token_no_http_header_can_carry_is_refused_at_start(cli: Runs) -> None:
     run = cli["bad-token"]
-    assert run.code == 1
+    assert run.code == 2
     assert "AI_GATEWAY_AUTH_TOKEN" in run.err and "control or non-ASCII character" in run.err
     assert "typed" not in run.err
