@@ -120,9 +120,14 @@ class Adapter(ABC):
         self.config = config
 
     def cache_options(self) -> Mapping[str, Any]:
-        """The options that join the cache key: all but ``options_outside_cache_key``."""
+        """The options that join the cache key: all but ``options_outside_cache_key`` and any holding a credential
+        (a custom host's headers, whatever its dialect): a key never joins the cache key, not even hashed."""
         outside = self.options_outside_cache_key
-        options = {name: value for name, value in self.config.options.items() if name not in outside}
+        options = {
+            name: value
+            for name, value in self.config.options.items()
+            if name not in outside and not credentials_in({name: value})
+        }
         if self.config.dialect is not None:
             options["dialect"] = self.config.dialect
         return options

@@ -57,6 +57,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     secrets = [*environment_credentials(environ), *credentials_in([redis_url])]
     secrets += [v for c in settings.custom_providers.values() for v in c.credentials()]
+    # A custom provider's key variable may have any name (CORP_LLM_APIKEY): what the registry redacts, logs must.
+    secrets += [environ[c.api_key_env] for c in settings.custom_providers.values() if environ.get(c.api_key_env or "")]
     if settings.auth_token:
         secrets.append(settings.auth_token.get_secret_value())
     logs.configure(level, secrets)

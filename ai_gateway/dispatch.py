@@ -48,6 +48,7 @@ from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
 from ai_gateway.resilience.health import HealthBoard
 from ai_gateway.resilience.retry import CANCELLED_IN_BACKOFF, NO_TIME_LEFT, RetryPolicy, call_with_retries
 from ai_gateway.resilience.shedding import ConcurrencyLimiter
+from ai_gateway.secrets import redact_cut, redact_known
 from ai_gateway.types import ChatRequest, Completion, FinishReason
 
 if TYPE_CHECKING:
@@ -191,11 +192,15 @@ class Dispatcher:
         resilience: Resilience,
         clock: Callable[[], float] = time.perf_counter,
         cache: ResponseCache | None = None,
+        secrets: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.client = client
         self.resilience = resilience
         self.clock = clock
         self.cache = cache
+        # Every credential the gateway knows (registry.secrets): whatever a provider says is scrubbed of them here,
+        # before the cache, another process or the caller can see it, whichever provider's key it echoes.
+        self.secrets = secrets
 
     def available(self, target: ModelTarget) -> bool:
         """False while the target's circuit refuses calls (open, or half-open with its trial calls all in flight):
@@ -494,7 +499,8 @@ class Dispatcher:
             budget_s = min(r.attempt_timeout_s, deadline.remaining())
             try:
                 async with asyncio.timeout(budget_s):
-                    completion = await target.adapter.complete(self.client(), request, target.model)
+                    completion = _sanitised(await target.adapter.complete(self.client(), request, target.model),
+                                            self.secrets())  # fmt: skip
             except TimeoutError:
                 if deadline.remaining() <= 0:
                     slow = self._slow_call(target, self.clock() - started)
@@ -512,6 +518,7 @@ class Dispatcher:
             r.health.record(target.provider, target.id, "ok", self.clock() - started)
             return completion
         except GatewayError as exc:
+            _scrub(exc, self.secrets())
             error = slow or exc
             result = "failure" if slow or _trips(exc, target) else "neutral"
             r.health.record(target.provider, target.id, str(exc.code), None)
@@ -556,6 +563,31 @@ _UNUSABLE: dict[str, type[UnusableAnswer]] = {
     ErrorCode.EMPTY_RESPONSE: EmptyResponse,
     ErrorCode.CONTENT_FILTERED: ContentFiltered,
 }
+
+
+def _sanitised(completion: Completion, secrets: tuple[str, ...]) -> Completion:
+    """An adapter's completion as the gateway may pass it on: the vendor's own fields (its model name, finish
+    reason, response id) dropped unless they are text, and every known secret taken out of each text. A provider
+    that echoes the request's headers (a debugging proxy, a misconfigured host) would otherwise hand a key to the
+    caller, the cache and every process reading it. Only known values go: a key-shaped example in an answer is
+    the model's content."""
+    changes: dict[str, str | None] = {}
+    for name in ("text", "model", "raw_finish_reason", "response_id"):
+        value = getattr(completion, name)
+        if value is None or (name == "text" and not isinstance(value, str)):
+            continue  # a text that is no text is the adapter's bug, reported as such further on
+        clean = redact_known(value, secrets) if isinstance(value, str) else None
+        if clean != value:
+            changes[name] = clean
+    return replace(completion, **changes) if changes else completion  # type: ignore[arg-type]
+
+
+def _scrub(error: GatewayError, secrets: tuple[str, ...]) -> None:
+    """An error's message, and an unusable answer's completion, scrubbed of every known secret: the adapter took
+    out its own provider's credentials, but a vendor may echo another's (a shared proxy's error)."""
+    error.message = redact_cut(error.message, secrets)
+    if isinstance(error, UnusableAnswer) and error.completion is not None:
+        error.completion = _sanitised(error.completion, secrets)
 
 
 def _lease_ttl(deadline: Deadline) -> float:

@@ -43,7 +43,7 @@ from ai_gateway.schemas import (
     UsageInfo,
     VoteGroup,
 )
-from ai_gateway.secrets import redact, redact_url
+from ai_gateway.secrets import redact_cut, redact_url
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
@@ -67,7 +67,7 @@ class Gateway:
         self.registry = registry
         self.resilience = resilience or Resilience.from_settings(settings)
         self.cache = build_cache(settings)
-        self.dispatcher = Dispatcher(client, self.resilience, cache=self.cache)
+        self.dispatcher = Dispatcher(client, self.resilience, cache=self.cache, secrets=registry.secrets)
         memo = PriceMemo.default() if settings.price_memo else None
         self.pricing = Pricing(settings.model_prices, lambda provider: registry.spec(provider).price_source, memo)
         self._adapters: dict[str, Adapter] = {}
@@ -455,7 +455,7 @@ def _total_usd(costs: list[float | None]) -> float | None:
 def _error_info(error: Mapping[str, Any], secrets: Sequence[str]) -> ErrorInfo:
     """An error as the gateway shows it (a result, a breaker's last error): its message redacted with every
     secret the gateway knows, not only those of the provider that raised it."""
-    return ErrorInfo(**{**error, "message": redact(str(error["message"]), secrets)})
+    return ErrorInfo(**{**error, "message": redact_cut(str(error["message"]), secrets)})  # messages are cut short
 
 
 def _model_result(outcome: Outcome, secrets: Sequence[str], pricing: Pricing | None = None) -> ModelResult:

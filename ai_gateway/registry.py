@@ -21,6 +21,7 @@ from ai_gateway.secrets import (
     Secret,
     environment_credentials,
     has_userinfo,
+    redact,
     redact_url,
     sendable_in_header,
     userinfo_form,
@@ -130,7 +131,9 @@ class Registry:
                 entry.spec = entry.load()
                 self._secrets = None  # a plugin may name a key variable we did not know
             except Exception as exc:  # a broken plugin must not take the gateway down
-                entry.error = f"failed to load: {type(exc).__name__}: {exc}"
+                # Its message may quote what it read (pydantic's input_value='<the key>'): shown in list_models, in
+                # query_models' refusal and in the log, so scrubbed of every credential the environment holds.
+                entry.error = redact(f"failed to load: {type(exc).__name__}: {exc}", self.secrets())
                 log.warning("provider %r %s", name, entry.error)
         if entry.spec is None:
             raise RegistryError(f"provider {name!r} {entry.error}")

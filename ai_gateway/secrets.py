@@ -26,12 +26,17 @@ _CREDENTIAL_OPTION = re.compile(r"key|token(?!s)|secret|passw|auth|credential|si
 # The same two places in URLs inside any text (an httpx log line, an error message): user:password@ (or a bare
 # token@: with no ":", the whole userinfo is the credential, as in https://TOKEN@host) and ?name=value with a
 # credential's name.
-_URL_PASSWORD = re.compile(r"(://(?:[^/\s:@]*:)?)[^@/\s]+@")
-# user:password@ whose password holds a "/" (or "#", "?") that should have been percent-encoded: urlsplit then
-# takes the password for a path, so only this finds it. A userinfo without ":" is a token, all of it secret.
+# The userinfo runs to the *last* "@" before the path, as urlsplit and redis-py read it: a password may hold an "@"
+# or ":" that was not percent-encoded (redis://:p@ss@host works), and all of it must go.
+_URL_PASSWORD = re.compile(r"(://(?:[^/\s:@]*:)?)[^/\s]+@")
+# user:password@ (or a bare token@, all of it secret): first within the host part, to its last "@"; failing that, a
+# password holding a "/" (or "#", "?") that should have been percent-encoded, which urlsplit takes for a path, so
+# only this finds it.
+_SCHEME = r"^[a-z][a-z0-9+.\-]*://"
 _URL_USERINFO = re.compile(
-    r"^[a-z][a-z0-9+.\-]*://(?:(?P<user>[^/?#@:\s]*):(?P<password>[^@\s]*)|(?P<token>[^/?#@:\s]+))@", re.IGNORECASE
+    _SCHEME + r"(?:(?P<user>[^/?#@:\s]*):(?P<password>[^/?#\s]*)|(?P<token>[^/?#:\s]+))@", re.IGNORECASE
 )
+_URL_USERINFO_SLASHED = re.compile(_SCHEME + r"(?P<user>[^/?#@:\s]*):(?P<password>[^@\s]*)@", re.IGNORECASE)
 # A secret cut off at the end of a truncated message still shows this much of itself.
 _CUT_PREFIX = 6
 _URL_CREDENTIAL = re.compile(
@@ -87,6 +92,20 @@ def redact_cut(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def redact_known(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with only the known secrets (in every spelling) replaced: for a model's answer, whose key-shaped
+    examples ("Bearer YOUR_TOKEN", "sk-...") are content, never credentials of ours."""
+    pattern = _known_pattern(secrets)
+    return text if pattern is None else pattern.sub(REDACTED, text)
+
+
+@lru_cache(maxsize=8)
+def _known_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    # One pass over the text however many secrets there are; longest spellings first, so none leaves a tail.
+    forms = sorted({form for value in secrets for form in _spellings(value)}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, forms))) if forms else None
+
+
 @lru_cache(maxsize=256)
 def _spellings(value: str) -> tuple[str, ...]:
     """The ways a secret shows up when echoed: as is, trimmed (a stray newline), percent-encoded (in a URL or a
@@ -122,28 +141,48 @@ def credentials_in(value: Any) -> list[str]:
 
 def environment_credentials(environ: Mapping[str, str]) -> set[str]:
     """The credentials an environment holds: the values of ``*_API_KEY``, ``*_KEY``, ``*_TOKEN`` and ``*_SECRET``
-    variables, and those inside ``*_URL`` and ``*_HOST`` values (``OPENAI_BASE_URL=...?api-key=``)."""
-    found = {v for k, v in environ.items() if v and k.endswith(("_KEY", "_TOKEN", "_SECRET"))}
+    variables, of any other variable whose name holds one of those words and whose value looks like a secret (a
+    plugin's ``MYHOST_APIKEY``, read before any code could name it), and those inside ``*_URL`` and ``*_HOST``
+    values (``OPENAI_BASE_URL=...?api-key=``)."""
+    found = {
+        v
+        for k, v in environ.items()
+        if v and (k.endswith(("_KEY", "_TOKEN", "_SECRET")) or (_SECRET_VARIABLE.search(k) and _secret_like(v)))
+    }
     return found | set(credentials_in([v for k, v in environ.items() if k.endswith(("_URL", "_HOST"))]))
+
+
+# A variable named like a credential anywhere in its name (CORP_APIKEY, GITHUB_TOKEN_RO, DB_PASSWORD_FILE...).
+_SECRET_VARIABLE = re.compile(r"KEY|TOKEN(?!S)|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+
+
+def _secret_like(value: str) -> bool:
+    """Long enough, one word and no path: a flag ("true"), a number or a file path is no secret, and redacting it
+    would blank every "true" in the logs."""
+    return len(value) >= 12 and not any(c.isspace() for c in value) and not value.startswith(("/", "~", "."))
+
+
+def _userinfo(url: str) -> re.Match[str] | None:
+    return _URL_USERINFO.match(url) or _URL_USERINFO_SLASHED.match(url)
 
 
 def url_password(url: str) -> str | None:
     """The password of a URL's user:password@, as written (even with a "/" in it, which urlsplit misreads), or the
     whole userinfo when it has no ":" (https://TOKEN@host)."""
-    match = _URL_USERINFO.match(url)
+    match = _userinfo(url)
     return match[_secret_group(match)] if match else None
 
 
 def _secret_group(match: re.Match[str]) -> str:
-    """Which group of a :data:`_URL_USERINFO` match holds the secret: the password, else the bare token."""
+    """Which group of a userinfo match holds the secret: the password, else the bare token."""
     return "password" if match["password"] is not None else "token"
 
 
 def userinfo_form(url: str) -> str:
     """How a URL's userinfo is written, to name it in a message without showing it: ``token@`` or
     ``user:password@``."""
-    match = _URL_USERINFO.match(url)
-    return "token@" if match is not None and match["token"] is not None else "user:password@"
+    match = _userinfo(url)
+    return "token@" if match is not None and match.groupdict().get("token") is not None else "user:password@"
 
 
 def has_userinfo(url: str) -> bool:
@@ -158,7 +197,7 @@ def redact_url(url: str) -> str:
     one endpoint from another."""
     if "@" not in url and "?" not in url:
         return url
-    if (match := _URL_USERINFO.match(url)) is not None:  # before urlsplit, which misreads a "/" in the password
+    if (match := _userinfo(url)) is not None:  # before urlsplit, which misreads a "/" in the password
         group = _secret_group(match)
         url = f"{url[: match.start(group)]}****{url[match.end(group) :]}"
     parts = urlsplit(url)

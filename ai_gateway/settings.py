@@ -156,7 +156,9 @@ class Settings(BaseSettings):
         0.05, ge=0, description="Below this much time left, a model fails at once with 'deadline' instead of starting."
     )
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts per model, the first included (transient errors).")
-    backoff_base_s: float = Field(0.2, gt=0, description="Full-jitter backoff: retry n waits up to base * 2^(n-1) seconds.")
+    backoff_base_s: float = Field(
+        0.2, gt=0, description="Full-jitter backoff: retry n waits up to base * 2^(n-1) seconds."
+    )
     backoff_max_s: float = Field(5.0, gt=0, description="Cap on one backoff wait.")
     retry_after_cap_s: float = Field(
         20.0, ge=0, description="A Retry-After longer than this (or than the time left) fails the model at once."

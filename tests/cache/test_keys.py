@@ -201,6 +201,13 @@ def test_every_option_but_the_declared_ones_is_cache_material() -> None:
     assert AnthropicAdapter(ProviderConfig("h", "http://h", options={"default_max_tokens": 9})).cache_options() == {
         "default_max_tokens": 9
     }
+    # Only the OpenAI dialect declared its headers outside the key: another dialect's credential-holding option (a
+    # custom host's headers, unread by it) was hashed into the key, which never holds a key, not even hashed.
+    with_headers = {"default_max_tokens": 9, **options}
+    assert AnthropicAdapter(ProviderConfig("h", "http://h", options=with_headers)).cache_options() == {
+        "default_max_tokens": 9,
+        "max_tokens_field": "max_completion_tokens",
+    }
     # A host from settings, renamed to another dialect at the same URL: the Anthropic one sends a max_tokens the
     # OpenAI one does not, and its answer was served for the other's question.
     as_openai = OpenAIChatAdapter(ProviderConfig("corp", "http://h", dialect="openai")).cache_options()

@@ -64,6 +64,20 @@ def test_a_broken_plugin_is_reported_not_fatal(attr: str, reason: str) -> None:
     assert registry.status("mock").configured
 
 
+def test_a_plugin_failing_on_its_key_is_reported_without_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its exception quoted the key: list_models, query_models' refusal and the warning log showed it whole."""
+    environ = {"MYHOST_APIKEY": "LEAKCANARY-myhost-1234"}
+    monkeypatch.setattr("os.environ", environ)
+    sys.modules.pop("tests.core.plugin_reading_its_key", None)
+    entry = EntryPoint(name="myhost", value="tests.core.plugin_reading_its_key:SPEC", group=ENTRY_POINT_GROUP)
+    registry = Registry([entry], environ=environ)
+    reason = registry.status("myhost").reason
+    assert reason == (
+        "provider 'myhost' failed to load: ValueError: 1 validation error for MyhostSettings\napi_key\n"
+        "  input_value='[REDACTED]'"
+    )
+
+
 def test_keys_and_urls_are_read_without_surrounding_whitespace() -> None:
     """A key pasted with its newline made every call fail in the transport ("internal") while `models` said
     configured; a variable of only whitespace is not set."""

@@ -15,7 +15,9 @@ from ai_gateway.secrets import (
     environment_credentials,
     redact,
     redact_cut,
+    redact_known,
     redact_url,
+    url_password,
 )
 
 
@@ -104,3 +106,34 @@ def test_a_bare_token_before_the_host_is_a_credential_and_hidden() -> None:
     # An "@" after the host is part of the path, not a userinfo.
     assert redact_url("https://api.example/users/@me?page=2") == "https://api.example/users/@me?page=2"
     assert redact("GET https://api.example/users/@me") == "GET https://api.example/users/@me"
+
+
+def test_a_password_holding_an_at_sign_is_hidden_whole() -> None:
+    """redis-py reads the password to the last "@" before the host; redaction stopped at the first, and the rest of
+    the password showed in gateway_status and the start-up warning (a review's reproducer)."""
+    url = "redis://bob:LEAK@pw99:x@127.0.0.1:6379/12"
+    assert url_password(url) == "LEAK@pw99:x"
+    assert redact_url(url) == "redis://bob:****@127.0.0.1:6379/12"
+    assert redact(f"redis cache at {url} failed") == f"redis cache at redis://bob:{REDACTED}@127.0.0.1:6379/12 failed"
+    assert redact_url("https://tok@en@api.example/v1") == "https://****@api.example/v1"
+    assert redact_url("https://api.example/users/@me") == "https://api.example/users/@me"  # after the host: a path
+
+
+def test_a_variable_named_like_a_credential_anywhere_in_its_name_is_one() -> None:
+    """A plugin's MYHOST_APIKEY (no "_KEY" suffix) showed in the warning of the plugin that failed to read it."""
+    environ = {
+        "MYHOST_APIKEY": "LEAKCANARYmyhost1234",
+        "GITHUB_TOKEN_RO": "ghp_0123456789abcdef",
+        "FEATURE_TOKEN_ENABLED": "true",  # a flag: redacting it would blank every "true" in the logs
+        "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
+        "MAX_TOKENS_DEFAULT": "409600000000",
+    }
+    assert environment_credentials(environ) == {"LEAKCANARYmyhost1234", "ghp_0123456789abcdef"}
+
+
+def test_only_known_secrets_leave_an_answer() -> None:
+    text = "Bearer sk-real-0123456789 was sent; write yours as Bearer YOUR_TOKEN_HERE or sk-abc123456789xyz"
+    assert redact_known(text, ("sk-real-0123456789",)) == (
+        "Bearer [REDACTED] was sent; write yours as Bearer YOUR_TOKEN_HERE or sk-abc123456789xyz"
+    )
+    assert redact_known(text, ()) == text

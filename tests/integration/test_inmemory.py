@@ -24,6 +24,7 @@ from ai_gateway.server import build_server
 from ai_gateway.settings import Settings
 from tests.fake_provider import Scenario
 from tests.integration.conftest import KEYS, MODELS, GatedFake, free_port, vendor
+from tests.redis_harness import RedisTarget
 
 PROMPT = "What is the capital of France?"
 
@@ -757,6 +758,36 @@ async def test_no_key_leaks_from_an_error_that_echoes_it(
     logged = "\n".join(f"{rec.getMessage()} {rec.exc_text or ''} {rec.args!r}" for rec in caplog.records)
     for secret in KEYS.values():
         assert secret not in logged
+
+
+async def test_no_key_leaks_from_an_answer_or_a_shared_error_that_echoes_it(
+    make_server: Callable[..., FastMCP], fake: GatedFake, redis_target: RedisTarget
+) -> None:
+    """A provider that echoed the request's headers in its answer (a debugging proxy, a misconfigured host) handed
+    the key to the caller, to Redis and so to every process reading the entry; an error echoing another provider's
+    key was shared with other processes as it was (a review's reproducers)."""
+    openai_key, groq_key = KEYS["OPENAI_API_KEY"], KEYS["GROQ_API_KEY"]
+    example = "Authorization: Bearer YOUR_API_TOKEN_HERE"  # the model's content, not a credential: kept
+    fake.set("echo-a", Scenario(text=f"You sent: Authorization: Bearer {openai_key}. {example}"))
+    fake.set("echo-b", Scenario(text=f"You sent: Authorization: Bearer {openai_key}. {example}"))
+    fake.set("cross", Scenario(fail_status=400, fail_body={"error": f"bad key: {groq_key}"}))
+    models = ["openai/echo-a", "anthropic/echo-b"]
+    async with Client(make_server(**redis_target.settings())) as client:
+        answered = await query(client, prompt=PROMPT, models=models, strategy="consensus")
+        failed = await query(client, prompt=PROMPT, models=["openai/cross"])
+        await lifespan_gateway(client.transport.server).cache.flush()
+        replayed = await query(client, prompt=PROMPT, models=models, strategy="consensus", cache="only")
+    assert answered.structured_content["answer"] == f"You sent: Authorization: Bearer [REDACTED]. {example}"
+    assert failed.structured_content["results"][0]["error"]["message"] == "bad key: [REDACTED]"
+    assert [r["cached"] for r in replayed.structured_content["results"]] == [True, True]
+    stored = redis_target.items()
+    assert len(stored) == 3  # two answers and the shared error
+    for shown in (json.dumps(r.structured_content) + text_of(r) for r in (answered, failed, replayed)):
+        assert openai_key not in shown and groq_key not in shown
+    for value in stored.values():
+        assert b"[REDACTED]" in (value or b"")
+        for secret in KEYS.values():
+            assert secret.encode() not in (value or b"")
 
 
 # ---------------------------------------------------------------------------- clean-up
