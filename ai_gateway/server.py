@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ai_gateway import __version__
+from ai_gateway.drain import Drain
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.runner import MAX_SAMPLES
@@ -260,17 +261,21 @@ def build_server(
             for breaker in holder.gateway.resilience.breakers.snapshot():
                 if breaker.state != "closed":
                     circuits[breaker.state.replace("-", "_")].append(breaker.name)
+        # Draining (shutting down, calls in flight answering): 503, so a load balancer stops sending calls here.
+        drain = Drain.of(mcp)
+        draining = drain is not None and drain.draining
         return JSONResponse(
-            {
+            status_code=503 if draining else 200,
+            content={
                 # The gateway itself is up either way; "degraded" says some provider is being refused.
-                "status": "degraded" if circuits["open"] else "ok",
+                "status": "draining" if draining else "degraded" if circuits["open"] else "ok",
                 "version": __version__,
                 "providers": {
                     "configured": [s.name for s in statuses if s.configured],
                     "unconfigured": [s.name for s in statuses if not s.configured],
                 },
                 "circuits": circuits,
-            }
+            },
         )
 
     return mcp

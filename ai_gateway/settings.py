@@ -273,8 +273,9 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         allow_inf_nan=False,
-        description="HTTP transport: on SIGTERM or Ctrl-C, how long the calls in flight may take to answer before the "
-        "server exits (it accepts no new connection meanwhile; a second Ctrl-C exits at once).",
+        description="HTTP transport: on SIGTERM or Ctrl-C, how long the calls in flight may take to answer before they "
+        "are cut and the server exits (meanwhile new calls are refused and /health answers 503; a second Ctrl-C exits "
+        "at once).",
     )
     auth_token: SecretStr | None = Field(
         None, description="If set, HTTP clients must send 'Authorization: Bearer <token>' (stdio is unaffected)."

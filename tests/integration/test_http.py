@@ -384,37 +384,64 @@ async def test_sigterm_lets_the_calls_in_flight_answer_before_the_server_exits(
     module_fake: GatedFake, tmp_path: Path, mode: str
 ) -> None:
     """sse-starlette closed every answer's stream the moment uvicorn was told to exit: a call in flight lost its
-    answer (a broken stream) while its provider request, already billed, was dropped. Now the server stops taking
-    connections, lets the call answer, then exits."""
+    answer (a broken stream) while its provider request, already billed, was dropped. Then the server stopped taking
+    connections at once, and a client that fetches the tool's output schema on a new connection once the answer
+    arrives (the SDK's and fastmcp's clients, if they had not listed the tools) lost the answer all the same (a
+    review's reproducer). Now the server drains: still taking connections, refusing new calls, /health 503."""
     release = module_fake.hold("drain-1")
     stderr = tmp_path / "stderr.log"
     with stderr.open("wb") as err:
         spec = {"env": subprocess_env(module_fake.url), "cwd": tmp_path, "stderr": err}
         async with http_servers(spec) as (server,):
-            await drained_call(server, module_fake, release, mode, stderr)
-    assert module_fake.disconnects == []  # the provider's answer was read, not dropped
-
-
-async def drained_call(
-    server: ServerProcess, module_fake: GatedFake, release: asyncio.Event, mode: str, stderr: Path
-) -> None:
-    """A call held at the provider while the server is told to stop; released once the server says it waits."""
-    result = None
-    # Leaving, the client says goodbye on a new connection, which finds the server gone: not what is tested.
-    with contextlib.suppress(BaseExceptionGroup, httpx2.ConnectError):
-        async with Client(f"{server.base_url}/mcp", mode=mode) as client:
-            await client.list_tools()  # the result's schema, which the client would fetch on a new connection
-            call = asyncio.create_task(client.call_tool("query_models", {"prompt": "hi", "models": ["openai/drain-1"]}))
-            await module_fake.wait_for_calls(1, "drain-1")
-            server.proc.terminate()
-            await until(lambda: "waiting up to 30s for 1 call(s) in flight" in stderr.read_text(), "the drain")
-            await until(lambda: not accepts(server.base_url), "the server to stop taking connections")
-            release.set()
-            result = await call
-    assert result is not None and not result.is_error
+            # Leaving, the client says goodbye on a new connection, which finds the server gone: not what is tested.
+            with contextlib.suppress(BaseExceptionGroup, httpx2.ConnectError):
+                async with Client(f"{server.base_url}/mcp", mode=mode) as client:
+                    call = asyncio.create_task(
+                        client.call_tool("query_models", {"prompt": "hi", "models": ["openai/drain-1"]})
+                    )
+                    await module_fake.wait_for_calls(1, "drain-1")
+                    server.proc.terminate()
+                    await until(lambda: "waiting up to 30s for 1 call(s) in flight" in stderr.read_text(), "the drain")
+                    async with httpx.AsyncClient() as http:
+                        health = await http.get(f"{server.base_url}/health")
+                    async with Client(f"{server.base_url}/mcp", mode=mode) as latecomer:
+                        refused = await latecomer.call_tool("query_models", {"prompt": "hi", "models": ["openai/x"]})
+                    release.set()
+                    result = await call
+            async with asyncio.timeout(15):
+                assert await server.proc.wait() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it exited on
+    assert (health.status_code, health.json()["status"]) == (503, "draining")
+    assert refused.is_error and "shutting down and takes no new call" in refused.content[0].text
+    assert not result.is_error
     assert result.structured_content is not None and result.structured_content["answer"] == "hi"
-    async with asyncio.timeout(15):
-        assert await server.proc.wait() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it exited on
+    assert module_fake.disconnects == [] and module_fake.count("x") == 0  # answer read; the latecomer's never sent
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_call_still_running_after_the_grace_is_cut_with_an_error_saying_so(
+    module_fake: GatedFake, tmp_path: Path, mode: str
+) -> None:
+    """A 2026-07-28 call ran past the grace period for five more seconds, until uvicorn cancelled its task, and the
+    client got a bare HTTP 500 (a review's reproducer)."""
+    module_fake.hold("drain-2")  # never released: the call outlives the grace
+    spec = {"env": subprocess_env(module_fake.url, AI_GATEWAY_SHUTDOWN_GRACE_S="0.3"), "cwd": tmp_path}
+    async with http_servers(spec) as (server,):
+        with contextlib.suppress(BaseExceptionGroup, httpx2.ConnectError):
+            async with Client(f"{server.base_url}/mcp", mode=mode) as client:
+                call = asyncio.create_task(
+                    client.call_tool("query_models", {"prompt": "hi", "models": ["openai/drain-2"]})
+                )
+                await module_fake.wait_for_calls(1, "drain-2")
+                server.proc.terminate()
+                result = await call
+        async with asyncio.timeout(15):
+            assert await server.proc.wait() in (0, -signal.SIGTERM)
+    assert result.is_error
+    assert result.content[0].text == (
+        "the server is shutting down: this call was stopped after the 0.3s grace period (its provider requests too); "
+        "send it again (to another replica)"
+    )
+    await module_fake.wait_for_disconnects(1)  # the provider request was dropped, not left running
 
 
 def accepts(base_url: str) -> bool:
