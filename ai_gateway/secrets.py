@@ -141,19 +141,15 @@ def credentials_in(value: Any) -> list[str]:
 
 def environment_credentials(environ: Mapping[str, str]) -> set[str]:
     """The credentials an environment holds: the values of ``*_API_KEY``, ``*_KEY``, ``*_TOKEN`` and ``*_SECRET``
-    variables, of any other variable whose name holds one of those words and whose value looks like a secret (a
-    plugin's ``MYHOST_APIKEY``, read before any code could name it), and those inside ``*_URL`` and ``*_HOST``
+    variables, of any other variable named like a credential option (a plugin's ``MYHOST_APIKEY``, read before any
+    code could name it) whose value looks like a secret, and those inside ``*_URL`` and ``*_HOST``
     values (``OPENAI_BASE_URL=...?api-key=``)."""
     found = {
         v
         for k, v in environ.items()
-        if v and (k.endswith(("_KEY", "_TOKEN", "_SECRET")) or (_SECRET_VARIABLE.search(k) and _secret_like(v)))
+        if v and (k.endswith(("_KEY", "_TOKEN", "_SECRET")) or (_CREDENTIAL_OPTION.search(k) and _secret_like(v)))
     }
     return found | set(credentials_in([v for k, v in environ.items() if k.endswith(("_URL", "_HOST"))]))
-
-
-# A variable named like a credential anywhere in its name (CORP_APIKEY, GITHUB_TOKEN_RO, DB_PASSWORD_FILE...).
-_SECRET_VARIABLE = re.compile(r"KEY|TOKEN(?!S)|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 
 
 def _secret_like(value: str) -> bool:
