@@ -24,6 +24,7 @@ from ai_gateway.errors import InvalidArgument, UnusableAnswer
 from ai_gateway.http import SharedClient, WarmUp
 from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
+from ai_gateway.progress import ProgressSink, QueryProgress
 from ai_gateway.registry import Registry, RegistryError
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.schemas import (
@@ -88,8 +89,12 @@ class Gateway:
         hedge_after_s: HedgeChoice = None,
         cache: CacheMode = "use",
         sample: int | None = None,
+        progress: ProgressSink | None = None,
     ) -> QueryResult:
-        """Answer one query. Raises InvalidArgument (naming the field) before any provider is called."""
+        """Answer one query. Raises InvalidArgument (naming the field) before any provider is called.
+
+        ``progress``, when given, receives the call's progress notifications (see :mod:`ai_gateway.progress`).
+        """
         started = time.perf_counter()
         request = build_chat_request(prompt, messages, system, temperature, max_tokens)
         targets = self.resolve(models)
@@ -109,7 +114,12 @@ class Gateway:
         # The caller's budget starts now: the gateway's own start-up (the first call of a new process waits for
         # its imports) is not the models' time, and once ate a short timeout whole before any model started.
         deadline = Deadline(budget_s, self.resilience.clock)
-        result = await run(targets, self.dispatcher.bind(request, deadline, policy), hedge_delay)
+        call = self.dispatcher.bind(request, deadline, policy)
+        if progress is None:
+            result = await run(targets, call, hedge_delay)
+        else:
+            async with QueryProgress(progress, targets, deadline, self.settings.progress_interval_s) as watcher:
+                result = await run(targets, watcher.watch(call), hedge_delay)
         elapsed_s = time.perf_counter() - started
         return build_result(strategy, result, self.registry.secrets(), elapsed_s, self.pricing)
 

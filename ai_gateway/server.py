@@ -151,6 +151,7 @@ def build_server(
             ),
             NotBool,
         ] = None,
+        ctx: Context | None = None,
     ) -> QueryResult:
         """Send one prompt to several LLMs and answer with the chosen strategy.
 
@@ -170,6 +171,7 @@ def build_server(
                 hedge_after_s=hedge_after_s,
                 cache=cache,
                 sample=sample,
+                progress=ctx.report_progress if ctx is not None and _wants_progress(ctx) else None,
             )
         except InvalidArgument as exc:
             # A caller's mistake, not the gateway's: log it quietly.
@@ -279,6 +281,12 @@ def build_server(
         )
 
     return mcp
+
+
+def _wants_progress(ctx: Context) -> bool:
+    """The client sent a progress token with this call (fastmcp's Client always does; others when asked)."""
+    request = ctx.request_context
+    return request is not None and request.meta is not None and request.meta.get("progressToken") is not None
 
 
 def _all_failed(result: QueryResult) -> ToolResult:

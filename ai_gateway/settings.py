@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     max_timeout_s: float = Field(
         300.0, gt=0, description="Largest accepted timeout_s; larger values are lowered to it."
     )
+    progress_interval_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="While a query_models call waits on its models, a progress notification (to a client that "
+        "asked for progress) at least this often, so a client resetting its timeout on progress keeps waiting "
+        "(off if unset).",
+    )
 
     # -- resilience (docs/resilience.md) ---------------------------------------------
     attempt_timeout_s: float = Field(
@@ -298,7 +305,9 @@ class Settings(BaseSettings):
         "there; symbolic links are followed before the check). Unset: the server's working directory.",
     )
 
-    @field_validator("hedge_after_s", "slow_call_s", "auth_token", "redis_url", "eval_dir", mode="before")
+    @field_validator(
+        "hedge_after_s", "slow_call_s", "progress_interval_s", "auth_token", "redis_url", "eval_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".

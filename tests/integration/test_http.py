@@ -216,6 +216,46 @@ async def test_fastmcp_client_over_http_runs_a_consensus(gateway: ServerProcess,
     assert {p["provider"] for p in catalogue["providers"] if p["configured"]} >= {"openai", "gemini", "ollama"}
 
 
+async def test_the_sdk_client_hears_of_each_model_answered_while_the_call_still_runs(
+    gateway: ServerProcess, module_fake: GatedFake
+) -> None:
+    """Progress reaches an HTTP client mid-call (the notification a client resets its timeout on)."""
+    module_fake.set("pr-1", Scenario(text="Paris"))
+    module_fake.set("pr-2", Scenario(text="Paris"))
+    module_fake.set("pr-3", Scenario(text="Lyon"))
+    release = module_fake.hold("pr-2", "pr-3")
+    heard = asyncio.Event()
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+        heard.set()
+
+    models = ["openai/pr-1", "anthropic/pr-2", "gemini/pr-3"]
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        Client(streamable_http_client(f"{gateway.base_url}/mcp", http_client=http)) as client,
+    ):
+        call = asyncio.create_task(
+            client.call_tool(
+                "query_models",
+                {"prompt": "capital?", "models": models, "strategy": "consensus"},
+                progress_callback=on_progress,
+            )
+        )
+        await asyncio.wait_for(heard.wait(), 30)
+        assert not call.done()  # heard while pr-2 and pr-3 are still held
+        release.set()
+        result = await call
+    assert not result.is_error and result.structured_content["answer"] == "Paris"
+    # pr-1's first. The server's heartbeat comes after 5 s without news, so the only other one there may be is
+    # of the answer that decided the vote, if it went out before the call answered.
+    done, total, message = progress[0]
+    assert (done, total) == (1, 3)
+    assert message.startswith("openai/pr-1 answered in ") and message.endswith("(1 of 3 models done)")
+    assert [p[:2] for p in progress[1:]] in ([], [(2, 3)])
+
+
 def sse_message(text: str) -> dict:
     """The JSON-RPC message of a streamable-HTTP reply (an SSE event, or plain JSON)."""
     return json.loads(text.split("data: ", 1)[1] if text.startswith(("event:", "data:")) else text)

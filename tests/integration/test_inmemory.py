@@ -156,6 +156,7 @@ async def test_each_prompt_argument_says_what_to_put_in_it(client: Client) -> No
     for argument in (*compare.values(), *second.values()):
         assert argument.description and "JSON schema" not in argument.description
 
+
 async def test_a_token_before_the_host_of_a_base_url_is_not_listed(
     make_server: Callable[..., FastMCP], environ: dict[str, str]
 ) -> None:
@@ -269,6 +270,52 @@ async def test_consensus_decides_early_and_cancels_the_straggler(client: Client,
     assert model_tasks() == []
     await fake.wait_for_disconnects(1)
     assert [c.model for c in fake.disconnects] == ["c-slow"]
+
+
+async def test_a_long_call_keeps_the_client_informed_with_progress_notifications(
+    make_server: Callable[..., FastMCP], fake: GatedFake
+) -> None:
+    """A client resetting its timeout on progress keeps waiting: one notification per model answered while
+    others are awaited, and heartbeats naming the models still awaited; none once the call has answered."""
+    fake.set("p-fast", Scenario(text="Paris"))
+    fake.set("p-slow", Scenario(text="Paris"))
+    fake.set("p-other", Scenario(text="Lyon"))
+    release = fake.hold("p-slow", "p-other")
+    models = ["openai/p-fast", "anthropic/p-slow", "gemini/p-other"]
+    got: list[tuple[float, float | None, str | None]] = []
+    arrived = asyncio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        got.append((progress, total, message))
+        arrived.set()
+
+    async def wait_for(pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not pred():
+                arrived.clear()
+                await arrived.wait()
+
+    async with Client(make_server(progress_interval_s=0.01)) as client:
+        call = asyncio.create_task(
+            client.call_tool(
+                "query_models",
+                {"prompt": PROMPT, "models": models, "strategy": "consensus"},
+                progress_handler=on_progress,
+            )
+        )
+        await wait_for(lambda: any(p > 1 for p, _, _ in got))  # p-fast's answer, then a heartbeat
+        assert not call.done()
+        release.set()
+        result = await call
+        # The server shares this loop: its reporter, cancelled and awaited with the call, can send nothing more.
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "query-progress"]
+    assert not result.is_error and result.structured_content["answer"] == "Paris"
+    values = [p for p, _, _ in got]
+    assert values == sorted(set(values)) and all(total == 3 for _, total, _ in got)
+    (answered,) = [m for p, _, m in got if p == 1]
+    assert answered.startswith("openai/p-fast answered in ") and answered.endswith("(1 of 3 models done)")
+    heartbeats = [m for p, _, m in got if 1 < p < 2]
+    assert heartbeats[0].startswith("waiting for anthropic/p-slow, gemini/p-other (")
 
 
 async def test_consensus_without_majority_has_no_answer(client: Client, fake: GatedFake) -> None:
