@@ -1,7 +1,8 @@
 """Cache keys: a hash of a canonical encoding of everything that can change an answer.
 
 Included: the key-schema version, the provider instance and its base URL, the
-model, the system prompt, every message, every sampling parameter that was set
+model, the system prompt (given as ``system`` or as the first message: the same
+request on every wire), every message, every sampling parameter that was set
 (an omitted temperature is not temperature 0), the sample index, and the
 provider's options that can change an answer (``Adapter.cache_options``). Never
 an API key, not even hashed. Keys are namespaced with a prefix and the schema
@@ -56,13 +57,20 @@ def canonical(
     namespace: str | None = None,
 ) -> str:
     params = {name: _number(value) for name in _PARAMS if (value := getattr(request, name)) is not None}
+    system, messages = request.system, request.messages
+    if system is None and messages and messages[0].role == "system":
+        # The same request as `system` plus the rest: every adapter sends the system parameter as the leading
+        # system message (with_system_first) or joins both into one system prompt (system_prompt). Keyed apart,
+        # an agent passing `system` and a dataset row opening with a system message paid twice for one answer.
+        # Folded this way round, a request given `system` keeps the key it always had.
+        system, messages = messages[0].content, messages[1:]
     payload = {
         "schema": KEY_SCHEMA,
         "provider": provider,
         "base_url": _keyable(base_url),
         "model": model,
-        "system": request.system,
-        "messages": [[m.role, m.content] for m in request.messages],
+        "system": system,
+        "messages": [[m.role, m.content] for m in messages],
         "params": params,
         "sample": sample,
     }

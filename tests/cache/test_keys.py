@@ -160,6 +160,22 @@ def test_an_integer_temperature_is_the_same_entry_as_the_equal_float() -> None:
     assert key(request=replace(BASE_REQUEST, temperature=0)) == key(request=replace(BASE_REQUEST, temperature=0.0))
 
 
+def test_a_system_prompt_given_as_the_first_message_is_the_same_entry_as_one_given_as_system() -> None:
+    """Every adapter sends both alike (the leading system message, or one system prompt), so one answer serves both:
+    an agent passing ``system`` and a dataset row opening with a system message need not pay twice."""
+    user = Message("user", PROMPT)
+    as_system = key(request=ChatRequest(messages=(user,), system="Be brief."))
+    assert key(request=ChatRequest(messages=(Message("system", "Be brief."), user))) == as_system
+    # With both, `system` comes first on the wire, then the system messages: the same as listing all of them.
+    both = key(request=ChatRequest(messages=(Message("system", "And polite."), user), system="Be brief."))
+    listed = (Message("system", "Be brief."), Message("system", "And polite."), user)
+    assert key(request=ChatRequest(messages=listed)) == both
+    # Not the same wire: two system messages are not one joined, and one after the user's is not the first.
+    assert key(request=ChatRequest(messages=(user,), system="Be brief.\n\nAnd polite.")) != both
+    assert key(request=ChatRequest(messages=(user, Message("system", "Be brief.")))) != as_system
+    assert key(request=ChatRequest(messages=(Message("system", "Be long."), user))) != as_system
+
+
 def test_a_key_is_stable_across_releases() -> None:
     """Pinned: a change to the encoding would orphan every stored answer, so it must come with a new KEY_SCHEMA."""
     request = ChatRequest(
@@ -310,6 +326,22 @@ async def test_temperature_zero_as_integer_or_float_in_json_is_one_entry(
         again = await gw.ask(temperature=0.0)
 
     assert again.only["cached"] is True
+    assert fake.count() == 1
+
+
+async def test_a_system_prompt_as_an_argument_or_as_the_first_message_is_one_entry(
+    open_gateway: OpenGateway, fake: CacheFake
+) -> None:
+    async with open_gateway() as gw:
+        first = await gw.call({"prompt": PROMPT, "system": "Be brief.", "models": [MODEL]})
+        await gw.settle()
+        again = await gw.call(
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}],
+             "models": [MODEL]}
+        )  # fmt: skip
+
+    assert first.only["cached"] is False and again.only["cached"] is True
+    assert again.answer == first.answer
     assert fake.count() == 1
 
 
