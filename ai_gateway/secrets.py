@@ -20,7 +20,9 @@ _KEY_SHAPES = re.compile(
 )
 REDACTED = "[REDACTED]"
 # A URL query parameter named like a credential: Azure's ?api-key=, redis-py's ?password=, a signed URL's ?sig=.
-CREDENTIAL_NAME = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+# A query parameter named "code" is Azure Functions' key (https://host/api/fn?code=...): only that exact name, not
+# "zipcode" or "encode".
+CREDENTIAL_NAME = re.compile(r"key|token|secret|passw|sig|auth|credential|^code$", re.IGNORECASE)
 # A setting or header named like a credential (an "api-key" header), but not "max_tokens_field": tokens are output.
 _CREDENTIAL_OPTION = re.compile(r"key|token(?!s)|secret|passw|auth|credential|signature|cookie", re.IGNORECASE)
 # The same two places in URLs inside any text (an httpx log line, an error message): user:password@ (or a bare
@@ -40,7 +42,7 @@ _URL_USERINFO_SLASHED = re.compile(_SCHEME + r"(?P<user>[^/?#@:\s]*):(?P<passwor
 # A secret cut off at the end of a truncated message still shows this much of itself.
 _CUT_PREFIX = 6
 _URL_CREDENTIAL = re.compile(
-    r"([?&][^=&\s#]*(?:key|token|secret|passw|sig|auth|credential)[^=&\s#]*=)[^&\s#\"']+", re.IGNORECASE
+    r"([?&](?:[^=&\s#]*(?:key|token|secret|passw|sig|auth|credential)[^=&\s#]*|code)=)[^&\s#\"']+", re.IGNORECASE
 )
 
 

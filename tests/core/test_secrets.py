@@ -83,6 +83,16 @@ def test_a_credential_in_a_path_and_query_without_its_scheme_is_redacted() -> No
     assert redact(echoed) == echoed.replace("AzKey0123456789", REDACTED)
 
 
+def test_an_azure_functions_code_is_a_credential_but_a_zipcode_is_not() -> None:
+    """Azure Functions take their key as ?code=: a base URL holding one showed it in list_models and in errors."""
+    url = "https://fn.azurewebsites.net/api/chat?code=AzFnKey0123456789&page=2"
+    assert redact_url(url) == "https://fn.azurewebsites.net/api/chat?code=****&page=2"
+    assert redact(f"POST {url} failed") == f"POST {url.replace('AzFnKey0123456789', REDACTED)} failed"
+    assert credentials_in(url) == ["AzFnKey0123456789"]
+    plain = "https://geo.example/v1?zipcode=75001&encode=utf8"
+    assert redact_url(plain) == plain and redact(plain) == plain and credentials_in(plain) == []
+
+
 def test_a_password_holding_a_slash_is_found_and_hidden() -> None:
     """urlsplit takes "hunter2/xyz@llm.example/v1" for a path: the password showed in list_models whole."""
     assert redact_url("https://user:hunter2/xyz@llm.example/v1") == "https://user:****@llm.example/v1"
