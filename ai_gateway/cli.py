@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -144,8 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # no redaction); its records must flow through ours instead.
             uvicorn_config={"log_config": None},
         )
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn's second Ctrl-C: exit now, quietly
-            asyncio.run(serving)
+        # Ctrl-C: uvicorn raises it again once the calls have drained (or at once on a second one); main() turns it
+        # into exit status 130, as for stdio.
+        asyncio.run(serving)
     return 0
 
 

@@ -457,6 +457,21 @@ async def test_sigterm_lets_the_calls_in_flight_answer_before_the_server_exits(
     assert module_fake.disconnects == [] and module_fake.count("x") == 0  # answer read; the latecomer's never sent
 
 
+async def test_ctrl_c_stops_the_http_server_with_the_exit_status_stdio_gives(
+    module_fake: GatedFake, tmp_path: Path
+) -> None:
+    """It exited 0, where the stdio server (and every other command) exits 130, as a shell expects of Ctrl-C."""
+    with (tmp_path / "stderr.log").open("wb") as err:
+        spec = {"env": subprocess_env(module_fake.url), "cwd": tmp_path, "stderr": err}
+        async with http_servers(spec) as (server,):
+            server.proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(15):
+                code = await server.proc.wait()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert code == 130, stderr
+    assert "ai-gateway: interrupted" in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_a_call_still_running_after_the_grace_is_cut_with_an_error_saying_so(
     module_fake: GatedFake, tmp_path: Path, mode: str
