@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # (progress, total, message): the signature of fastmcp's Context.report_progress
 ProgressSink = Callable[[float, float | None, str], Awaitable[None]]
 HEARTBEAT_CEILING = 0.999  # a heartbeat's share of the deadline stays below the next model's whole number
+MIN_INTERVAL_S = 0.001  # each heartbeat then waits on the loop: a smaller interval spun it, starving every call
 
 
 class QueryProgress:
@@ -46,12 +47,13 @@ class QueryProgress:
         self._targets = targets
         self._total = len(targets)
         self._deadline = deadline
-        self._interval_s = interval_s
+        self._interval_s = None if interval_s is None else max(interval_s, MIN_INTERVAL_S)
         self._done: set[str] = set()  # model ids with a final outcome (a second chance does not count twice)
         self._running: Counter[str] = Counter()
         self._pending: deque[tuple[float, str]] = deque()  # finished models' notifications, not sent yet
         self._wake: asyncio.Event | None = None  # made with the reporter: most calls never need one
         self._last = -1.0  # the last progress value sent
+        self._quiet = False  # a heartbeat had nothing new to say (its share at the ceiling): wait for a model
         self._silent_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -124,17 +126,21 @@ class QueryProgress:
         assert wake is not None
         while not self._broken:
             if self._pending:
-                await self._notify(*self._pending.popleft())
+                if await self._notify(*self._pending.popleft()):
+                    self._quiet = False
                 continue
             wake.clear()
-            wait_s = None if self._interval_s is None else self._silent_since + self._interval_s - loop.time()
+            if self._interval_s is None or self._quiet:
+                wait_s = None
+            else:
+                wait_s = self._silent_since + self._interval_s - loop.time()
             if wait_s is None or wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
                         await wake.wait()
                 continue
-            await self._notify(*self._heartbeat())
-            self._silent_since = loop.time()  # sent or not (a value no larger than the last): wait an interval
+            self._quiet = not await self._notify(*self._heartbeat())
+            self._silent_since = loop.time()
 
     def _heartbeat(self) -> tuple[float, str]:
         total_s = self._deadline.total_s
@@ -143,21 +149,29 @@ class QueryProgress:
         running = self._running if self._total > 1 else [self._targets[0].id]  # one model: not watched
         waiting = ", ".join(sorted(running)) or "the next model"
         done = len(self._done)
-        of = f"{done} of {self._total} models done" if self._total > 1 else "no answer yet"
+        if self._total == 1:
+            of = "no answer yet"
+        elif done >= self._total:  # first_available's second chances: every model failed once, one retries
+            of = "every model failed once; retrying"
+        else:
+            of = f"{done} of {self._total} models done"
         message = f"waiting for {waiting} ({spent_s:.1f} s of {total_s:g} s; {of})"
-        return done + share, message
+        # Never past total (a retry after every model failed): still below the last model's whole number.
+        return min(done, self._total - 1) + share, message
 
-    async def _notify(self, progress: float, message: str) -> None:
+    async def _notify(self, progress: float, message: str) -> bool:
+        """Send one notification; False when it is not sent (no larger than the last, or the client is gone)."""
         if progress <= self._last:
-            return
+            return False
         try:
             await self._send(progress, self._total, message)
         except Exception as exc:  # the client's trouble (it went away): the call goes on without progress
             self._broken = True
             log.debug("progress notification not sent (%s); no more for this call", type(exc).__name__)
-            return
+            return False
         self._last = progress
         self._silent_since = asyncio.get_running_loop().time()
+        return True
 
 
 def _describe(outcome: Outcome) -> str:

@@ -149,10 +149,10 @@ class Settings(BaseSettings):
     )
     progress_interval_s: float | None = Field(
         5.0,
-        gt=0,
+        ge=0.1,
         description="While a query_models call waits on its models, a progress notification (to a client that "
         "asked for progress) at least this often, so a client resetting its timeout on progress keeps waiting "
-        "(off if unset).",
+        "(0.1 or more; off if unset).",
     )
 
     # -- resilience (docs/resilience.md) ---------------------------------------------

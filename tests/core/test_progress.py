@@ -13,7 +13,7 @@ import pytest
 
 from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
 from ai_gateway.errors import AuthError, UpstreamError
-from ai_gateway.progress import QueryProgress
+from ai_gateway.progress import HEARTBEAT_CEILING, QueryProgress
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import StrategyResult
@@ -60,9 +60,14 @@ def reporter_tasks() -> list[asyncio.Task]:
 
 
 async def run_with_progress(
-    strategy, dispatcher: Dispatcher, targets: Sequence[ModelTarget], sink, interval_s: float | None
+    strategy,
+    dispatcher: Dispatcher,
+    targets: Sequence[ModelTarget],
+    sink,
+    interval_s: float | None,
+    deadline: Deadline | None = None,
 ) -> StrategyResult:
-    deadline = Deadline(30.0)
+    deadline = deadline or Deadline(30.0)
     async with QueryProgress(sink, targets, deadline, interval_s) as progress:
         return await strategy(targets, progress.watch(dispatcher.bind(REQUEST, deadline)))
 
@@ -141,6 +146,49 @@ async def test_heartbeats_grow_below_the_next_model_and_name_the_models_awaited(
     after = [m for p, _, m in sink.sent if 1 < p < 2]
     assert after and all(m.startswith("waiting for gated/b (") for m in after)
     assert not reporter_tasks()  # cancelled and awaited when the call answered: nothing sends after it
+
+
+async def test_a_retry_after_every_model_failed_stays_below_the_total(dispatcher, gated):
+    """first_available's second chance runs when every model has failed once: its heartbeats said "2 of 2 models
+    done" with progress 2.x of 2, over 100% (a review's reproducer)."""
+    sink = Sink()
+    targets = [gated.target(m) for m in ("a", "b")]
+    gated.script("a", UpstreamError("busy", status=503))  # fails over to b; its retry then waits at the gate
+    gated.fail("b", AuthError("bad key", status=401))
+    call = asyncio.create_task(run_with_progress(first_available, dispatcher, targets, sink, TINY_S))
+    await sink.wait_for(1)
+    await gated.wait_started("b")
+    while gated.started.count("a") < 2:  # the second chance has begun
+        await gated.wait_started("a")
+        await asyncio.sleep(0)
+    retrying = len(sink.sent)
+    await sink.wait_for(retrying + 2)
+    gated.answer("a", "4")
+    assert (await call).winner == 0
+
+    assert all(p < 2 and t == 2 for p, t, _ in sink.sent)
+    values = [p for p, _, _ in sink.sent]
+    assert values == sorted(set(values))
+    assert sink.sent[-1][2].startswith("waiting for gated/a (")
+    assert sink.sent[-1][2].endswith("; every model failed once; retrying)")
+
+
+async def test_heartbeats_stop_at_the_ceiling_instead_of_spinning(dispatcher, gated):
+    """With an interval below the clock's resolution, heartbeats past the ceiling (the same value each time, so
+    never sent) looped without ever waiting: the deadline's own timer could not fire, and the call never ended."""
+    sink = Sink()
+    clock = FakeClock()
+    target = gated.target("a")
+    deadline = Deadline(10.0, clock)
+    call = asyncio.create_task(run_with_progress(first_available, dispatcher, [target], sink, 1e-12, deadline))
+    await sink.wait_for(1)
+    clock.advance(9.9995)  # the share of the deadline spent reaches the ceiling
+    async with asyncio.timeout(5):
+        while sink.sent[-1][0] < HEARTBEAT_CEILING:
+            await sink.wait_for(len(sink.sent) + 1)
+    gated.answer("a", "4")  # answered only if the loop still turns
+    assert (await asyncio.wait_for(call, 5)).winner == 0
+    assert [p for p, _, _ in sink.sent].count(HEARTBEAT_CEILING) == 1
 
 
 async def test_a_client_that_cannot_take_a_notification_never_fails_the_call(dispatcher, gated):

@@ -32,6 +32,20 @@ def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(_env_file=None)
 
 
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("2.5", 2.5), ("0.1", 0.1)])
+def test_the_progress_interval_may_be_off_or_a_tenth_of_a_second_or_more(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: float | None
+) -> None:
+    monkeypatch.setenv("AI_GATEWAY_PROGRESS_INTERVAL_S", value)
+    assert Settings(_env_file=None).progress_interval_s == expected
+
+
+def test_a_progress_interval_that_would_flood_the_client_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_PROGRESS_INTERVAL_S", "1e-12")
+    with pytest.raises(ValidationError, match=r"progress_interval_s[\s\S]*greater than or equal to 0.1"):
+        Settings(_env_file=None)
+
+
 def test_custom_providers_that_are_not_json_name_the_setting_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydantic-settings parsed the JSON itself, and its error was a 45-line traceback from every command."""
     monkeypatch.setenv("AI_GATEWAY_CUSTOM_PROVIDERS", "{bad")

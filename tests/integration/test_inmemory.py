@@ -295,7 +295,7 @@ async def test_a_long_call_keeps_the_client_informed_with_progress_notifications
                 arrived.clear()
                 await arrived.wait()
 
-    async with Client(make_server(progress_interval_s=0.01)) as client:
+    async with Client(make_server(progress_interval_s=0.1)) as client:
         call = asyncio.create_task(
             client.call_tool(
                 "query_models",
