@@ -6,21 +6,17 @@ No clock is involved: heartbeats run on a tiny interval and the tests wait for t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import httpx
-import pytest
-
-from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
+from ai_gateway.dispatch import Dispatcher, ModelTarget
 from ai_gateway.errors import AuthError, UpstreamError
 from ai_gateway.progress import HEARTBEAT_CEILING, QueryProgress
 from ai_gateway.resilience.clock import Deadline
-from ai_gateway.settings import Settings
 from ai_gateway.strategies import StrategyResult
 from ai_gateway.strategies.consensus import consensus
 from ai_gateway.strategies.first_available import first_available
 from tests.core.fakes import FakeClock
-from tests.core.gated import REQUEST, GatedAdapter
+from tests.core.gated import REQUEST
 
 TINY_S = 0.001  # heartbeat interval: the tests wait for heartbeats, never for time
 
@@ -41,18 +37,6 @@ class Sink:
             while len(self.sent) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
-
-
-@pytest.fixture
-async def dispatcher() -> AsyncIterator[Dispatcher]:
-    resilience = Resilience.from_settings(Settings(_env_file=None), clock=FakeClock())
-    async with httpx.AsyncClient() as client:
-        yield Dispatcher(lambda: client, resilience)
-
-
-@pytest.fixture
-def gated() -> GatedAdapter:
-    return GatedAdapter()
 
 
 def reporter_tasks() -> list[asyncio.Task]:

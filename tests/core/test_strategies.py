@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,20 +17,7 @@ from ai_gateway.strategies.consensus import consensus
 from ai_gateway.strategies.fastest import fastest
 from ai_gateway.strategies.first_available import first_available
 from tests.core.fakes import FakeClock
-from tests.core.gated import REQUEST, GatedAdapter
-
-
-@pytest.fixture
-async def dispatcher() -> AsyncIterator[Dispatcher]:
-    # Retries back off on a fake clock, so a last candidate's retries cost no real time.
-    resilience = Resilience.from_settings(Settings(_env_file=None), clock=FakeClock())
-    async with httpx.AsyncClient() as client:
-        yield Dispatcher(lambda: client, resilience)
-
-
-@pytest.fixture
-def gated() -> GatedAdapter:
-    return GatedAdapter()
+from tests.core.gated import REQUEST
 
 
 def caller(dispatcher: Dispatcher, total_s: float = 30.0):
