@@ -1,6 +1,7 @@
 """query_models' progress notifications, around the real strategies and a hand-released fake adapter.
 
-No clock is involved: heartbeats run on a tiny interval and the tests wait for the notifications themselves.
+No wall clock is waited on: heartbeats run on a tiny interval (the deadline on a fake clock where its share matters)
+and the tests wait for the notifications themselves.
 """
 
 from __future__ import annotations
