@@ -140,7 +140,6 @@ class QueryProgress:
                         await wake.wait()
                 continue
             self._quiet = not await self._notify(*self._heartbeat())
-            self._silent_since = loop.time()
 
     def _heartbeat(self) -> tuple[float, str]:
         total_s = self._deadline.total_s
