@@ -427,9 +427,13 @@ def print_summary(summary: EvalSummary) -> None:
         "p50/p95 ms",
         "accuracy",
     )
+    k = summary.samples
+    if k > 1:
+        columns += (f"pass@{k}/maj@{k}",)
     for name in columns:
         table.add_column(name, justify="left" if name == "errors" else "right")
     for m in summary.per_model:
+        at_k = (f"{_pct(m.pass_at_k)}/{_pct(m.majority_at_k)} of {m.k_rows:,}" if m.k_rows else "-",) if k > 1 else ()
         table.add_row(
             m.model,
             str(m.answered),
@@ -441,6 +445,7 @@ def print_summary(summary: EvalSummary) -> None:
             _cost(m.cost_saved_usd, m.unpriced_cache_hits, "unpriced"),
             f"{_ms(m.latency_p50_ms)}/{_ms(m.latency_p95_ms)}",
             f"{_pct(m.accuracy)} {m.correct}/{m.graded}" if m.graded else "-",
+            *at_k,
         )
     console.print(table)
     lines = [
@@ -452,7 +457,6 @@ def print_summary(summary: EvalSummary) -> None:
     if summary.graded:
         lines.append(f"accuracy: {_pct(summary.accuracy)} ({summary.correct} of {summary.graded} graded queries)")
     if summary.pass_at_k is not None:
-        k = summary.samples
         lines.append(
             f"pass@{k}: {_pct(summary.pass_at_k)} · majority@{k}: {_pct(summary.majority_at_k)} "
             f"(over {summary.k_rows:,} rows with an expected answer and all {k} samples done)"

@@ -53,6 +53,18 @@ class ModelStats(BaseModel):
     graded: int = Field(0, description="Its answers to rows with an expected answer.")
     correct: int = Field(0, description="Graded answers equal to the expected one after normalisation.")
     accuracy: float | None = Field(None, description="correct / graded; null when nothing was graded.")
+    k_rows: int = Field(
+        0,
+        description="Several samples per row: the rows with an expected answer where this model was asked every "
+        "sample (answered or failed; not cancelled or skipped by the strategy), over which its pass_at_k and "
+        "majority_at_k are taken.",
+    )
+    pass_at_k: float | None = Field(
+        None, description="Several samples per row (k): share of its k_rows where one of its k answers is correct."
+    )
+    majority_at_k: float | None = Field(
+        None, description="Several samples per row (k): share of its k_rows where its most common answer is correct."
+    )
 
 
 class EvalSummary(BaseModel):
@@ -139,12 +151,16 @@ def _usd(units: int, priced: int, unpriced: int) -> float | None:
 
 
 class _ModelTally:
-    __slots__ = ("correct", "cost", "errors", "graded", "latencies", "priced", "priced_hits", "saved", "stats")
+    __slots__ = (
+        "correct", "cost", "errors", "graded", "latencies", "priced", "priced_hits", "samples_of", "saved", "stats"
+    )  # fmt: skip
 
     def __init__(self, model: str) -> None:
         self.stats = ModelStats(model=model, answered=0)
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
+        # Several samples: each graded row's answers by this model (normalised; None for a failure), by sample.
+        self.samples_of: defaultdict[str, list[tuple[int, str | None]]] = defaultdict(list)
         self.graded = self.correct = 0
         self.cost = self.saved = 0  # in usd_units: exact sums, as the running total's
         self.priced = self.priced_hits = 0
@@ -193,6 +209,10 @@ def summarise(
             if tally is None:
                 tally = tallies[r["model"]] = _ModelTally(r["model"])
             _count(tally, r, want_form)
+            if k > 1 and want_form is not None and (status := r.get("status")) in ("ok", "error"):
+                # Only samples it was asked: one the strategy cancelled or skipped says nothing of the model.
+                form = normalise(r.get("text") or "") if status == "ok" else None
+                tally.samples_of[key[0]].append((key[1], form))
     per_model = []
     for tally in tallies.values():
         s = tally.stats
@@ -203,6 +223,8 @@ def summarise(
             s.latency_p50_ms = round(percentile(ordered, 50), 3)
             s.latency_p95_ms = round(percentile(ordered, 95), 3)
         s.graded, s.correct, s.accuracy = tally.graded, tally.correct, _ratio(tally.correct, tally.graded)
+        s.k_rows, passed_by_model, majority_by_model = _at_k(tally.samples_of, want_of, k)
+        s.pass_at_k, s.majority_at_k = _ratio(passed_by_model, s.k_rows), _ratio(majority_by_model, s.k_rows)
         s.cost_usd = _usd(tally.cost, tally.priced, s.unpriced)
         s.cost_saved_usd = _usd(tally.saved, tally.priced_hits, s.unpriced_cache_hits)
         per_model.append(s)

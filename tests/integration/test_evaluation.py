@@ -857,6 +857,36 @@ def test_several_samples_give_pass_at_k_and_majority_at_k() -> None:
     assert (single.k_rows, single.pass_at_k, single.majority_at_k, single.accuracy) == (0, None, None, 1.0)
 
 
+def test_each_model_gets_pass_at_k_and_majority_at_k_over_the_rows_it_was_asked_every_sample() -> None:
+    """A consensus run compares models: each one's pass@k and majority@k, taken over its own answers. A sample the
+    strategy cancelled (or skipped) says nothing of the model, so its row is left out of that model's figures; a
+    sample it failed counts, as a sample with no answer."""
+    B = "mock/other"
+
+    def ok(model: str, text: str) -> dict[str, Any]:
+        return {"model": model, "status": "ok", "text": text}
+
+    lines = {  # (row, sample): (expected, results)
+        ("r1", 0): ("Paris", [ok(A, "Paris"), ok(B, "Lyon")]),
+        ("r1", 1): ("Paris", [ok(A, "Lyon"), {"model": B, "status": "cancelled"}]),  # B: r1 left out
+        ("r2", 0): ("4", [{"model": A, "status": "error", "error": "timeout"}, ok(B, "4")]),
+        ("r2", 1): ("4", [ok(A, "5"), ok(B, "**4.**")]),
+        ("r3", 0): (None, [ok(A, "x"), ok(B, "x")]),  # not graded
+        ("r3", 1): (None, [ok(A, "x"), ok(B, "x")]),
+    }
+    records = [(key, {"answer": None, "results": results}) for key, (_, results) in lines.items()]
+    expected = {key: want for key, (want, _) in lines.items()}
+    fields = {"dataset": "d", "results_path": "r", "strategy": "consensus", "cache": "use", "concurrency": 4,
+              "rows": 3, "queries": 6, "resumed": 0, "ran": 6, "elapsed_s": 1.0}  # fmt: skip
+    summary = summarise(records, expected, models=[A, B], samples=2, **fields)
+    a, b = summary.per_model
+    # A: r1 "Paris" once (pass), tied with "Lyon": sample 0's wins (majority right); r2 failed then "5": neither.
+    assert (a.k_rows, a.pass_at_k, a.majority_at_k) == (2, 0.5, 0.5)
+    assert (b.k_rows, b.pass_at_k, b.majority_at_k) == (1, 1.0, 1.0)
+    single = summarise(records, expected, models=[A, B], samples=1, **fields)
+    assert [(m.k_rows, m.pass_at_k, m.majority_at_k) for m in single.per_model] == [(0, None, None)] * 2
+
+
 def test_the_running_cost_is_the_summary_cost() -> None:
     """The bar adds costs as rows finish; the summary adds them model by model. As float sums in two orders they
     differed in the last digits, and a total on a rounding boundary showed another cent on the bar than in the
@@ -886,6 +916,8 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
     printed = capsys.readouterr().out
     assert "accuracy: 50.0% (3 of 6 graded queries)" in printed
     assert "pass@3: 50.0% · majority@3: 50.0% (over 2 rows with an expected answer and all 3 samples done)" in printed
+    table = printed.split("accuracy: ")[0]
+    assert "pass@3/maj@3" in table and "50.0%/50.0% of 2" in table  # the model's own, in its row
 
 
 # ---------------------------------------------------------------------------- bad input
