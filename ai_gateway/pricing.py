@@ -4,7 +4,8 @@ Cost is the core's job, done once per result in :func:`ai_gateway.gateway.build_
 computes it. A price comes from the first of:
 
 1. ``AI_GATEWAY_MODEL_PRICES``: the key ``provider/model``, else the most specific matching pattern
-   ``provider/<glob>`` (``*``, ``?``, ``[...]``; the longest pattern wins). Local models, negotiated rates.
+   ``provider/<glob>`` (``*``, ``?``, ``[...]``; the longest pattern wins); the model part in any case. Local models,
+   negotiated rates. A key naming no provider is refused at start (``Registry.check_price_keys``).
 2. The genai-prices table (a snapshot bundled with the package; nothing is ever fetched), under the provider's
    ``ProviderSpec.price_source`` id, looked up by the model name as requested.
 3. Otherwise the price is unknown: None.
@@ -190,7 +191,9 @@ class Pricing:
         memo: PriceMemo | None = None,
     ) -> None:
         self._memo = memo
-        self._exact = {key: price for key, price in overrides.items() if not _is_pattern(key)}
+        # Model names matched without regard to case, as the genai-prices table matches them: an override keyed
+        # "Claude-Haiku-4-5" applies to the model the table prices as "claude-haiku-4-5", not to one spelling.
+        self._exact = {key.casefold(): (key, price) for key, price in overrides.items() if not _is_pattern(key)}
         patterns = [(key, price) for key, price in overrides.items() if _is_pattern(key)]
         patterns.sort(key=lambda item: _literal_chars(item[0]), reverse=True)  # most specific first
         self._patterns = patterns
@@ -243,12 +246,12 @@ class Pricing:
         return rate
 
     def _override(self, provider: str, model: str) -> FixedRate | None:
-        key = f"{provider}/{model}"
-        price = self._exact.get(key)
-        if price is not None:
-            return FixedRate(price, key)
+        key = f"{provider}/{model}".casefold()
+        exact = self._exact.get(key)
+        if exact is not None:
+            return FixedRate(exact[1], exact[0])
         for pattern, price in self._patterns:
-            if fnmatch.fnmatchcase(key, pattern) and pattern.partition("/")[0] == provider:
+            if fnmatch.fnmatchcase(key, pattern.casefold()) and pattern.partition("/")[0] == provider:
                 return FixedRate(price, pattern)
         return None
 

@@ -97,6 +97,9 @@ class Registry:
                 raise RegistryError(f"custom_providers.{name}: the name is taken by a registered provider; rename it")
             self._entries[name] = _Entry(load=self._custom_loader(name, custom_provider), source="settings")
         self._visible = sorted(name for name in self._entries if name not in disabled_set)
+        # Every name a setting may use: a plugin left unloaded (AI_GATEWAY_LOAD_PLUGINS=false) or a disabled
+        # provider is still one, and turning it off must not make its other settings refuse to start.
+        self._known = frozenset(self._entries) | {ep.name for ep in ordered}
         self._custom = dict(custom or {})
         self._key_vars = {c.api_key_env for c in (custom or {}).values() if c.api_key_env}
         self._custom_credentials = [v for c in (custom or {}).values() for v in c.credentials()]
@@ -106,13 +109,28 @@ class Registry:
     def from_settings(
         cls, settings: Settings, environ: Mapping[str, str], eps: Iterable[EntryPoint] | None = None
     ) -> Registry:
-        return cls(
+        registry = cls(
             entry_points(group=ENTRY_POINT_GROUP) if eps is None else eps,
             environ=environ,
             custom=settings.custom_providers,
             load_plugins=settings.load_plugins,
             disabled=settings.disabled_providers,
         )
+        registry.check_price_keys(settings.model_prices)
+        return registry
+
+    def check_price_keys(self, keys: Iterable[str]) -> None:
+        """Refuse a price whose provider part names no provider: it never matched, and the list price was charged
+        with nothing to say the negotiated one was ignored (``OpenAI/...``, ``opnai/*``)."""
+        for key in keys:
+            provider = key.partition("/")[0]
+            if provider in self._known:
+                continue
+            hint = f"write {provider.lower()}/..." if provider.lower() in self._known else "check the spelling"
+            raise RegistryError(
+                f"AI_GATEWAY_MODEL_PRICES: key {key!r} names no provider {provider!r} ({hint}); provider names: "
+                f"{', '.join(sorted(self._known))}"
+            )
 
     def names(self) -> list[str]:
         return list(self._visible)
@@ -244,4 +262,3 @@ def _loader(ep: EntryPoint) -> Callable[[], ProviderSpec]:
         return spec
 
     return load
-

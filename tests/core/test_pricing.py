@@ -94,6 +94,25 @@ def test_overrides_exact_key_first_then_the_most_specific_pattern() -> None:
     assert p.cost("ollamax", "llama3.2", usage) is None  # another provider's prefix does not match
 
 
+def test_an_override_matches_the_model_in_any_case_as_the_table_does() -> None:
+    """An override keyed "Claude-Haiku-4-5" priced that spelling only, while the table priced both: the same model
+    cost two prices by how a caller spelt it."""
+    p = table_pricing(
+        prices(**{
+            "anthropic/Claude-Haiku-4-5": {"input_per_mtok": 100, "output_per_mtok": 100},
+            "together/Meta-Llama/*": {"input_per_mtok": 2, "output_per_mtok": 2},
+        })
+    )  # fmt: skip
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    for model in ("claude-haiku-4-5", "Claude-Haiku-4-5", "CLAUDE-HAIKU-4-5"):
+        assert p.cost("anthropic", model, usage) == 100.0
+        assert p.source("anthropic", model) == "AI_GATEWAY_MODEL_PRICES['anthropic/Claude-Haiku-4-5']"
+    assert p.cost("together", "meta-llama/Llama-3.1-8B", usage) == 2.0
+    assert table_pricing().cost("anthropic", "Claude-Haiku-4-5", usage) == table_pricing().cost(
+        "anthropic", "claude-haiku-4-5", usage
+    )  # the premise: the table ignores case
+
+
 def test_an_override_beats_the_table_and_prices_cached_input() -> None:
     p = table_pricing(
         prices(**{"openai/gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 4, "cached_input_per_mtok": 0.5}})

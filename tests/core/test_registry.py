@@ -135,6 +135,30 @@ def test_custom_provider_names_are_checked() -> None:
         Registry(installed(), environ={}, custom={"Bad Name": CustomProvider(base_url="http://x")})
 
 
+def test_a_price_key_naming_no_provider_is_refused_with_the_fix() -> None:
+    """It never matched: the table's list price was charged with nothing to say the negotiated one was ignored."""
+    price = {"input_per_mtok": 1, "output_per_mtok": 1}
+
+    def registry(keys: list[str], **settings: object) -> Registry:
+        configured = Settings(_env_file=None, model_prices=dict.fromkeys(keys, price), **settings)
+        return Registry.from_settings(configured, {}, [*installed(), plugin("acme", "ACME")])
+
+    with pytest.raises(RegistryError) as info:
+        registry(["openai/*", "OpenAI/gpt-4o-mini"])
+    assert str(info.value).startswith(
+        "AI_GATEWAY_MODEL_PRICES: key 'OpenAI/gpt-4o-mini' names no provider 'OpenAI' (write openai/...); "
+        "provider names: acme, anthropic,"
+    )
+    with pytest.raises(RegistryError, match=r"key 'opnai/\*' names no provider 'opnai' \(check the spelling\)"):
+        registry(["opnai/*"])
+    # A provider turned off is still one: turning it off must not make its prices refuse to start.
+    registry(["acme/*", "groq/x"], load_plugins=False, disabled_providers="groq")
+    local = CustomProvider(base_url="http://127.0.0.1:8080/v1")
+    registry(["local/*"], custom_providers={"local": local})
+    with pytest.raises(RegistryError, match="names no provider 'local'"):
+        registry(["local/*"])
+
+
 @pytest.mark.parametrize(
     ("custom", "loop"),
     [

@@ -78,6 +78,10 @@ RUNS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["eval", "data.jsonl", "--models", "openai/e-never", "--out", "out.jsonl"],
         {"AI_GATEWAY_MAX_MODELS": "100"},
     ),
+    "price-key": (
+        ["query", "hi", "--models", "openai/c-never"],
+        {"AI_GATEWAY_MODEL_PRICES": '{"OpenAI/c-never": {"input_per_mtok": 1, "output_per_mtok": 1}}'},
+    ),
 }
 
 
@@ -194,6 +198,8 @@ async def test_a_misspelt_setting_stops_the_command_naming_the_setting_it_meant(
     [
         ("clash", "ai-gateway: custom_providers.openai: the name is taken by a registered provider; rename it"),
         ("eval-setting", "ai-gateway: invalid setting: AI_GATEWAY_MAX_MODELS: Input should be less than or equal to 6"),
+        ("price-key", "ai-gateway: AI_GATEWAY_MODEL_PRICES: key 'OpenAI/c-never' names no provider 'OpenAI' (write "
+                      "openai/...); provider names: anthropic, deepseek,"),
     ],
 )
 async def test_bad_configuration_exits_2_as_bad_input_does_never_1_which_means_no_answer(
