@@ -34,6 +34,7 @@ from ai_gateway.evaluation.summary import EvalSummary  # run_eval's result
 from ai_gateway.gateway import Gateway, running_gateway
 from ai_gateway.prompts import add_prompts
 from ai_gateway.registry import Registry
+from ai_gateway.result_text import large_result
 from ai_gateway.schemas import (
     Catalogue,
     ChatMessage,
@@ -178,7 +179,7 @@ def build_server(
             raise ToolError(f"invalid argument {exc.message}", log_level=logging.INFO) from None
         if not any(r.status == "ok" for r in result.results):
             return _all_failed(result)
-        return result
+        return large_result(result) or result
 
     tool = Tool.from_function(query_models, annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
     # Inlined first (fastmcp would inline the $defs when listing anyway), so the nullable nested

@@ -256,6 +256,28 @@ async def test_the_sdk_client_hears_of_each_model_answered_while_the_call_still_
     assert [p[:2] for p in progress[1:]] in ([], [(2, 3)])
 
 
+async def test_a_long_answer_reaches_the_sdk_client_whose_messages_are_limited_to_1_mib(
+    gateway: ServerProcess, module_fake: GatedFake
+) -> None:
+    """A 300 KB answer was four times in one message (as the answer and as its model's text, in structuredContent and
+    again in the text block's JSON): 1.2 MB, over the SDK client's default limit of 1 MiB per event. The provider
+    was paid, and the client got a transport error."""
+    long = ("All work and no play makes Jack a dull boy. " * 7_000).strip()  # 308 KB
+    module_fake.set("big-1", Scenario(text=long))
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        streamable_http_client(f"{gateway.base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()  # a session of the protocol's earlier era: its replies are SSE events
+        result = await session.call_tool("query_models", {"prompt": "write", "models": ["openai/big-1"]})
+    assert not result.is_error
+    sc = result.structured_content
+    assert sc["answer"] == long and sc["results"][0]["text"] == long
+    shown = json.loads(result.content[0].text)
+    assert shown["answer"] == long and shown["results"][0]["text"] == "(same as answer)"
+
+
 def sse_message(text: str) -> dict:
     """The JSON-RPC message of a streamable-HTTP reply (an SSE event, or plain JSON)."""
     return json.loads(text.split("data: ", 1)[1] if text.startswith(("event:", "data:")) else text)

@@ -337,6 +337,38 @@ async def test_consensus_without_majority_has_no_answer(client: Client, fake: Ga
     assert [g["answer"] for g in consensus["groups"]] == ["Paris", "London", "Berlin"]
 
 
+async def test_a_large_result_says_each_answer_once_in_its_text_block(client: Client, fake: GatedFake) -> None:
+    """The text block repeated the result's JSON, where a consensus group repeats its first member's text and its
+    normalised form: four 40 KB answers made a 640 KB text block beside as much structuredContent. Past a size, the
+    text block gives each answer once; structuredContent stays complete."""
+    red, blue = ("The sky is red. " * 2_500).strip(), ("The sky is blue. " * 2_500).strip()  # 40 KB each
+    for model, text in {"lg-1": red, "lg-2": red, "lg-3": blue, "lg-4": blue}.items():
+        fake.set(model, Scenario(text=text))
+    models = ["openai/lg-1", "groq/lg-2", "gemini/lg-3", "ollama/lg-4"]  # not anthropic: its default max_tokens
+
+    result = await query(client, prompt=PROMPT, models=models, strategy="consensus", cache="bypass")
+
+    sc = result.structured_content
+    assert [r["text"] for r in sc["results"]] == [red, red, blue, blue] and sc["answer"] is None  # a tie
+    assert [g["answer"] for g in sc["consensus"]["groups"]] == [red, blue]
+    assert all(len(g["normalized"]) > 30_000 for g in sc["consensus"]["groups"])
+    shown = json.loads(text_of(result))
+    assert shown["note"].startswith("a large result (") and "structuredContent holds the full result" in shown["note"]
+    same_as = ["(same as results[0].text)", "(same as results[2].text)"]
+    assert [r["text"] for r in shown["results"]] == [red, same_as[0], blue, same_as[1]]
+    groups = shown["consensus"]["groups"]
+    assert [g["answer"] for g in groups] == same_as
+    assert {g["normalized"] for g in groups} == {"(left out of this text block: see structuredContent)"}
+    assert len(text_of(result)) < len(red) + len(blue) + 4_000
+    # Everything else as in structuredContent; and a small result's text block is its JSON, as it always was.
+    for key in ("strategy", "model", "latency_ms", "usage"):
+        assert shown[key] == sc[key]
+    assert [g["votes"] for g in groups] == [2, 2] and [r["status"] for r in shown["results"]] == ["ok"] * 4
+    fake.set("lg-5", Scenario(text="short"))
+    small = await query(client, prompt=PROMPT, models=["openai/lg-5"])
+    assert json.loads(text_of(small)) == small.structured_content
+
+
 async def test_consensus_tie_is_not_reached_and_groups_follow_request_order(client: Client, fake: GatedFake) -> None:
     for model, text in {"t-1": "Blue", "t-2": "red", "t-3": "Red.", "t-4": "blue"}.items():
         fake.set(model, Scenario(text=text))
