@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -70,6 +70,17 @@ class ProviderSpec:
     # ("openai", "google", ...). None: prices unknown (local servers), unless the user sets
     # AI_GATEWAY_MODEL_PRICES. Only data: the core computes cost, an adapter never does.
     price_source: str | None = None
+    # How a value of a base_url_env variable becomes the base URL, for a variable people write otherwise (Ollama's
+    # OLLAMA_HOST is a bind address: "localhost:11434"). A variable's URL must start with http:// or https://.
+    normalise_base_url: Callable[[str], str] | None = None
+
+    def __post_init__(self) -> None:
+        # api_key_env="X_API_KEY" was read as a tuple of its letters: "_", "X"... named variables of the shell
+        # ($_, a one-letter $T), and one of their values was sent as the key, to the wrong host.
+        for name in ("api_key_env", "base_url_env"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(var, str) for var in value):
+                raise TypeError(f"ProviderSpec.{name} must be a tuple of variable names, e.g. ({value!r},)")
 
 
 @dataclass(frozen=True, slots=True)

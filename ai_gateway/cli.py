@@ -157,6 +157,7 @@ def _loopback(host: str) -> bool:
     except ValueError:
         return False
 
+
 def cmd_query(args: argparse.Namespace) -> int:
     settings, environ = _setup(args)
     arguments: dict[str, Any] = {"prompt": args.prompt, "strategy": args.strategy}
@@ -189,8 +190,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(catalogue, indent=2))
         return 0
-    width = max(len(p["provider"]) for p in catalogue["providers"])
-    reason_width = max(len(p["reason"]) for p in catalogue["providers"])
+    if not catalogue["providers"]:
+        print("no providers: every one is disabled (AI_GATEWAY_DISABLED_PROVIDERS)")
+    width = max((len(p["provider"]) for p in catalogue["providers"]), default=0)
+    reason_width = max((len(p["reason"]) for p in catalogue["providers"]), default=0)
     for p in catalogue["providers"]:
         mark = "configured    " if p["configured"] else "not configured"
         examples = ", ".join(p["example_models"][:2])
@@ -373,4 +376,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -7,6 +7,7 @@ registry by provider name and are called through the dispatcher.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import unicodedata
@@ -44,11 +45,13 @@ from ai_gateway.schemas import (
     UsageInfo,
     VoteGroup,
 )
-from ai_gateway.secrets import redact_cut, redact_url
+from ai_gateway.secrets import redact, redact_cut, redact_url
 from ai_gateway.settings import Settings
 from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
 from ai_gateway.types import ChatRequest, Message, broken_character
+
+log = logging.getLogger(__name__)
 
 HedgeChoice = float | Literal["auto", "off"] | None
 AUTO_HEDGE_FALLBACK_S = 1.0  # hedge_after_s="auto" before a model has enough latency samples
@@ -223,12 +226,15 @@ class Gateway:
                 adapter = self._adapter(provider)
             except RegistryError as exc:
                 raise InvalidArgument(field, f"{model_id!r}: {exc}") from None
-            problem = adapter.validate_model(model)
+            try:
+                problem = adapter.validate_model(model)
+                # Two spellings of one model (gemini/models/x and gemini/x): under consensus it voted twice, and
+                # was paid for twice.
+                canonical = adapter.canonical_model(model)
+            except Exception as exc:  # a plugin's bug: refused by name, as a plugin that fails to load is
+                raise InvalidArgument(field, self._broken(provider, model_id, exc)) from None
             if problem:
                 raise InvalidArgument(field, f"{model_id!r}: {problem}")
-            # Two spellings of one model (gemini/models/x and gemini/x): under consensus it voted twice, and
-            # was paid for twice.
-            canonical = adapter.canonical_model(model)
             first = seen.setdefault(f"{provider}/{canonical}", i)
             if first != i:
                 raise InvalidArgument(
@@ -256,8 +262,23 @@ class Gateway:
         adapter = self._adapters.get(provider)
         if adapter is None:
             spec = self.registry.spec(provider)
-            adapter = self._adapters[provider] = spec.adapter(self.registry.config(provider))
+            config = self.registry.config(provider)
+            try:
+                adapter = spec.adapter(config)
+            except Exception as exc:  # a plugin's bug: an error naming it, not "Error calling tool"
+                raise RegistryError(self._broken(provider, None, exc)) from None
+            self._adapters[provider] = adapter
         return adapter
+
+    def _broken(self, provider: str, model_id: str | None, exc: Exception) -> str:
+        """What a caller is told of an adapter that raised where it must not; the log gets its (redacted) message."""
+        where = "checking the model id" if model_id else "starting its adapter"
+        log.warning(
+            "provider %r raised %s while %s: %s", provider, type(exc).__name__, where,
+            redact(str(exc), self.registry.secrets()),
+        )  # fmt: skip
+        told = f"provider {provider!r} failed while {where} ({type(exc).__name__}: a bug in its adapter; see the log)"
+        return f"{model_id!r}: {told}" if model_id else told
 
     # -- the catalogue ----------------------------------------------------------------
 

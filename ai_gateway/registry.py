@@ -10,6 +10,7 @@ registry is given, so tests pass their own and never see the real one.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -116,21 +117,32 @@ class Registry:
             load_plugins=settings.load_plugins,
             disabled=settings.disabled_providers,
         )
-        registry.check_price_keys(settings.model_prices)
+        registry.check_names(settings)
         return registry
 
-    def check_price_keys(self, keys: Iterable[str]) -> None:
-        """Refuse a price whose provider part names no provider: it never matched, and the list price was charged
-        with nothing to say the negotiated one was ignored (``OpenAI/...``, ``opnai/*``)."""
-        for key in keys:
-            provider = key.partition("/")[0]
-            if provider in self._known:
-                continue
-            hint = f"write {provider.lower()}/..." if provider.lower() in self._known else "check the spelling"
-            raise RegistryError(
-                f"AI_GATEWAY_MODEL_PRICES: key {key!r} names no provider {provider!r} ({hint}); provider names: "
-                f"{', '.join(sorted(self._known))}"
-            )
+    def check_names(self, settings: Settings) -> None:
+        """Refuse a setting naming a provider that does not exist: it silently did nothing.
+
+        A price keyed ``OpenAI/...`` or ``opnai/*`` never matched, and the list price was charged with nothing to
+        say the negotiated one was ignored; ``AI_GATEWAY_DISABLED_PROVIDERS=grok`` left groq in use.
+        """
+        for key in settings.model_prices:
+            if (problem := self._unknown(key.partition("/")[0], "/...")) is not None:
+                raise RegistryError(f"AI_GATEWAY_MODEL_PRICES: key {key!r} {problem}")
+        for name in settings.disabled_providers:
+            if (problem := self._unknown(name, "")) is not None:
+                raise RegistryError(f"AI_GATEWAY_DISABLED_PROVIDERS: {name!r} {problem}")
+
+    def _unknown(self, name: str, rest: str) -> str | None:
+        if name in self._known:
+            return None
+        if name.lower() in self._known:
+            hint = f"write {name.lower()}{rest}"
+        elif close := difflib.get_close_matches(name, self._known, n=1, cutoff=0.75):
+            hint = f"did you mean {close[0]}?"
+        else:
+            hint = "check the spelling"
+        return f"names no provider {name!r} ({hint}); provider names: {', '.join(sorted(self._known))}"
 
     def names(self) -> list[str]:
         return list(self._visible)
@@ -167,10 +179,17 @@ class Registry:
             return ProviderStatus(name, False, str(exc), entry.source)
         base_var = next((var for var in spec.base_url_env if self._environ.get(var)), None)
         base_url = self._environ[base_var] if base_var else spec.base_url
+        if base_var and spec.normalise_base_url is not None:
+            base_url = spec.normalise_base_url(self._environ[base_var])
         key_var = next((var for var in spec.api_key_env if self._environ.get(var)), None)
         if base_url is None:
             names = " or ".join(spec.base_url_env) or "a base URL"
             configured, reason = False, f"set {names}"
+        elif base_var and not base_url.lower().startswith(("http://", "https://")):
+            # "127.0.0.1:8080/v1" passed as configured, and every call failed in the transport, retried, and
+            # counted against the circuit. (A spec's own default is its author's: mock:// is no HTTP host.)
+            configured, reason = False, f"{base_var} must start with http:// or https://"
+            base_url = redact_url(base_url)
         elif has_userinfo(base_url):
             # Sent as is, every call failed in the transport; a password there would also show wherever the
             # URL does. The key belongs in its variable, where it is sent as the dialect sends keys.

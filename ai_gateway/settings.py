@@ -10,12 +10,13 @@ a test keeps the two in sync.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ai_gateway.secrets import credentials_in, sendable_in_header, url_password
@@ -50,6 +51,17 @@ class CustomProvider(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        # "" or "CORP KEY" named no variable anyone can set: the host stayed "not configured:  is not set".
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is no environment variable name: use letters, digits and '_' (e.g. CORP_LLM_KEY), or "
+                "leave it out for a host that needs no key"
+            )
+        return value
+
     def credentials(self) -> list[str]:
         """What must never show: credentials in its headers and options, or in its base URL (``?api-key=``)."""
         return credentials_in([self.options, self.base_url])
@@ -67,6 +79,7 @@ class ModelPrice(BaseModel):
     )
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CUSTOM_EXAMPLE = '{"lms": {"base_url": "http://localhost:1234/v1"}}'
 _PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
 _PRICE_EXAMPLE = '{"ollama/*": {"input_per_mtok": 0, "output_per_mtok": 0}}'
@@ -312,6 +325,42 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # `AI_GATEWAY_AUTH_TOKEN=` in a .env means "no token", never "the empty token".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("host", "path", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # `AI_GATEWAY_HOST=` served on every interface (uvicorn binds "" to all of them), without a token.
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[info.field_name].default  # type: ignore[index]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        # Compared with the Host header, which never holds a scheme or a path: a URL here matched nothing.
+        for host in value:
+            if "://" in host or "/" in host:
+                bare = host.partition("://")[2].partition("/")[0] if "://" in host else host.partition("/")[0]
+                raise ValueError(f"{host!r}: write the host name alone, as a Host header carries it (e.g. {bare!r})")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # Compared with the Origin header, scheme://host[:port]: a bare name matched nothing.
+        for origin in value:
+            scheme, sep, rest = origin.partition("://")
+            if not sep or not scheme or not rest or "/" in rest:
+                bare = (rest or origin).partition("/")[0]
+                raise ValueError(
+                    f"{origin!r}: write an origin as a browser sends it, scheme://host[:port] (e.g. 'https://{bare}')"
+                )
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -77,7 +77,7 @@ class OllamaAdapter(Adapter):
             options["num_predict"] = request.max_tokens
         if options:
             body["options"] = options
-        return HttpRequest("POST", f"{normalise_host(self.config.base_url)}/api/chat", headers, body)
+        return HttpRequest("POST", f"{self.config.base_url}/api/chat", headers, body)
 
     def parse_response(self, body: Any, model: str) -> Completion:
         text = body["message"]["content"]
@@ -118,6 +118,7 @@ OLLAMA = ProviderSpec(
     # Optional: a local server needs no key; Ollama's cloud API and authenticating proxies do.
     api_key_env=("OLLAMA_API_KEY",),
     base_url_env=("OLLAMA_HOST",),
+    normalise_base_url=normalise_host,
     key_required=False,
     description="An Ollama server (native /api/chat); OLLAMA_API_KEY only for ollama.com or a proxy.",
     example_models=("llama3.2", "qwen2.5", "gemma3"),

@@ -30,3 +30,18 @@ ACME = ProviderSpec(
 )
 WRONG_NAME = ProviderSpec(name="not-what-the-entry-point-says", adapter=EchoHttpAdapter, base_url="https://x")
 NOT_A_SPEC = object()
+
+
+class CheckRaisesAdapter(EchoHttpAdapter):
+    def validate_model(self, model: str) -> str | None:
+        raise RuntimeError("bug while checking, near the key k-plugin-secret-77")
+
+
+class InitRaisesAdapter(EchoHttpAdapter):
+    def __init__(self, config: Any) -> None:
+        raise RuntimeError("bug while starting")
+
+
+CHECK_RAISES = ProviderSpec(name="checkraises", adapter=CheckRaisesAdapter, base_url="https://x", key_required=False)
+INIT_RAISES = ProviderSpec(name="initraises", adapter=InitRaisesAdapter, base_url="https://x", key_required=False)
+

@@ -64,6 +64,79 @@ def test_a_broken_plugin_is_reported_not_fatal(attr: str, reason: str) -> None:
     assert registry.status("mock").configured
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("grok", "AI_GATEWAY_DISABLED_PROVIDERS: 'grok' names no provider 'grok' (did you mean groq?); provider "
+                 "names:"),
+        ("groq,Together", "AI_GATEWAY_DISABLED_PROVIDERS: 'Together' names no provider 'Together' (write together)"),
+    ],
+)
+def test_disabling_a_provider_that_does_not_exist_is_refused(value: str, message: str) -> None:
+    """A typo left the provider it meant to turn off in use, with nothing to say so."""
+    with pytest.raises(RegistryError) as info:
+        Registry.from_settings(Settings(_env_file=None, disabled_providers=value), {}, installed())
+    assert str(info.value).startswith(message)
+    assert "groq" not in Registry.from_settings(Settings(_env_file=None, disabled_providers="groq"), {}).names()
+
+
+def test_a_base_url_variable_without_a_scheme_leaves_its_provider_unconfigured() -> None:
+    """OPENAI_BASE_URL=127.0.0.1:18081/v1 showed "configured"; every call then failed in the transport, was retried
+    and counted against the circuit."""
+    registry = Registry(installed(), environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "127.0.0.1:18081/v1"})
+    status = registry.status("openai")
+    assert (status.configured, status.reason) == (False, "OPENAI_BASE_URL must start with http:// or https://")
+    with pytest.raises(RegistryError, match="OPENAI_BASE_URL must start with http:// or https://"):
+        registry.config("openai")
+    fine = Registry(installed(), environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "HTTP://127.0.0.1:18081/v1"})
+    assert fine.status("openai").configured
+
+
+def test_a_plugin_naming_its_key_variable_as_a_string_fails_to_load_saying_so() -> None:
+    """api_key_env="STRKEY_API_KEY" was read letter by letter: the shell's $_ counted as its key, and a one-letter
+    variable's value was sent as the key."""
+    entry = EntryPoint(name="strkey", value="tests.core.plugin_str_key_env:STRKEY", group=ENTRY_POINT_GROUP)
+    registry = Registry([*installed(), entry], environ={"_": "/usr/bin/env", "S": "not-a-key"})
+    status = registry.status("strkey")
+    assert not status.configured
+    assert "ProviderSpec.api_key_env must be a tuple of variable names, e.g. ('STRKEY_API_KEY',)" in status.reason
+
+
+@pytest.mark.parametrize(
+    ("attr", "model", "where"),
+    [
+        ("CHECK_RAISES", "checkraises/m", "checking the model id"),
+        ("INIT_RAISES", "initraises/m", "starting its adapter"),
+    ],
+)
+async def test_a_plugin_raising_while_a_call_is_checked_is_refused_by_name(
+    attr: str, model: str, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its exception escaped the tool: "Error calling tool 'query_models'", naming neither the model nor the plugin,
+    and exit status 2 with nothing to fix in the call. A plugin that fails to load is refused by name; so is this."""
+    from ai_gateway.errors import InvalidArgument
+    from ai_gateway.gateway import Gateway
+    from ai_gateway.http import SharedClient
+
+    settings = Settings(_env_file=None)
+    name = model.partition("/")[0]
+    environ = {"OTHER_API_KEY": "k-plugin-secret-77"}  # what its message quotes: a credential the gateway knows
+    registry = Registry.from_settings(settings, environ, [*installed(), plugin(name, attr)])
+    client = SharedClient(settings)
+    try:
+        gateway = Gateway(settings, registry, client)
+        with pytest.raises(InvalidArgument) as info:
+            await gateway.query(prompt="hi", models=["mock/echo", model])
+    finally:
+        await client.aclose()
+    assert info.value.message == (
+        f"models[1]: {model!r}: provider {name!r} failed while {where} (RuntimeError: a bug in its adapter; see the "
+        "log)"
+    )
+    assert f"provider {name!r} raised RuntimeError while {where}: bug while" in caplog.text
+    assert "k-plugin-secret-77" not in caplog.text
+
+
 def test_a_plugin_failing_on_its_key_is_reported_without_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its exception quoted the key: list_models, query_models' refusal and the warning log showed it whole."""
     environ = {"MYHOST_APIKEY": "LEAKCANARY-myhost-1234"}
@@ -149,8 +222,10 @@ def test_a_price_key_naming_no_provider_is_refused_with_the_fix() -> None:
         "AI_GATEWAY_MODEL_PRICES: key 'OpenAI/gpt-4o-mini' names no provider 'OpenAI' (write openai/...); "
         "provider names: acme, anthropic,"
     )
-    with pytest.raises(RegistryError, match=r"key 'opnai/\*' names no provider 'opnai' \(check the spelling\)"):
+    with pytest.raises(RegistryError, match=r"key 'opnai/\*' names no provider 'opnai' \(did you mean openai\?\)"):
         registry(["opnai/*"])
+    with pytest.raises(RegistryError, match=r"key 'zzz/\*' names no provider 'zzz' \(check the spelling\)"):
+        registry(["zzz/*"])
     # A provider turned off is still one: turning it off must not make its prices refuse to start.
     registry(["acme/*", "groq/x"], load_plugins=False, disabled_providers="groq")
     local = CustomProvider(base_url="http://127.0.0.1:8080/v1")

@@ -136,3 +136,52 @@ def test_a_redis_url_redis_py_would_misread_is_refused_without_repeating_it(url:
     shown = describe_settings_error(info.value)  # what the command prints
     assert says in shown and shown.startswith("AI_GATEWAY_REDIS_URL: ")
     assert "hunter2" not in shown and "63x9" not in shown
+
+
+def test_an_empty_host_or_path_is_the_default_not_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`AI_GATEWAY_HOST=` bound every interface (uvicorn reads "" so), without a token; `AI_GATEWAY_PATH=` served MCP
+    at /. Empty means unset, as for every other setting."""
+    monkeypatch.setenv("AI_GATEWAY_HOST", "")
+    monkeypatch.setenv("AI_GATEWAY_PATH", " ")
+    settings = Settings(_env_file=None)
+    assert (settings.host, settings.path) == ("127.0.0.1", "/mcp")
+    monkeypatch.setenv("AI_GATEWAY_HOST", "0.0.0.0")
+    assert Settings(_env_file=None).host == "0.0.0.0"
+
+
+def test_the_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_LOG_LEVEL", "INFO")
+    assert Settings(_env_file=None).log_level == "info"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("AI_GATEWAY_ALLOWED_HOSTS", "http://gw.example.com",
+         "AI_GATEWAY_ALLOWED_HOSTS: Value error, 'http://gw.example.com': write the host name alone, as a Host header "
+         "carries it (e.g. 'gw.example.com')"),
+        ("AI_GATEWAY_ALLOWED_ORIGINS", "example.com",
+         "AI_GATEWAY_ALLOWED_ORIGINS: Value error, 'example.com': write an origin as a browser sends it, "
+         "scheme://host[:port] (e.g. 'https://example.com')"),
+        ("AI_GATEWAY_CUSTOM_PROVIDERS", '{"corp": {"base_url": "http://x", "api_key_env": "CORP KEY"}}',
+         "AI_GATEWAY_CUSTOM_PROVIDERS (corp.api_key_env): Value error, 'CORP KEY' is no environment variable name"),
+        ("AI_GATEWAY_CUSTOM_PROVIDERS", '{"corp": {"base_url": "http://x", "api_key_env": ""}}',
+         "AI_GATEWAY_CUSTOM_PROVIDERS (corp.api_key_env): Value error, '' is no environment variable name"),
+    ],
+)  # fmt: skip
+def test_values_that_would_match_nothing_are_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    """Accepted, each matched nothing: a proxy's Host got 421, a browser's origin 403, a host stayed unconfigured."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    assert describe_settings_error(info.value).startswith(says)
+
+
+def test_host_names_and_origins_as_headers_carry_them_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_GATEWAY_ALLOWED_HOSTS", "gw.example.com:8443,*.example.com,[::1]:8000")
+    monkeypatch.setenv("AI_GATEWAY_ALLOWED_ORIGINS", "https://app.example.com,http://localhost:3000")
+    settings = Settings(_env_file=None)
+    assert settings.allowed_hosts == ["gw.example.com:8443", "*.example.com", "[::1]:8000"]
+    assert settings.allowed_origins == ["https://app.example.com", "http://localhost:3000"]

@@ -78,6 +78,12 @@ RUNS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["eval", "data.jsonl", "--models", "openai/e-never", "--out", "out.jsonl"],
         {"AI_GATEWAY_MAX_MODELS": "100"},
     ),
+    "none-enabled": (
+        ["models"],
+        {"AI_GATEWAY_DISABLED_PROVIDERS": "anthropic,deepseek,fireworks,gemini,groq,lmstudio,mistral,mock,ollama,"
+                                          "openai,openrouter,together,vllm"},
+    ),
+    "disabled-typo": (["query", "hi", "--models", "openai/c-never"], {"AI_GATEWAY_DISABLED_PROVIDERS": "grok"}),
     "price-key": (
         ["query", "hi", "--models", "openai/c-never"],
         {"AI_GATEWAY_MODEL_PRICES": '{"OpenAI/c-never": {"input_per_mtok": 1, "output_per_mtok": 1}}'},
@@ -159,6 +165,13 @@ async def test_models_lists_configured_and_unconfigured_providers(cli: Runs) -> 
         assert secret not in run.out + run.err
 
 
+async def test_models_with_every_provider_disabled_says_so(cli: Runs) -> None:
+    """It ended in a traceback: max() of no providers."""
+    run = cli["none-enabled"]
+    assert (run.code, run.err) == (0, "")
+    assert run.out.startswith("no providers: every one is disabled (AI_GATEWAY_DISABLED_PROVIDERS)\n")
+
+
 async def test_unknown_model_exits_non_zero_naming_the_field(cli: Runs) -> None:
     run = cli["unknown"]
     assert run.code != 0
@@ -198,6 +211,8 @@ async def test_a_misspelt_setting_stops_the_command_naming_the_setting_it_meant(
     [
         ("clash", "ai-gateway: custom_providers.openai: the name is taken by a registered provider; rename it"),
         ("eval-setting", "ai-gateway: invalid setting: AI_GATEWAY_MAX_MODELS: Input should be less than or equal to 6"),
+        ("disabled-typo", "ai-gateway: AI_GATEWAY_DISABLED_PROVIDERS: 'grok' names no provider 'grok' (did you mean "
+                          "groq?); provider names: anthropic,"),
         ("price-key", "ai-gateway: AI_GATEWAY_MODEL_PRICES: key 'OpenAI/c-never' names no provider 'OpenAI' (write "
                       "openai/...); provider names: anthropic, deepseek,"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import EntryPoint
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from ai_gateway.errors import (
     ProviderTimeout,
     UpstreamError,
 )
+from ai_gateway.registry import ENTRY_POINT_GROUP, Registry
 from ai_gateway.secrets import Secret
 from ai_gateway.types import ChatRequest, FinishReason, Message, Usage
 from providers.ollama import OLLAMA, OllamaAdapter, normalise_host
@@ -63,11 +65,21 @@ def test_normalise_host(value: str, expected: str) -> None:
     assert normalise_host(value) == expected
 
 
+def test_the_registry_reads_ollama_host_as_ollama_does() -> None:
+    """OLLAMA_HOST is a bind address, written without a scheme: the spec says how to read it, so the registry's
+    check that a base URL starts with http:// or https:// holds for it too."""
+    registry = Registry([EntryPoint("ollama", "providers.ollama:OLLAMA", ENTRY_POINT_GROUP)], environ={})
+    assert registry.config("ollama").base_url == BASE
+    bound = Registry([EntryPoint("ollama", "providers.ollama:OLLAMA", ENTRY_POINT_GROUP)],
+                     environ={"OLLAMA_HOST": "0.0.0.0:11434"})  # fmt: skip
+    assert bound.status("ollama").configured and bound.config("ollama").base_url == "http://0.0.0.0:11434"
+
+
 # -- build_request ------------------------------------------------------------------
 
 
 def test_build_request_full() -> None:
-    req = make(base_url="0.0.0.0:11434").build_request(REQUEST, "llama3.2")
+    req = make(base_url="http://0.0.0.0:11434").build_request(REQUEST, "llama3.2")
     assert req.method == "POST"
     assert req.url == "http://0.0.0.0:11434/api/chat"
     assert dict(req.headers) == {"content-type": "application/json"}
@@ -179,7 +191,7 @@ def test_row() -> None:
 
 async def test_complete_sends_vendor_request(api: respx.MockRouter, client: httpx.AsyncClient) -> None:
     route = api.post("http://0.0.0.0:11434/api/chat").respond(200, json=load("success.json"))
-    adapter = make(base_url="0.0.0.0:11434")
+    adapter = make(base_url="http://0.0.0.0:11434")
     c = await adapter.complete(client, REQUEST, "llama3.2")
     assert c.text == "Hello! How are you today?"
     sent = route.calls.last.request
