@@ -5,7 +5,7 @@ computes it. A price comes from the first of:
 
 1. ``AI_GATEWAY_MODEL_PRICES``: the key ``provider/model``, else the most specific matching pattern
    ``provider/<glob>`` (``*``, ``?``, ``[...]``; the longest pattern wins); the model part in any case. Local models,
-   negotiated rates. A key naming no provider is refused at start (``Registry.check_price_keys``).
+   negotiated rates. A key naming no provider is refused at start (``Registry.check_names``).
 2. The genai-prices table (a snapshot bundled with the package; nothing is ever fetched), under the provider's
    ``ProviderSpec.price_source`` id, looked up by the model name as requested.
 3. Otherwise the price is unknown: None.

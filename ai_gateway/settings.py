@@ -345,7 +345,7 @@ class Settings(BaseSettings):
         # Compared with the Host header, which never holds a scheme or a path: a URL here matched nothing.
         for host in value:
             if "://" in host or "/" in host:
-                bare = host.partition("://")[2].partition("/")[0] if "://" in host else host.partition("/")[0]
+                bare = host.split("://")[-1].partition("/")[0]
                 raise ValueError(f"{host!r}: write the host name alone, as a Host header carries it (e.g. {bare!r})")
         return value
 
