@@ -171,6 +171,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         if value is not None:
             arguments[key] = value
     server = _build(settings, environ)
+    if problem := asyncio.run(_argument_problem(server, "query_models", arguments, _QUERY_FLAGS)):
+        refuse(problem)
     result = asyncio.run(_call_tool(server, "query_models", arguments))
     if result.is_error and not result.structured_content:
         print(f"ai-gateway: {_text(result)}", file=sys.stderr)
@@ -234,6 +236,37 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 # -- eval ---------------------------------------------------------------------------- end
+
+
+# query_models' arguments as `ai-gateway query` spells them.
+_QUERY_FLAGS = {
+    "prompt": "PROMPT",
+    "models": "--models",
+    "strategy": "--strategy",
+    "system": "--system",
+    "temperature": "--temperature",
+    "max_tokens": "--max-tokens",
+    "timeout_s": "--timeout",
+    "hedge_after_s": "--hedge-after",
+    "cache": "--cache",
+    "sample": "--sample",
+}
+
+
+async def _argument_problem(server: Any, name: str, arguments: dict[str, Any], flags: dict[str, str]) -> str | None:
+    """What is wrong with a command's arguments under the tool's published input schema, named by its flag.
+
+    The tool's own refusal names the argument (max_tokens, not --max-tokens) in pydantic's multi-line dump, after a
+    fastmcp warning; the schema holds the same bounds, so they are written once, in the tool's signature."""
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    schema = (await server.get_tool(name)).parameters
+    error = best_match(validator_for(schema)(schema).iter_errors(arguments))
+    if error is None:
+        return None
+    field = next((str(part) for part in error.absolute_path), "")
+    return f"{flags.get(field, field or name)}: {error.message}"
 
 
 async def _call_tool(server: Any, name: str, arguments: dict[str, Any]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -118,6 +120,32 @@ def test_numbers_on_the_command_line_are_checked_before_anything_runs(
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "5"], "--temperature: 5.0 is greater than the maximum of 2"),
+        (["--max-tokens", "0"], "--max-tokens: 0 is less than the minimum of 1"),
+        (["--sample", "-1"], "--sample: -1 is less than the minimum of 0"),
+        (["--timeout", "-1"], "--timeout: -1.0 is less than or equal to the minimum of 0"),
+        (["--hedge-after", "-2"], "--hedge-after: -2.0 is less than or equal to the minimum of 0"),
+        (["--models", " , "], "--models: [] should be non-empty"),
+    ],
+)
+def test_a_query_flag_out_of_the_tools_bounds_is_refused_by_its_flag_name(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool's refusal reached the shell as pydantic's dump, naming max_tokens (not --max-tokens), with a link,
+    after a fastmcp warning."""
+    from ai_gateway import cli
+
+    monkeypatch.chdir(tmp_path)  # no .env
+    try:
+        code = cli.main(["query", "hi", "--models", "mock/echo", *flags])
+    except SystemExit as stop:
+        code = stop.code
+    assert (code, capsys.readouterr()) == (2, ("", f"ai-gateway: {message}\n"))
 
 
 @pytest.mark.parametrize(
