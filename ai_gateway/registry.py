@@ -124,7 +124,8 @@ class Registry:
         """Refuse a setting naming a provider that does not exist: it silently did nothing.
 
         A price keyed ``OpenAI/...`` or ``opnai/*`` never matched, and the list price was charged with nothing to
-        say the negotiated one was ignored; ``AI_GATEWAY_DISABLED_PROVIDERS=grok`` left groq in use.
+        say the negotiated one was ignored; ``AI_GATEWAY_DISABLED_PROVIDERS=grok`` left groq in use; a default model
+        ``opnai/gpt-4o`` failed every call that named no models.
         """
         for key in settings.model_prices:
             if (problem := self._unknown(key.partition("/")[0], "/...")) is not None:
@@ -132,6 +133,22 @@ class Registry:
         for name in settings.disabled_providers:
             if (problem := self._unknown(name, "")) is not None:
                 raise RegistryError(f"AI_GATEWAY_DISABLED_PROVIDERS: {name!r} {problem}")
+        # A wrong default model made every call that names no models fail, while the server ran and `models` showed
+        # it as the default. Whether its provider is configured is left to the call, which says so (and loading
+        # every default's adapter here would put its imports on start-up).
+        for i, model_id in enumerate(settings.default_models):
+            if (problem := self._default_problem(model_id)) is not None:
+                raise RegistryError(f"AI_GATEWAY_DEFAULT_MODELS[{i}]: {model_id!r} {problem}")
+
+    def _default_problem(self, model_id: str) -> str | None:
+        provider, _, model = model_id.partition("/")
+        if not provider or not model.strip():
+            return "is not provider/model (e.g. openai/gpt-4o-mini)"
+        if provider in self._disabled:
+            return f"names provider {provider!r}, which AI_GATEWAY_DISABLED_PROVIDERS turns off"
+        if provider in self._known and provider not in self._entries:
+            return f"names provider {provider!r}, a plugin AI_GATEWAY_LOAD_PLUGINS=false leaves unloaded"
+        return self._unknown(provider, f"/{model}")
 
     def _unknown(self, name: str, rest: str) -> str | None:
         if name in self._known:

@@ -235,6 +235,42 @@ def test_a_price_key_naming_no_provider_is_refused_with_the_fix() -> None:
 
 
 @pytest.mark.parametrize(
+    ("models", "settings", "message"),
+    [
+        ("mock/echo,opnai/gpt-4o", {}, "AI_GATEWAY_DEFAULT_MODELS[1]: 'opnai/gpt-4o' names no provider 'opnai' (did "
+                                        "you mean openai?); provider names: acme, anthropic,"),
+        ("OpenAI/gpt-4o", {}, "AI_GATEWAY_DEFAULT_MODELS[0]: 'OpenAI/gpt-4o' names no provider 'OpenAI' (write "
+                              "openai/gpt-4o)"),
+        ("gpt-4o", {}, "AI_GATEWAY_DEFAULT_MODELS[0]: 'gpt-4o' is not provider/model (e.g. openai/gpt-4o-mini)"),
+        ("groq/llama", {"disabled_providers": "groq"},
+         "AI_GATEWAY_DEFAULT_MODELS[0]: 'groq/llama' names provider 'groq', which AI_GATEWAY_DISABLED_PROVIDERS "
+         "turns off"),
+        ("acme/m", {"load_plugins": False},
+         "AI_GATEWAY_DEFAULT_MODELS[0]: 'acme/m' names provider 'acme', a plugin AI_GATEWAY_LOAD_PLUGINS=false "
+         "leaves unloaded"),
+    ],
+)  # fmt: skip
+def test_a_default_model_no_call_could_use_stops_start_up_with_the_fix(
+    models: str, settings: dict[str, object], message: str
+) -> None:
+    """Every call naming no models failed, while the server ran and `models` showed the typo as the default."""
+    with pytest.raises(RegistryError) as info:
+        Registry.from_settings(
+            Settings(_env_file=None, default_models=models, **settings), {}, [*installed(), plugin("acme", "ACME")]
+        )
+    assert str(info.value).startswith(message)
+
+
+def test_a_default_model_of_a_provider_without_its_key_is_left_to_the_call() -> None:
+    """Only names are checked at start: a default whose key is missing is refused by the call that uses it, which
+    says so (tests/integration/test_inmemory.py)."""
+    configured = Settings(_env_file=None, default_models="anthropic/claude-haiku-4-5,acme/m")
+    registry = Registry.from_settings(configured, {}, [*installed(), plugin("acme", "ACME")])
+    status = registry.status("anthropic")
+    assert (status.configured, status.reason) == (False, "ANTHROPIC_API_KEY is not set")
+
+
+@pytest.mark.parametrize(
     ("custom", "loop"),
     [
         ({"aa": CustomProvider(base_url="http://x", dialect="aa")}, "aa -> aa"),
