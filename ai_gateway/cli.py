@@ -113,40 +113,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         asyncio.run(serve_stdio(server))
     else:
-        url = f"http://{settings.host}:{settings.port}"
-        print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
-        if settings.auth_token is None and not _loopback(settings.host):
-            print(
-                f"ai-gateway: warning: serving on {settings.host} without AI_GATEWAY_AUTH_TOKEN: anyone who can "
-                "reach this port can spend the providers' keys",
-                file=sys.stderr,
-            )
-        from ai_gateway.drain import serve_http
-
-        serving = serve_http(
-            server,
-            settings.shutdown_grace_s,
-            host=settings.host,
-            port=settings.port,
-            path=settings.path,
-            show_banner=False,
-            # Sessions by default: a client on a protocol before 2026-07-28 sends its cancel as a notification in
-            # its session; without one, the cancel was dropped and the provider calls ran on, billed.
-            stateless_http=settings.stateless_http,
-            # DNS rebinding: a web page whose name resolves to 127.0.0.1 could otherwise call the tools with the
-            # user's keys. fastmcp's guard, off by default, checks Host and Origin on loopback binds, and on every
-            # bind once hosts are listed.
-            host_origin_protection="auto",
-            allowed_hosts=settings.allowed_hosts or None,
-            allowed_origins=settings.allowed_origins or None,
-            # Without this uvicorn installs its own handlers (access lines on stdout,
-            # no redaction); its records must flow through ours instead.
-            uvicorn_config={"log_config": None},
-        )
-        # Ctrl-C: uvicorn raises it again once the calls have drained (or at once on a second one); main() turns it
-        # into exit status 130, as for stdio.
-        asyncio.run(serving)
+        _serve_http(settings, server)
     return 0
+
+
+def _serve_http(settings: Any, server: Any) -> None:
+    from ai_gateway.drain import serve_http
+
+    def listening(port: int) -> None:
+        # Said once bound: with --port 0 the port is the system's choice, and a taken port is never announced.
+        url = f"http://{settings.host}:{port}"
+        print(f"ai-gateway {__version__}: MCP at {url}{settings.path}, health at {url}/health", file=sys.stderr)
+
+    if settings.auth_token is None and not _loopback(settings.host):
+        print(
+            f"ai-gateway: warning: serving on {settings.host} without AI_GATEWAY_AUTH_TOKEN: anyone who can "
+            "reach this port can spend the providers' keys",
+            file=sys.stderr,
+        )
+    serving = serve_http(
+        server,
+        settings.shutdown_grace_s,
+        listening,
+        host=settings.host,
+        port=settings.port,
+        path=settings.path,
+        show_banner=False,
+        # Sessions by default: a client on a protocol before 2026-07-28 sends its cancel as a notification in
+        # its session; without one, the cancel was dropped and the provider calls ran on, billed.
+        stateless_http=settings.stateless_http,
+        # DNS rebinding: a web page whose name resolves to 127.0.0.1 could otherwise call the tools with the
+        # user's keys. fastmcp's guard, off by default, checks Host and Origin on loopback binds, and on every
+        # bind once hosts are listed.
+        host_origin_protection="auto",
+        allowed_hosts=settings.allowed_hosts or None,
+        allowed_origins=settings.allowed_origins or None,
+        # Without this uvicorn installs its own handlers (access lines on stdout,
+        # no redaction); its records must flow through ours instead.
+        uvicorn_config={"log_config": None},
+    )
+    # Ctrl-C: uvicorn raises it again once the calls have drained (or at once on a second one); main() turns it
+    # into exit status 130, as for stdio.
+    try:
+        asyncio.run(serving)
+    except SystemExit as exc:
+        if exc.code != _UVICORN_STARTUP_FAILURE:
+            raise
+        # uvicorn has logged why (a port in use, an address this machine does not have); its own status, 3,
+        # is documented nowhere of ours.
+        refuse(
+            f"could not serve HTTP on {settings.host}:{settings.port} (the error above says why); choose "
+            "another --port / AI_GATEWAY_PORT or --host / AI_GATEWAY_HOST"
+        )
+
+
+_UVICORN_STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE, without importing uvicorn before it is needed
 
 
 def _loopback(host: str) -> bool:

@@ -111,8 +111,13 @@ class Drain(Middleware):
         return len(self._cuts)
 
 
-async def serve_http(server: FastMCP, grace_s: float, **run_options: Any) -> None:
-    """``server.run_http_async(**run_options)``, draining the calls in flight for up to ``grace_s`` on a signal."""
+async def serve_http(
+    server: FastMCP, grace_s: float, on_listening: Callable[[int], None] | None = None, **run_options: Any
+) -> None:
+    """``server.run_http_async(**run_options)``, draining the calls in flight for up to ``grace_s`` on a signal.
+
+    ``on_listening`` gets the port once the socket is bound: the one asked for, or the one the system chose for
+    port 0. A server that cannot bind never calls it (uvicorn logs why and exits with SystemExit(3))."""
     from sse_starlette.sse import AppStatus
 
     drain = Drain()
@@ -120,7 +125,7 @@ async def serve_http(server: FastMCP, grace_s: float, **run_options: Any) -> Non
     AppStatus.disable_automatic_graceful_drain()
     # By the time uvicorn is told to exit the calls have answered (or were cut): only their last bytes are left.
     uvicorn_config = {**run_options.pop("uvicorn_config", {}), "timeout_graceful_shutdown": CUT_ANSWER_S}
-    watcher = asyncio.create_task(_drain_on_signal(drain, grace_s), name="drain")
+    watcher = asyncio.create_task(_watch(drain, grace_s, on_listening), name="drain")
     try:
         await server.run_http_async(uvicorn_config=uvicorn_config, **run_options)
     finally:
@@ -128,10 +133,24 @@ async def serve_http(server: FastMCP, grace_s: float, **run_options: Any) -> Non
         await asyncio.gather(watcher, return_exceptions=True)
 
 
-async def _drain_on_signal(drain: Drain, grace_s: float) -> None:
+async def _watch(drain: Drain, grace_s: float, on_listening: Callable[[int], None] | None) -> None:
+    # Found once, before the drain puts its own handler in the place it is found.
+    exit_uvicorn = await _uvicorn_handler()
+    watching = [_drain_on_signal(drain, grace_s, exit_uvicorn)]
+    if on_listening is not None:
+        watching.append(_when_listening(exit_uvicorn.__self__, on_listening))  # type: ignore[attr-defined]
+    await asyncio.gather(*watching)
+
+
+async def _when_listening(uvicorn_server: Any, on_listening: Callable[[int], None]) -> None:
+    while not uvicorn_server.started:  # noqa: ASYNC110 - uvicorn sets a flag and offers no event
+        await asyncio.sleep(POLL_S)
+    on_listening(uvicorn_server.servers[0].sockets[0].getsockname()[1])
+
+
+async def _drain_on_signal(drain: Drain, grace_s: float, exit_uvicorn: Handler) -> None:
     from sse_starlette.sse import AppStatus
 
-    exit_uvicorn = await _uvicorn_handler()
     received: list[tuple[int, FrameType | None]] = []
 
     def on_signal(sig: int, frame: FrameType | None) -> None:

@@ -29,13 +29,17 @@ from ai_gateway.pricing import usd
 from tests.cache.support import until
 from tests.fake_provider import Scenario
 from tests.integration.conftest import (
+    CLI,
     KEYS,
     MODELS,
     GatedFake,
     ServerProcess,
     http_servers,
+    run_cli,
+    stop_process,
     subprocess_env,
     vendor,
+    wait_healthy,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -555,3 +559,43 @@ async def test_a_legacy_client_gone_mid_call_finds_the_answer_in_the_cache_when_
     result = sse_message(again.text)["result"]["structuredContent"]
     assert result["answer"] == "hi" and result["results"][0]["cached"] is True
     assert module_fake.count("gone-1") == 1 and module_fake.disconnects == []
+
+
+async def test_port_0_is_announced_as_the_port_the_server_listens_on(module_fake: GatedFake, tmp_path: Path) -> None:
+    """The URL was printed before the bind: `--port 0` announced port 0, and a taken port was announced too."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--transport", "http", "--port", "0",
+        env=subprocess_env(module_fake.url), cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(15):
+            line = (await proc.stderr.readline()).decode()
+        prefix = f"ai-gateway {__version__}: MCP at http://127.0.0.1:"
+        assert line.startswith(prefix), line
+        port = int(line.removeprefix(prefix).partition("/")[0])
+        assert port > 0
+        assert line == f"{prefix}{port}/mcp, health at http://127.0.0.1:{port}/health\n"
+        health = await wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert health.json()["status"] == "ok"
+    finally:
+        await stop_process(proc)
+
+
+async def test_a_port_in_use_stops_serve_with_status_2_and_the_fix(module_fake: GatedFake, tmp_path: Path) -> None:
+    """uvicorn's own exit status, 3, documented nowhere, after the URL had been announced as if serving."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run_cli(
+            "serve", "--transport", "http", "--port", str(port), env=subprocess_env(module_fake.url), cwd=tmp_path
+        )
+    assert (code, out) == (2, "")
+    assert "address already in use" in err
+    assert err.endswith(
+        f"ai-gateway: could not serve HTTP on 127.0.0.1:{port} (the error above says why); choose another --port / "
+        "AI_GATEWAY_PORT or --host / AI_GATEWAY_HOST\n"
+    )
+    assert "MCP at" not in err
