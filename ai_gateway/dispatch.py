@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Literal
 from ai_gateway.adapter import Adapter
 from ai_gateway.cache.store import LEASE_TTL_S, UNSHARED, CachePolicy, PeerFailure, ResponseCache
 from ai_gateway.errors import (
+    PROVIDER_ERRORS,
     AuthError,
     CacheMiss,
     Cancelled,
     CircuitOpen,
     ConnectFailed,
-    ContentFiltered,
     DeadlineExceeded,
     EmptyResponse,
     ErrorCode,
@@ -366,23 +366,15 @@ class Dispatcher:
             return self._cached(target, peer, started, hedge)
         now = self.clock()
         message = f"{peer.message} (from another gateway process)"
-        error: GatewayError
-        unusable = _UNUSABLE.get(peer.code)
-        if unusable is not None and peer.finish_reason is not None:
-            # Why it was no answer, as its maker reports it; not its usage: the provider billed that caller once.
-            completion = Completion("", FinishReason(peer.finish_reason))
-            error = unusable(
-                message,
-                provider=target.provider,
-                status=peer.status,
-                retry_after_s=peer.retry_after_s,
-                completion=completion,
-            )
-        else:
-            error = GatewayError(
-                message, provider=target.provider, status=peer.status, retry_after_s=peer.retry_after_s
-            )
+        kind = PROVIDER_ERRORS.get(peer.code)
+        error = (kind or GatewayError)(
+            message, provider=target.provider, status=peer.status, retry_after_s=peer.retry_after_s
+        )
+        if kind is None:  # no provider error has this code (a plugin's own error class): the code is kept
             error.code = ErrorCode(peer.code)  # type: ignore[misc]  (validated by await_peer)
+        elif isinstance(error, UnusableAnswer) and peer.finish_reason is not None:
+            # Why it was no answer, as its maker reports it; not its usage: the provider billed that caller once.
+            error.completion = Completion("", FinishReason(peer.finish_reason))
         return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
 
     async def _call_provider(
@@ -556,13 +548,6 @@ class Dispatcher:
             + "); the caller's deadline cut it",
             provider=target.provider,
         )
-
-
-# The unusable answers another process may publish with their finish reason, by code.
-_UNUSABLE: dict[str, type[UnusableAnswer]] = {
-    ErrorCode.EMPTY_RESPONSE: EmptyResponse,
-    ErrorCode.CONTENT_FILTERED: ContentFiltered,
-}
 
 
 def _sanitised(completion: Completion, secrets: tuple[str, ...]) -> Completion:

@@ -41,6 +41,7 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -229,6 +230,31 @@ class InvalidArgument(GatewayError):
 
 class InternalError(GatewayError):
     code = ErrorCode.INTERNAL
+
+
+# Each provider error by its code (unique among them). An error known only by its code (another gateway process's,
+# published beside the cache; the mock adapter's fail:<code>) is rebuilt as its class, so its retryable,
+# trips_breaker and isinstance checks hold as they did where it was raised.
+PROVIDER_ERRORS: Mapping[str, type[ProviderError]] = MappingProxyType(
+    {
+        cls.code.value: cls
+        for cls in (
+            RateLimited,
+            Overloaded,
+            UpstreamError,
+            ProviderTimeout,
+            ConnectFailed,
+            MalformedResponse,
+            BadRequest,
+            ContextLengthExceeded,
+            ContentFiltered,
+            EmptyResponse,
+            AuthError,
+            NotFound,
+            QuotaExhausted,
+        )
+    }
+)
 
 
 def error_for_status(status: int, message: str, **kwargs: Any) -> ProviderError:

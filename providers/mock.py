@@ -22,43 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec
-from ai_gateway.errors import (
-    AuthError,
-    BadRequest,
-    ConnectFailed,
-    ContentFiltered,
-    ContextLengthExceeded,
-    MalformedResponse,
-    NotFound,
-    Overloaded,
-    ProviderError,
-    ProviderTimeout,
-    QuotaExhausted,
-    RateLimited,
-    UpstreamError,
-)
+from ai_gateway.errors import PROVIDER_ERRORS, BadRequest
 from ai_gateway.types import ChatRequest, Completion, FinishReason, Usage
 
 if TYPE_CHECKING:
     import httpx
 
-_FAILURES: dict[str, type[ProviderError]] = {
-    cls.code.value: cls
-    for cls in (
-        RateLimited,
-        QuotaExhausted,
-        Overloaded,
-        UpstreamError,
-        ProviderTimeout,
-        ConnectFailed,
-        MalformedResponse,
-        BadRequest,
-        ContextLengthExceeded,
-        ContentFiltered,
-        AuthError,
-        NotFound,
-    )
-}
 _GRAMMAR = re.compile(
     r"^(?P<kind>echo|fixed|fail)(?::(?P<arg>.*?))?(?:@(?P<delay>\d+(?:\.\d+)?)(?P<unit>ms|s))?$", re.S
 )
@@ -82,8 +51,8 @@ def parse_model(model: str) -> Behaviour | str:
         return "echo takes no argument: mock/echo, or mock/echo@<n>ms"
     if kind == "fixed" and not arg:
         return "fixed needs a text: mock/fixed:<text>"
-    if kind == "fail" and arg not in _FAILURES:
-        return f"fail needs one of: {', '.join(sorted(_FAILURES))}"
+    if kind == "fail" and arg not in PROVIDER_ERRORS:
+        return f"fail needs one of: {', '.join(sorted(PROVIDER_ERRORS))}"
     delay = float(match["delay"] or 0) / (1000 if match["unit"] == "ms" else 1)
     return Behaviour(kind, arg, delay)
 
@@ -108,7 +77,7 @@ class MockAdapter(Adapter):
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.kind == "fail":
-            error = _FAILURES[behaviour.arg](f"mock failure: {behaviour.arg}", provider=self.config.name)
+            error = PROVIDER_ERRORS[behaviour.arg](f"mock failure: {behaviour.arg}", provider=self.config.name)
             raise error
         prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         text = prompt if behaviour.kind == "echo" else behaviour.arg
