@@ -271,3 +271,8 @@ def error_message_from_body(body: Any, status: int) -> str:
     if isinstance(body, str) and body.strip():
         return f"HTTP {status}: {body.strip()[:200]}"
     return f"HTTP {status}"
+
+
+def token_count(value: Any) -> int | None:
+    """A token count from a vendor's usage object: an int, or None for anything else (a JSON true is no count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

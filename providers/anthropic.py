@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body, token_count
 from ai_gateway.errors import (
     AuthError,
     BadRequest,
@@ -118,20 +118,15 @@ class AnthropicAdapter(Adapter):
         return cls(message, status=status)
 
 
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    uncached, output = _int(raw.get("input_tokens")), _int(raw.get("output_tokens"))
+    uncached, output = token_count(raw.get("input_tokens")), token_count(raw.get("output_tokens"))
     if uncached is None or output is None:
         return None
     # Anthropic's input_tokens excludes cache reads and writes; our Usage counts all input.
-    cache_read = _int(raw.get("cache_read_input_tokens"))
-    cache_write = _int(raw.get("cache_creation_input_tokens")) or 0
+    cache_read = token_count(raw.get("cache_read_input_tokens"))
+    cache_write = token_count(raw.get("cache_creation_input_tokens")) or 0
     return Usage(
         input_tokens=uncached + (cache_read or 0) + cache_write,
         output_tokens=output,

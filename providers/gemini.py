@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body, token_count
 from ai_gateway.errors import (
     AuthError,
     BadRequest,
@@ -161,7 +161,6 @@ class GeminiAdapter(Adapter):
         return cls(message, status=status)
 
 
-
 def _daily_quota(details: list[dict[str, Any]]) -> bool:
     """True when a per-day quota ran out: it resets at midnight Pacific, so retrying now cannot help."""
     for detail in details:
@@ -187,24 +186,20 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    prompt = _int(raw.get("promptTokenCount"))
+    prompt = token_count(raw.get("promptTokenCount"))
     if prompt is None:
         return None
     # Proto3 JSON omits zero counts, so a missing candidatesTokenCount means no output tokens.
-    candidates = _int(raw.get("candidatesTokenCount")) or 0
-    thoughts = _int(raw.get("thoughtsTokenCount"))
+    candidates = token_count(raw.get("candidatesTokenCount")) or 0
+    thoughts = token_count(raw.get("thoughtsTokenCount"))
     return Usage(
         input_tokens=prompt,
         # Thinking tokens are billed as output tokens but reported separately.
         output_tokens=candidates + (thoughts or 0),
-        cached_input_tokens=_int(raw.get("cachedContentTokenCount")),
+        cached_input_tokens=token_count(raw.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body, token_count
 from ai_gateway.errors import BadRequest, NotFound, ProviderError, UpstreamError, error_for_status
 from ai_gateway.types import ChatRequest, Completion, FinishReason, Usage
 
@@ -77,7 +77,7 @@ class OllamaAdapter(Adapter):
             options["num_predict"] = request.max_tokens
         if options:
             body["options"] = options
-        return HttpRequest("POST", f"{self.config.base_url}/api/chat", headers, body)
+        return HttpRequest("POST", self.config.url("/api/chat"), headers, body)
 
     def parse_response(self, body: Any, model: str) -> Completion:
         text = body["message"]["content"]
@@ -99,12 +99,8 @@ class OllamaAdapter(Adapter):
         return cls(message, status=status) if cls is not None else error_for_status(status, message)
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _usage(body: Mapping[str, Any]) -> Usage | None:
-    prompt, completion = _int(body.get("prompt_eval_count")), _int(body.get("eval_count"))
+    prompt, completion = token_count(body.get("prompt_eval_count")), token_count(body.get("eval_count"))
     if prompt is None and completion is None:
         return None
     # The server omits zero counts (Go omitempty), e.g. prompt_eval_count when the prompt was cached.

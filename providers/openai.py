@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body
+from ai_gateway.adapter import Adapter, HttpRequest, ProviderSpec, error_message_from_body, token_count
 from ai_gateway.errors import (
     AuthError,
     BadRequest,
@@ -194,26 +194,22 @@ def _content_text(content: Any) -> str:
     )
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    prompt, completion = _int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens"))
+    prompt, completion = token_count(raw.get("prompt_tokens")), token_count(raw.get("completion_tokens"))
     if prompt is None or completion is None:
         return None
     prompt_details = raw.get("prompt_tokens_details") or {}
     completion_details = raw.get("completion_tokens_details") or {}
-    cached = _int(prompt_details.get("cached_tokens"))
+    cached = token_count(prompt_details.get("cached_tokens"))
     if cached is None:
-        cached = _int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek's name for the same count
+        cached = token_count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek's name for the same count
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
         cached_input_tokens=cached,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")),
     )
 
 

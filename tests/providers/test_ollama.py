@@ -102,6 +102,12 @@ def test_build_request_omits_empty_options() -> None:
     assert req.json == {"model": "qwen2.5", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
 
 
+def test_a_query_in_the_base_url_stays_after_the_path() -> None:
+    """A proxy in front of Ollama reached as http://proxy/ollama?tenant=a got POST .../ollama?tenant=a/api/chat."""
+    req = make(base_url="http://proxy:8080/ollama/?tenant=a").build_request(REQUEST, "m")
+    assert req.url == "http://proxy:8080/ollama/api/chat?tenant=a"
+
+
 def test_build_request_with_key_sends_bearer() -> None:
     req = make(key="proxy-token-123456").build_request(REQUEST, "m")
     assert req.headers["authorization"] == "Bearer proxy-token-123456"
