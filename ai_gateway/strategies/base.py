@@ -94,7 +94,6 @@ def start_all(
     targets: Sequence[ModelTarget],
     call: CallModel,
     can_fail_over: Callable[[], bool],
-    started: float,
     answered: Collection[int] = (),
 ) -> dict[asyncio.Task[Outcome], int]:
     """One task per target not ``answered`` already (by the cache), keyed back to its position in the request."""

@@ -55,7 +55,7 @@ async def consensus(
     if len(cached) < len(targets) and tally.has_majority_of_requested():
         tally.decided_early = True
         return StrategyResult(not_started(outcomes, targets, started, reason), _winner(tally), tally)
-    tasks = start_all(targets, call, never, started, answered=cached)
+    tasks = start_all(targets, call, never, answered=cached)
     held: dict[int, Outcome] = {}  # replayed models with no cached answer: outstanding until the vote is decided
     pending = set(tasks)
     try:

@@ -45,7 +45,7 @@ async def fastest(
         return StrategyResult(not_started(outcomes, targets, started, reason), min(cached))
     # Each racer retries on its own, as if it raced alone: one that gave its retry up to another racer lost the
     # call whenever that racer hung or failed too, which asking the first model alone would have answered.
-    tasks = start_all(targets, call, never, started)
+    tasks = start_all(targets, call, never)
     held: dict[int, Outcome] = {}
     winner: int | None = None
     pending = set(tasks)
