@@ -19,9 +19,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from ai_gateway.adapter import Adapter
 from ai_gateway.cache.store import LEASE_TTL_S, UNSHARED, CachePolicy, PeerFailure, ResponseCache
 from ai_gateway.errors import (
     PROVIDER_ERRORS,
@@ -42,6 +41,7 @@ from ai_gateway.errors import (
     RateLimited,
     UnusableAnswer,
 )
+from ai_gateway.outcome import ModelTarget, Outcome, never
 from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
 from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 # Where the shared HTTP client comes from: built on first use (see ai_gateway.http).
 ClientSource = Callable[[], "httpx.AsyncClient"]
-OutcomeStatus = Literal["ok", "error", "cancelled", "skipped"]
 
 
 DEFAULT_POLICY = CachePolicy()
@@ -91,50 +90,6 @@ def _trips(error: GatewayError, target: ModelTarget) -> bool:
     if isinstance(error, RateLimited) and target.circuit == target.provider:
         return False
     return error.trips_breaker
-
-
-def never() -> bool:
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class ModelTarget:
-    """A requested model resolved to the adapter that will serve it."""
-
-    id: str  # as the caller wrote it: provider/model
-    provider: str
-    model: str  # the vendor's model name: everything after the first "/", as the adapter's canonical_model spells it
-    adapter: Adapter
-    breaker_key: str = ""  # the provider, or provider/model where models fail independently
-
-    @property
-    def circuit(self) -> str:
-        return self.breaker_key or self.provider
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    target: ModelTarget
-    status: OutcomeStatus
-    completion: Completion | None = None
-    error: GatewayError | None = None
-    latency_s: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    hedge: bool = False
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @classmethod
-    def skipped(cls, target: ModelTarget, error: GatewayError | None = None) -> Outcome:
-        return cls(target, "skipped", error=error)
-
-    @classmethod
-    def cancelled(cls, target: ModelTarget, started: float, now: float, reason: str) -> Outcome:
-        return cls(target, "cancelled", error=Cancelled(reason, provider=target.provider), latency_s=now - started)
 
 
 @dataclass

@@ -20,9 +20,10 @@ from ai_gateway.adapter import Adapter
 from ai_gateway.cache.key import answer_prefix
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
-from ai_gateway.dispatch import ClientSource, Dispatcher, ModelTarget, Outcome, Resilience
+from ai_gateway.dispatch import ClientSource, Dispatcher, Resilience
 from ai_gateway.errors import InvalidArgument, UnusableAnswer
 from ai_gateway.http import SharedClient, WarmUp
+from ai_gateway.outcome import ModelTarget, Outcome
 from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
 from ai_gateway.progress import ProgressSink, QueryProgress

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
-from ai_gateway.dispatch import ModelTarget, Outcome, never
+from ai_gateway.outcome import ModelTarget, Outcome, never
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.strategies.base import CallModel
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from ai_gateway.dispatch import ModelTarget, Outcome
 from ai_gateway.errors import Cancelled, ErrorCode
+from ai_gateway.outcome import ModelTarget, Outcome
 from ai_gateway.strategies.voting import Tally
 
 

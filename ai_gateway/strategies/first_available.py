@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from ai_gateway.dispatch import ModelTarget, Outcome, never
+from ai_gateway.outcome import ModelTarget, Outcome, never
 from ai_gateway.resilience.retry import FAILED_OVER
 from ai_gateway.strategies.base import (
     CallModel,

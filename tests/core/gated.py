@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderConfig
-from ai_gateway.dispatch import ModelTarget
 from ai_gateway.errors import GatewayError
+from ai_gateway.outcome import ModelTarget
 from ai_gateway.types import ChatRequest, Completion, FinishReason, Message, Usage
 
 REQUEST = ChatRequest(messages=(Message("user", "What is 2+2?"),))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ai_gateway.dispatch import Dispatcher, ModelTarget
+from ai_gateway.dispatch import Dispatcher
 from ai_gateway.errors import AuthError, UpstreamError
+from ai_gateway.outcome import ModelTarget
 from ai_gateway.progress import HEARTBEAT_CEILING, QueryProgress
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.strategies import StrategyResult

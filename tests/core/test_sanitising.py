@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from ai_gateway.adapter import Adapter, HttpRequest, ProviderConfig
-from ai_gateway.dispatch import Dispatcher, ModelTarget, Resilience
+from ai_gateway.dispatch import Dispatcher, Resilience
 from ai_gateway.errors import BadRequest, GatewayError
+from ai_gateway.outcome import ModelTarget
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.settings import Settings
 from ai_gateway.types import ChatRequest, Completion, FinishReason, Message, Usage

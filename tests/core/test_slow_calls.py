@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ai_gateway.dispatch import Dispatcher, Outcome, Resilience
+from ai_gateway.dispatch import Dispatcher, Resilience
+from ai_gateway.outcome import Outcome
 from ai_gateway.resilience.clock import Deadline
 from ai_gateway.settings import Settings
 from tests.core.fakes import FakeClock
