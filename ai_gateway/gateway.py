@@ -22,7 +22,7 @@ from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.store import Backend, CacheMode, CachePolicy, ResponseCache
 from ai_gateway.dispatch import ClientSource, Dispatcher, Resilience
 from ai_gateway.errors import InvalidArgument, UnusableAnswer
-from ai_gateway.http import SharedClient, WarmUp
+from ai_gateway.http import SharedClient
 from ai_gateway.outcome import ModelTarget, Outcome
 from ai_gateway.price_memo import PriceMemo
 from ai_gateway.pricing import USD_DIGITS, Pricing
@@ -51,6 +51,7 @@ from ai_gateway.settings import Settings
 from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
 from ai_gateway.types import ChatRequest, Message, broken_character
+from ai_gateway.warmup import WarmUp
 
 log = logging.getLogger(__name__)
 

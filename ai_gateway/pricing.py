@@ -11,7 +11,7 @@ computes it. A price comes from the first of:
 3. Otherwise the price is unknown: None.
 
 Which source applies to a (provider, model) is found once and memoised, unknown models included, so a lookup
-(and the ~0.1 s import of genai-prices, done off the loop by :class:`ai_gateway.http.WarmUp`) is paid once; what
+(and the ~0.1 s import of genai-prices, done off the loop by :class:`ai_gateway.warmup.WarmUp`) is paid once; what
 the table says is also remembered on disk (:mod:`ai_gateway.price_memo`), so later processes need not load it.
 
 genai-prices' own ``calc_price`` takes ~100 µs a call (usage validation, unit decomposition), several times the

@@ -8,9 +8,10 @@ import socket
 import httpx
 import pytest
 
-from ai_gateway import http as http_module
-from ai_gateway.http import WarmUp, build_client
+from ai_gateway import warmup as warmup_module
+from ai_gateway.http import build_client
 from ai_gateway.settings import Settings
+from ai_gateway.warmup import WarmUp
 
 
 def closed_port() -> int:
@@ -55,7 +56,7 @@ async def test_the_first_query_hurries_a_delayed_warm_up_instead_of_importing_on
 
 async def test_a_replay_loads_the_price_table_without_the_http_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[str] = []
-    monkeypatch.setattr(http_module, "import_http_stack", lambda: loaded.append("http"))
+    monkeypatch.setattr(warmup_module, "import_http_stack", lambda: loaded.append("http"))
     monkeypatch.setattr("ai_gateway.pricing.preload", lambda: loaded.append("prices"))
     warm = WarmUp()
     warm.skip_http()
@@ -77,7 +78,7 @@ async def test_a_failing_warm_up_is_logged_and_does_not_hold_queries(
     def broken() -> None:
         raise ImportError("no module named 'aiohttp'")
 
-    monkeypatch.setattr(http_module, "import_http_stack", broken)
+    monkeypatch.setattr(warmup_module, "import_http_stack", broken)
     warm = WarmUp()
     await warm.wait()
     assert warm.ready()
