@@ -20,7 +20,9 @@ from typing import Any, NoReturn
 
 from ai_gateway import __version__
 
+# Written out: flags are parsed before the gateway is imported (tests/test_structure.py checks they match its own).
 _STRATEGIES = ("first_available", "fastest", "consensus")
+_CACHE_MODES = ("use", "refresh", "bypass", "only")
 
 
 def _prepare_environment() -> None:
@@ -240,7 +242,7 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
     ev.add_argument("--samples", type=int, default=1, help="queries per row (sample indexes 0..k-1)")
     ev.add_argument("--concurrency", "-c", type=int, default=4, help="queries in flight at once")
-    ev.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), default="use",
+    ev.add_argument("--cache", choices=_CACHE_MODES, default="use",
                     help="only: replay from the cache, no provider calls (misses fail with cache_miss)")  # fmt: skip
     ev.add_argument("--temperature", type=_number)
     ev.add_argument("--max-tokens", dest="max_tokens", type=int, help="most tokens each model may generate per query")
@@ -396,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_hedge_value,
         help="first_available: also start the next model after this many seconds ('auto': its p95; 'off')",
     )
-    query.add_argument("--cache", choices=("use", "refresh", "bypass", "only"), help="cache use (default: use)")
+    query.add_argument("--cache", choices=_CACHE_MODES, help="cache use (default: use)")
     query.add_argument("--sample", type=int, help="sample index: with --temperature > 0, cache each sample apart")
     query.add_argument("--json", action="store_true", help="print the tool's structured result")
     query.set_defaults(func=cmd_query)

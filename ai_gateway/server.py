@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ai_gateway import __version__
+from ai_gateway.cache.store import CacheMode
 from ai_gateway.drain import Drain
 from ai_gateway.environment import load_environ
 from ai_gateway.errors import InvalidArgument
@@ -137,7 +138,7 @@ def build_server(
             NotBool,
         ] = None,
         cache: Annotated[
-            Literal["use", "refresh", "bypass", "only"],
+            CacheMode,
             Field(
                 description="use: read and write the cache; refresh: skip the read, store the new answer; "
                 "bypass: neither; only: answer from the cache or fail that model with cache_miss (no provider call)."
@@ -212,7 +213,7 @@ def build_server(
             int, Field(description="Queries per row (sample indexes 0..k-1).", ge=1, le=MAX_SAMPLES), NotBool
         ] = 1,
         concurrency: Annotated[int, Field(description="Queries in flight at once.", ge=1, le=256), NotBool] = 4,
-        cache: Literal["use", "refresh", "bypass", "only"] = "use",
+        cache: CacheMode = "use",
         out: Annotated[
             str | None,
             Field(

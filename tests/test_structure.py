@@ -123,3 +123,17 @@ def test_eval_runs_without_importing_the_mcp_stack(tmp_path: Path) -> None:
     assert run.stdout.strip().splitlines()[-1] == "0 []"
     record = json.loads(out.read_text().splitlines()[0])
     assert record["answer"] == "4"
+
+
+def test_the_commands_choices_are_the_gateways_own() -> None:
+    """The CLI writes its choices out (it parses flags before importing the gateway); a strategy or cache mode added
+    to the gateway must reach its flags."""
+    from typing import get_args
+
+    from ai_gateway import cli
+    from ai_gateway.cache.store import CACHE_MODES
+    from ai_gateway.schemas import StrategyName
+    from ai_gateway.strategies import STRATEGIES
+
+    assert cli._STRATEGIES == get_args(StrategyName) == tuple(STRATEGIES)
+    assert cli._CACHE_MODES == CACHE_MODES

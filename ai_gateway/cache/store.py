@@ -30,7 +30,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from ai_gateway.cache.envelope import decode, encode
 from ai_gateway.cache.key import cache_key, error_key, lease_key
@@ -40,6 +40,7 @@ from ai_gateway.types import ChatRequest, Completion, FinishReason
 log = logging.getLogger(__name__)
 
 CacheMode = Literal["use", "refresh", "bypass", "only"]
+CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
 STORABLE = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS})
 T = TypeVar("T")
 _FINISH_REASONS = frozenset(str(reason) for reason in FinishReason)

@@ -26,6 +26,7 @@ try:
 except ImportError:  # not POSIX (Windows): runs are not kept apart there
     fcntl = None  # type: ignore[assignment]
 
+from ai_gateway.cache.store import CACHE_MODES
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.dataset import (
     QUESTION_FIELDS,
@@ -42,7 +43,6 @@ from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.strategies import STRATEGIES
 from ai_gateway.strategies.voting import normalise
 
-CACHE_MODES = ("use", "refresh", "bypass", "only")
 MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
