@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ai_gateway.strategies.voting import normalise
+from ai_gateway.answers import normalise
 from ai_gateway.types import broken_character
 
 T = TypeVar("T")

@@ -26,6 +26,7 @@ try:
 except ImportError:  # not POSIX (Windows): runs are not kept apart there
     fcntl = None  # type: ignore[assignment]
 
+from ai_gateway.answers import normalise
 from ai_gateway.cache.store import CACHE_MODES
 from ai_gateway.errors import InvalidArgument
 from ai_gateway.evaluation.dataset import (
@@ -41,7 +42,6 @@ from ai_gateway.evaluation.dataset import (
 from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
 from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.strategies import STRATEGIES
-from ai_gateway.strategies.voting import normalise
 
 MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

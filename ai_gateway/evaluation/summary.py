@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ai_gateway.answers import normalise
 from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.resilience.health import percentile
-from ai_gateway.strategies.voting import normalise
 
 # Answers are graded by normalised equality (as consensus votes are); each expected answer is normalised once.
 expected_form = functools.lru_cache(maxsize=8192)(normalise)

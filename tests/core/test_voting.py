@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ai_gateway.strategies import voting
-from ai_gateway.strategies.voting import Tally, normalise
+from ai_gateway import answers
+from ai_gateway.answers import normalise
+from ai_gateway.strategies.voting import Tally
 
 
 @pytest.mark.parametrize(
@@ -141,11 +142,11 @@ def test_numbers_are_written_canonically() -> None:
 def test_only_short_answers_are_remembered() -> None:
     """Answers are normalised again and again (vote, grading, summary); a long one would only fill memory."""
     long = "The answer is **Four**. " * 40
-    before = voting._normalise_short.cache_info().currsize
-    assert normalise(long) == voting._normalise(long) == "4" + " the answer is 4" * 39
-    assert voting._normalise_short.cache_info().currsize == before
+    before = answers._normalise_short.cache_info().currsize
+    assert normalise(long) == answers._normalise(long) == "4" + " the answer is 4" * 39
+    assert answers._normalise_short.cache_info().currsize == before
     assert normalise("**Four.**") == normalise("**Four.**") == "4"
-    assert voting._normalise_short.cache_info().currsize == before + 1
+    assert answers._normalise_short.cache_info().currsize == before + 1
 
 
 def test_answers_with_nothing_left_once_normalised_never_agree() -> None:
