@@ -117,7 +117,11 @@ def load_dataset(path: Path) -> list[Row]:
     except FileNotFoundError:
         raise EvalInputError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
-        raise EvalInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise EvalInputError(
+            f"{path} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start:,} of the file); save the file as "
+            "UTF-8"
+        ) from None
     except OSError as exc:
         raise EvalInputError(f"{path}: cannot read ({exc.strerror})") from None
     rows: list[Row] = []
@@ -165,8 +169,13 @@ def _parse_row(path: Path, number: int, line: str) -> tuple[Row, bool]:
         )
     except ValueError as exc:
         raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:  # Python's parser recurses per level: ~1,000 levels end it with a traceback
+        raise EvalInputError(f"{where}: nested too deeply to read (about 1,000 levels or more)") from None
     if not isinstance(data, dict):
-        raise EvalInputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise EvalInputError(
+            f"{where}: expected a JSON object, got {type(data).__name__}; write one object per line, such as "
+            '{"id": 1, "prompt": "..."}'
+        )
     if repeated and (field := _first(data, "", _repeated_key)) is not None:
         raise EvalInputError(
             f"{where}: field {field!r} is given twice; JSON readers keep one of the two without a word (Python's the "
@@ -410,6 +419,8 @@ def read_results(path: Path) -> ResultsFile:
             json.loads(tail)
         except ValueError:
             pass  # cut off mid-write: dropped
+        except RecursionError:  # no line of ours: read (and so refused) as the others
+            keep, unterminated = len(data), True
         else:
             keep, unterminated = len(data), True
     records: dict[tuple[str, int], dict[str, Any]] = {}
@@ -419,7 +430,7 @@ def read_results(path: Path) -> ResultsFile:
             continue
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested ~1,000 levels deep, no line of ours
             raise EvalInputError(
                 f"{path} line {number}: not valid JSON; this is not a results file of ai-gateway eval "
                 "(choose another --out)",

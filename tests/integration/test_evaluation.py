@@ -422,6 +422,9 @@ def test_a_line_that_is_not_ours_is_named_as_it_is(
         pytest.param(b"my notes, with no newline at the end", id="notes"),
         pytest.param(b'{"prompt": "another dataset, one line, no newline"}', id="a dataset line"),
         pytest.param(b'{"id": 1, "sample": 0, "results": []}\nmy notes', id="notes after a results line"),
+        # Python's JSON parser recurses per level: a RecursionError ended the run with a traceback, exit 1.
+        pytest.param(b'{"id": 1, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", id="nested 1,000 deep, no newline"),
+        pytest.param(b'{"id": 1, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}\n", id="nested 1,000 deep"),
     ],
 )
 def test_a_file_that_is_not_ours_is_never_cut(
@@ -925,7 +928,9 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
     ("line", "message"),
     [
         ("{not json", "line 2: not valid JSON"),
-        ('["a list"]', "line 2: expected a JSON object, got list"),
+        ('["a list"]', 'line 2: expected a JSON object, got list; write one object per line, such as {"id": 1, '),
+        # A RecursionError from Python's parser ended the run with a traceback, exit 1.
+        ('{"prompt": "a", "x": ' + "[" * 1000 + "]" * 1000 + "}", "line 2: nested too deeply to read"),
         ('{"id": 5}', "line 2: field 'prompt' (a string) or 'messages'"),
         ('{"prompt": "  "}', "line 2: field 'prompt' must be a non-empty string"),
         ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "line 2: field 'prompt': give"),
@@ -1010,6 +1015,17 @@ def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) ->
     with pytest.raises(EvalInputError) as info:
         load_dataset(dataset)
     assert message in str(info.value) and str(dataset) in str(info.value)
+
+
+def test_a_dataset_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
+    """The message gave a byte offset of the whole file only."""
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_bytes(b'{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(EvalInputError) as info:
+        load_dataset(dataset)
+    assert str(info.value) == (
+        f"{dataset} line 3: not UTF-8 text (invalid continuation byte at byte 58 of the file); save the file as UTF-8"
+    )
 
 
 def test_lone_carriage_returns_and_numbers_as_expected_answers_are_read_as_written(tmp_path: Path) -> None:
