@@ -662,9 +662,10 @@ class RedisBackend:
                     await self._resync()
         except TimeoutError:
             pass
-        if self._unsynced:  # the outage itself was logged when it began: this is its consequence
-            log.info(
-                "redis cache at %s did not take %d answer(s) at shutdown; they were kept in this process only",
+        if self._unsynced:  # the outage was logged when it began; this is what it cost, shown by default too
+            log.warning(
+                "redis cache at %s did not take %d answer(s) at shutdown; they were kept in this process only (other "
+                "processes, and a later --cache only replay, will not find them)",
                 self.url,
                 self.unsynced,
             )
