@@ -494,13 +494,17 @@ def print_summary(summary: EvalSummary) -> None:
         )
     if retry := summary.unanswered - summary.unanswered_cut_off:
         others = "other " if summary.unanswered_cut_off else ""
-        lines.append(f"to ask the {retry:,} {others}with no answer again: the same command with --retry-failed")
+        # A replay asks no provider: rerun as it is, its misses would miss again.
+        how = "without --cache only, with --retry-failed" if summary.cache == "only" else "with --retry-failed"
+        lines.append(f"to ask the {retry:,} {others}with no answer again: the same command {how}")
     for line in lines:
         console.print(line, highlight=False, markup=False)
 
 
 def _cost(total: float | None, unpriced: int, what: str) -> str:
     """A known sum and how many answers it leaves out: "$0.0123 + 4 unpriced", or "4 unpriced" alone."""
+    if unpriced == 1:
+        what = what.replace("answers", "answer", 1)
     if total is None:
         return f"{unpriced:,} {what}"
     return usd(total) + (f" + {unpriced:,} {what}" if unpriced else "")

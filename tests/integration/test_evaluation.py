@@ -594,14 +594,18 @@ async def test_a_replay_of_a_consensus_decided_early_is_exact(running: tuple[Cli
     assert replay.answered == first.answered == 4
 
 
-async def test_cache_only_reports_misses_as_errors(running: tuple[Client, Any], fake: GatedFake,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+async def test_cache_only_reports_misses_as_errors(running: tuple[Client, Any], fake: GatedFake, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     _, gateway = running
     dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(3))
     summary = await evaluate(gateway, dataset, tmp_path / "out.jsonl", [A, B], cache="only")
     assert (summary.answered, summary.unanswered) == (0, 3)
     assert [m.errors for m in summary.per_model] == [{"cache_miss": 3}, {"cache_miss": 3}]
     assert fake.count() == 0
+    print_summary(summary)  # the same replay again would miss again: the hint said to run it as it was
+    assert "to ask the 3 with no answer again: the same command without --cache only, with --retry-failed" in (
+        capsys.readouterr().out
+    )
 
 
 async def test_samples_are_distinct_cache_entries_and_replay_exactly(tmp_path: Path) -> None:
@@ -1207,6 +1211,10 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "mock/fixed:4" in printed and "accuracy: 100.0% (1 of 1 graded queries)" in printed
     assert f"results: {tmp_path / 'ok.jsonl'}" in printed
     assert "cost: 2 answers with no known price; saved by the cache: $0" in printed  # mock has no price
+    one_row = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "hi"}])
+    args = cli_args(str(one_row), "--models", "mock/echo", "--out", str(tmp_path / "one-out.jsonl"))
+    assert run_cli(args, offline_setup, build_server) == 0
+    assert "cost: 1 answer with no known price; saved" in capsys.readouterr().out  # not "1 answers"
     assert run("mock/fail:auth", "fail.jsonl", "--json-summary") == 1
     summary = json.loads(capsys.readouterr().out)
     assert (summary["answered"], summary["unanswered"], summary["per_model"][0]["errors"]) == (0, 2, {"auth": 2})
