@@ -130,6 +130,11 @@ def fit_to(gateway: Any, plan: Plan) -> list[str]:
     notes = [lowered] if (lowered := fit_concurrency(gateway, plan)) is not None else []
     if hint := ungraded_hint(plan.rows):
         notes.append(hint)
+    if plan.foreign:
+        notes.append(
+            f"{plan.foreign:,} line(s) of {plan.out} are for ids not in this dataset: left as they are, and not in "
+            "this summary"
+        )
     return notes
 
 
@@ -233,6 +238,7 @@ class Plan:
     existing: ResultsFile
     pending: list[tuple[Row, int]]
     state: RunState
+    foreign: int = 0  # lines of the results file for ids this dataset does not have (left as they are)
 
 
 def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -> Plan:
@@ -259,8 +265,30 @@ def prepare(dataset: Path, rows: Sequence[Row], config: EvalConfig, out: Path) -
                 _check_same_question(out, record, row)
             if record is None or (config.retry_failed and not answered(record)):
                 pending.append((row, sample))
+    foreign = _other_ids(out, existing, rows)
     queries = len(rows) * config.samples
-    return Plan(dataset, out, list(rows), config, existing, pending, RunState(queries, queries - len(pending)))
+    state = RunState(queries, queries - len(pending))
+    return Plan(dataset, out, list(rows), config, existing, pending, state, foreign)
+
+
+def _other_ids(out: Path, existing: ResultsFile, rows: Sequence[Row]) -> int:
+    """How many lines of the results file are for ids not in this dataset; none for any of its ids is refused.
+
+    A results file whose lines are all for other ids is another dataset's: the run was appended to it without a
+    word. Some lines for other ids is a dataset edited since (rows dropped), which resumes."""
+    ids = {row_key(row.id, 0)[0] for row in rows}
+    others = [key for key, _ in existing.records if key not in ids]
+    if not others or len(others) < len(existing.records):
+        return len(others)
+    loose = {str(json.loads(key)) for key in ids}
+    typed = any(str(json.loads(key)) in loose for key in others)
+    raise option_error(
+        "--out",
+        f"{out} holds {len(others):,} results line(s), none for an id of this dataset (e.g. id {others[0]}), so they "
+        "are another dataset's"
+        + ("; an id written as a number (1) and as a string (\"1\") are two ids" if typed else "")
+        + ": choose another --out, or delete it to start over",
+    )
 
 
 def _check_compatible(out: Path, record: dict[str, Any], config: EvalConfig) -> None:

@@ -1198,6 +1198,43 @@ def test_cli_a_results_file_that_cannot_be_written_is_named_with_what_was_kept(
     assert len(read_records(out)) == 2
 
 
+def test_a_results_file_of_another_dataset_is_refused_and_one_of_an_edited_dataset_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run of another dataset was appended to the file without a word (found in a review), and so was a dataset
+    whose ids changed from 1 to "1", which asked and billed every row again."""
+    math = write_jsonl(tmp_path / "math.jsonl", [{"id": "m1", "prompt": "2+2"}, {"id": "m2", "prompt": "3+3"}])
+    trivia = write_jsonl(tmp_path / "trivia.jsonl", [{"id": "t1", "prompt": "capital of France"}])
+    out = tmp_path / "out.jsonl"
+
+    def run(dataset: Path, results: Path = out) -> int:
+        args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(results), "--no-progress")
+        return run_cli(args, offline_setup, build_server)
+
+    assert run(math) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert run(trivia) == 2
+    assert capsys.readouterr().err == (
+        f"ai-gateway eval: --out: {out} holds 2 results line(s), none for an id of this dataset (e.g. id \"m1\"), so "
+        "they are another dataset's: choose another --out, or delete it to start over\n"
+    )
+    assert out.read_bytes() == before
+
+    numbered = write_jsonl(tmp_path / "numbered.jsonl", [{"id": 1, "prompt": "hi"}])
+    named = write_jsonl(tmp_path / "named.jsonl", [{"id": "1", "prompt": "hi"}])
+    assert run(numbered, tmp_path / "numbered-out.jsonl") == 0
+    capsys.readouterr()
+    assert run(named, tmp_path / "numbered-out.jsonl") == 2
+    assert 'an id written as a number (1) and as a string ("1") are two ids' in capsys.readouterr().err
+
+    # The same dataset with a row dropped: it resumes, and says what it leaves aside.
+    assert run(write_jsonl(tmp_path / "trimmed.jsonl", [{"id": "m1", "prompt": "2+2"}])) == 0
+    err = capsys.readouterr().err
+    assert f"1 line(s) of {out} are for ids not in this dataset: left as they are, and not in this summary" in err
+    assert out.read_bytes() == before
+
+
 def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Offline through the mock provider: 0 when every row is answered, 1 when one is not, 2 for a bad model."""
     dataset = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "2+2?", "expected": "4"}, {"prompt": "hi"}])
