@@ -356,7 +356,7 @@ def _check_same_question(out: Path, record: dict[str, Any], row: Row) -> None:
     if not changed:
         return
     if changed == ["system"] and "system" not in record:
-        why = "the line was written by a version that sent no system prompt"
+        why = "the line was asked with no system prompt (its row had none, or an older version sent none)"
     else:
         why = "the dataset changed since those results were written"
     diff = "; ".join(f"{name} was {_excerpt(record.get(name))}, now {_excerpt(asked.get(name))}" for name in changed)

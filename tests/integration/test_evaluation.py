@@ -1129,13 +1129,15 @@ async def test_a_rows_system_prompt_is_sent_and_its_other_fields_are_kept(
         await evaluate(gateway, dataset, out, [A])
     assert 'system was "Answer in one word.", now "Answer in French."; the dataset changed' in str(info.value)
 
-    # A line from a version that sent no system prompt was asked without it: refused, and said so.
+    # A line asked without a system prompt (its row had none, or a version that sent none): refused, and said so;
+    # it blamed an older version alone, when a row given a system prompt since is as likely (found in a review).
     write_jsonl(out, [{k: v for k, v in r.items() if k != "system"} for r in read_records(out)])
     with pytest.raises(EvalInputError) as info:
         await evaluate(gateway, dataset, out, [A])
-    assert 'system was none, now "Answer in French."; the line was written by a version that sent no system' in str(
-        info.value
-    )
+    assert (
+        'system was none, now "Answer in French."; the line was asked with no system prompt (its row had none, or '
+        "an older version sent none)"
+    ) in str(info.value)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
