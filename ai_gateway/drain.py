@@ -14,6 +14,8 @@ Then uvicorn's own exit runs: it stops accepting connections and closes the idle
 every stream the moment uvicorn is told to exit; its own drain is turned off, and the streams left (idle
 notification streams) are closed once the calls have answered. A second signal cuts the calls at once; a second
 Ctrl-C also exits at once.
+
+From the same handle on uvicorn's server, ``serve_http`` also says when the socket is bound, and on which port.
 """
 
 from __future__ import annotations
