@@ -7,6 +7,7 @@ naming the file, the line and the field.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -416,11 +417,10 @@ def read_results(path: Path) -> ResultsFile:
         keep, unterminated = len(data), True  # a whole line or not ours: read (and so checked) as the others
     elif tail.startswith(_LINE_START):
         try:
-            json.loads(tail)
+            with contextlib.suppress(RecursionError):  # whole, and nested too deep to be ours: read (and refused)
+                json.loads(tail)
         except ValueError:
             pass  # cut off mid-write: dropped
-        except RecursionError:  # no line of ours: read (and so refused) as the others
-            keep, unterminated = len(data), True
         else:
             keep, unterminated = len(data), True
     records: dict[tuple[str, int], dict[str, Any]] = {}
