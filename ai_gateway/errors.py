@@ -232,28 +232,17 @@ class InternalError(GatewayError):
     code = ErrorCode.INTERNAL
 
 
-# Each provider error by its code (unique among them). An error known only by its code (another gateway process's,
-# published beside the cache; the mock adapter's fail:<code>) is rebuilt as its class, so its retryable,
-# trips_breaker and isinstance checks hold as they did where it was raised.
+def _with_codes(cls: type[ProviderError]) -> list[type[ProviderError]]:
+    """``cls`` and its subclasses that set a code of their own (TransientError, UnusableAnswer... set none)."""
+    own = [cls] if "code" in vars(cls) else []
+    return own + [found for sub in cls.__subclasses__() for found in _with_codes(sub)]
+
+
+# Each provider error of this module by its code (unique among them). An error known only by its code (another
+# gateway process's, published beside the cache; the mock adapter's fail:<code>) is rebuilt as its class, so its
+# retryable, trips_breaker and isinstance checks hold as they did where it was raised.
 PROVIDER_ERRORS: Mapping[str, type[ProviderError]] = MappingProxyType(
-    {
-        cls.code.value: cls
-        for cls in (
-            RateLimited,
-            Overloaded,
-            UpstreamError,
-            ProviderTimeout,
-            ConnectFailed,
-            MalformedResponse,
-            BadRequest,
-            ContextLengthExceeded,
-            ContentFiltered,
-            EmptyResponse,
-            AuthError,
-            NotFound,
-            QuotaExhausted,
-        )
-    }
+    {cls.code.value: cls for cls in _with_codes(ProviderError)}
 )
 
 
