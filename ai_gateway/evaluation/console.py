@@ -483,6 +483,11 @@ def print_summary(summary: EvalSummary) -> None:
         f"cost: {_cost(summary.cost_usd, summary.unpriced, 'answers with no known price')}; saved by the cache: "
         f"{_cost(summary.cost_saved_usd, summary.unpriced_cache_hits, 'cached answers with no known price')}"
     )
+    if summary.superseded:
+        lines.append(
+            f"  (with what providers billed for {summary.superseded:,} earlier line{'s' * (summary.superseded != 1)} "
+            "of queries asked again, which no longer count otherwise)"
+        )
     if summary.unpriced or summary.unpriced_cache_hits:
         lines.append("  (set prices for models with none in AI_GATEWAY_MODEL_PRICES: see docs/configuration.md)")
     lines.append(f"time: {summary.elapsed_s:.2f}s{rate}")

@@ -13,7 +13,7 @@ import json
 import math
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -383,6 +383,9 @@ class ResultsFile:
     # next line written starts with the newline it lacks.
     unterminated: bool = False
     size: int = 0  # bytes when read: a run finds out whether another one wrote since
+    # Earlier lines a later one for the same query replaced, in file order: no longer the query's result, but
+    # what their providers billed was paid all the same, and the summary's tokens and cost count it.
+    superseded: list[dict[str, Any]] = field(default_factory=list)
 
 
 _LINE_START = b'{"id":'  # how every line of a results file begins (runner.make_record puts the id first)
@@ -424,6 +427,7 @@ def read_results(path: Path) -> ResultsFile:
         else:
             keep, unterminated = len(data), True
     records: dict[tuple[str, int], dict[str, Any]] = {}
+    superseded: list[dict[str, Any]] = []
     # b"\n" only: bytes.splitlines() also splits on a lone b"\r", which JSON allows between tokens.
     for number, raw in enumerate((line.removesuffix(b"\r") for line in data[:keep].split(b"\n")), start=1):
         if not raw.strip():
@@ -452,17 +456,20 @@ def read_results(path: Path) -> ResultsFile:
                 "of ai-gateway eval (choose another --out)",
                 "out",
             )
-        records[row_key(record["id"], record["sample"])] = record
-    return ResultsFile(records, keep, keep < len(data), unterminated, len(data))
+        key = row_key(record["id"], record["sample"])
+        if (earlier := records.get(key)) is not None:
+            superseded.append(earlier)
+        records[key] = record
+    return ResultsFile(records, keep, keep < len(data), unterminated, len(data), superseded)
 
 
 def _id_or_sample_problem(record: dict[str, Any]) -> str | None:
     """What is wrong with a results line's id and sample, said as it is: a ``"sample": 0.0`` is there, but is
     not the whole number every line of ours holds."""
-    for field, kinds, want in (("id", (str, int), "a string or an integer"), ("sample", (int,), "an integer")):
-        if field not in record:
-            return f"field '{field}' missing"
-        value = record[field]
+    for name, kinds, want in (("id", (str, int), "a string or an integer"), ("sample", (int,), "an integer")):
+        if name not in record:
+            return f"field '{name}' missing"
+        value = record[name]
         if isinstance(value, bool) or not isinstance(value, kinds):
-            return f"field '{field}' is {json.dumps(value)[:40]}, not {want}"
+            return f"field '{name}' is {json.dumps(value)[:40]}, not {want}"
     return None

@@ -39,7 +39,7 @@ from ai_gateway.evaluation.dataset import (
     row_key,
     ungraded_hint,
 )
-from ai_gateway.evaluation.summary import EvalSummary, expected_form, summarise
+from ai_gateway.evaluation.summary import EvalSummary, billed, expected_form, summarise
 from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.strategies import STRATEGIES
 
@@ -193,10 +193,7 @@ class RunState:
         self.done += 1
         self.ran += 1
         for r in record["results"]:
-            usage = r.get("usage")
-            if r.get("status") != "ok" and not usage:  # a failure the provider billed (an empty answer) counts
-                continue
-            if r.get("cached"):
+            if r.get("status") == "ok" and r.get("cached"):
                 self.cache_hits += 1
                 saved = r.get("cost_saved_usd")
                 if saved is None:
@@ -204,9 +201,11 @@ class RunState:
                 else:
                     self.saved_units += usd_units(saved)
                 continue
-            if usage:
-                self.input_tokens += usage.get("input_tokens") or 0
-                self.output_tokens += usage.get("output_tokens") or 0
+            if not billed(r):
+                continue
+            usage = r.get("usage") or {}
+            self.input_tokens += usage.get("input_tokens") or 0
+            self.output_tokens += usage.get("output_tokens") or 0
             cost = r.get("cost_usd")
             if cost is None:
                 self.unpriced += 1
@@ -286,7 +285,7 @@ def _other_ids(out: Path, existing: ResultsFile, rows: Sequence[Row]) -> int:
         "--out",
         f"{out} holds {len(others):,} results line(s), none for an id of this dataset (e.g. id {others[0]}), so they "
         "are another dataset's"
-        + ("; an id written as a number (1) and as a string (\"1\") are two ids" if typed else "")
+        + ('; an id written as a number (1) and as a string ("1") are two ids' if typed else "")
         + ": choose another --out, or delete it to start over",
     )
 
@@ -554,9 +553,13 @@ def summary_of(plan: Plan, new: dict[tuple[str, int], dict[str, Any]], elapsed_s
             record = new.get(key) or plan.existing.records.get(key)
             if record is not None:
                 pairs.append((key, record))
+    # Lines of this dataset's queries that a later line replaced: in the file, and those this run asked again.
+    superseded = [r for r in plan.existing.superseded if row_key(r["id"], r["sample"]) in expected]
+    superseded += [plan.existing.records[key] for key in new if key in plan.existing.records]
     return summarise(
         pairs,
         expected,
+        superseded=superseded,
         models=config.models,
         dataset=str(plan.dataset),
         results_path=str(plan.out),

@@ -32,14 +32,18 @@ class ModelStats(BaseModel):
         0, description="Its calls cut off at the output token limit (finish_reason length), empty answers included."
     )
     cache_hit_rate: float | None = Field(None, description="cache_hits / (answered + errors).")
-    input_tokens: int = Field(0, description="Tokens sent to the provider (answers from the cache excluded).")
-    output_tokens: int = Field(0, description="Tokens the provider generated (answers from the cache excluded).")
+    input_tokens: int = Field(
+        0, description="Tokens sent to the provider (answers from the cache excluded; superseded lines' included)."
+    )
+    output_tokens: int = Field(
+        0, description="Tokens the provider generated (answers from the cache excluded; superseded lines' included)."
+    )
     saved_input_tokens: int = Field(0, description="Input tokens of the answers served from the cache.")
     saved_output_tokens: int = Field(0, description="Output tokens of the answers served from the cache.")
     cost_usd: float | None = Field(
         0.0,
-        description="USD of its calls a provider billed (answers, and empty answers) whose cost is known; null when "
-        "none of them is priced.",
+        description="USD of its calls a provider billed (answers, and empty answers, superseded lines' included) "
+        "whose cost is known; null when none of them is priced.",
     )
     cost_saved_usd: float | None = Field(
         0.0, description="USD its answers served from the cache would have cost; null when none of them is priced."
@@ -116,18 +120,23 @@ class EvalSummary(BaseModel):
         "samples is correct (self-consistency; samples with no answer, or one that normalises to nothing, do not vote; "
         "a tie goes to the answer of the lowest sample).",
     )
+    superseded: int = Field(
+        0,
+        description="Lines of this dataset's queries that a later line for the same query replaced (asked again "
+        "with --retry-failed): only the calls providers billed for them still count, in the tokens and cost.",
+    )
     cache_hits: int = Field(0, description="Model answers served from the response cache.")
     truncated: int = Field(
         0, description="Model calls cut off at the output token limit (finish_reason length), empty answers included."
     )
-    input_tokens: int = 0
+    input_tokens: int = Field(0, description="Tokens providers billed (superseded lines' included).")
     output_tokens: int = 0
     saved_input_tokens: int = Field(0, description="Tokens the cache saved (usage of answers served from it).")
     saved_output_tokens: int = 0
     cost_usd: float | None = Field(
         0.0,
-        description="USD of the calls providers billed (answers, and empty answers) whose cost is known; null when "
-        "none of them is priced.",
+        description="USD of the calls providers billed (answers, and empty answers, superseded lines' included) "
+        "whose cost is known; null when none of them is priced.",
     )
     cost_saved_usd: float | None = Field(
         0.0, description="USD the answers served from the cache would have cost; null when none of them is priced."
@@ -171,14 +180,22 @@ def summarise(
     expected: dict[tuple[str, int], str | None],
     *,
     models: Sequence[str],
+    superseded: Iterable[dict[str, Any]] = (),
     **fields: Any,
 ) -> EvalSummary:
     """Aggregate (key, record) pairs, one per query, into the summary.
 
-    ``expected`` maps each query's key to its row's expected answer (None: ungraded);
+    ``expected`` maps each query's key to its row's expected answer (None: ungraded); ``superseded`` holds the
+    earlier lines of queries asked again, whose billed calls count in the tokens and cost, and nothing else;
     ``fields`` are the run's own facts (dataset, results_path, rows, ...).
     """
     tallies = {model: _ModelTally(model) for model in models}
+    replaced = 0
+    for record in superseded:
+        replaced += 1
+        for r in record.get("results") or []:
+            if billed(r):
+                _paid(_tally_of(tallies, r["model"]), r, r.get("usage") or {})
     done = answered = graded = correct = cut_off = 0
     k = fields["samples"]
     # Several samples: each graded row's chosen answers (normalised) by sample, for pass@k and majority@k.
@@ -205,9 +222,7 @@ def summarise(
                 samples_of[key[0]].append((key[1], form))
                 want_of[key[0]] = want_form
         for r in results:
-            tally = tallies.get(r.get("model"))
-            if tally is None:
-                tally = tallies[r["model"]] = _ModelTally(r["model"])
+            tally = _tally_of(tallies, r["model"])
             _count(tally, r, want_form)
             if k > 1 and want_form is not None and (status := r.get("status")) in ("ok", "error"):
                 # Only samples it was asked: one the strategy cancelled or skipped says nothing of the model.
@@ -245,6 +260,7 @@ def summarise(
         answered=answered,
         unanswered=done - answered,
         unanswered_cut_off=cut_off,
+        superseded=replaced,
         graded=graded,
         correct=correct,
         accuracy=_ratio(correct, graded),
@@ -274,6 +290,20 @@ def _at_k(samples_of: dict[str, list[tuple[int, str | None]]], want_of: dict[str
             most = max(votes.values())
             majority += next(form for form in given if votes[form] == most) == want
     return rows, passed, majority
+
+
+def _tally_of(tallies: dict[str, _ModelTally], model: str) -> _ModelTally:
+    """The model's tally; a model not in this run's list (an older line of the file) gets its own."""
+    tally = tallies.get(model)
+    if tally is None:
+        tally = tallies[model] = _ModelTally(model)
+    return tally
+
+
+def billed(r: dict[str, Any]) -> bool:
+    """A model's result a provider billed: an answer not served from the cache, or a failure that reports usage
+    (an empty answer: the model spent its tokens and wrote nothing)."""
+    return not r.get("cached") and (r.get("status") == "ok" or bool(r.get("usage")))
 
 
 def _paid(tally: _ModelTally, r: dict[str, Any], usage: dict[str, Any]) -> None:

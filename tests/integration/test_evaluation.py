@@ -807,6 +807,40 @@ async def test_a_model_that_thinks_past_max_tokens_is_counted_cut_off_and_billed
     assert "to ask the 2 with no answer again: the same command with --retry-failed" in capsys.readouterr().out
 
 
+async def test_retry_failed_still_counts_what_the_replaced_lines_were_billed(
+    running: tuple[Client, Any], fake: GatedFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query asked again gets a new line that replaces the old one, but the provider billed the old one's empty
+    answers all the same: the summary's tokens and cost count every call billed for the dataset, in every line,
+    while its answers and errors are the latest line's."""
+    _, gateway = running
+    fake.set("ev-a", Scenario(thinking=10))
+    fake.set("ev-b", Scenario(thinking=10))
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "out.jsonl"
+    first = await evaluate(gateway, dataset, out, [A, B], max_tokens=4, strategy="consensus")
+    assert (first.unanswered, first.output_tokens, first.unpriced, first.superseded) == (2, 16, 4, 0)
+
+    fake.set("ev-a", Scenario())
+    fake.set("ev-b", Scenario())
+    retried = await evaluate(gateway, dataset, out, [A, B], max_tokens=4, strategy="consensus", retry_failed=True)
+    lines = read_records(out)
+    every_billed = [r for line in lines for r in line["results"] if r["usage"] and not r["cached"]]
+    assert len(lines) == 4 and len(every_billed) == 8
+    assert (retried.answered, retried.superseded, retried.unpriced) == (2, 2, 8)
+    assert retried.output_tokens == sum(r["usage"]["output_tokens"] for r in every_billed) > 16
+    assert retried.input_tokens == sum(r["usage"]["input_tokens"] for r in every_billed)
+    assert [(m.errors, m.answered, m.unpriced) for m in retried.per_model] == [({}, 2, 4)] * 2
+    print_summary(retried)
+    assert "(with what providers billed for 2 earlier lines of queries asked again" in capsys.readouterr().out
+
+    # Read back from the file by a later run, the replaced lines count the same.
+    again = await evaluate(gateway, dataset, out, [A, B], max_tokens=4, strategy="consensus", retry_failed=True)
+    assert again.model_dump(include={"superseded", "input_tokens", "output_tokens", "unpriced"}) == (
+        retried.model_dump(include={"superseded", "input_tokens", "output_tokens", "unpriced"})
+    )
+
+
 def test_cli_max_tokens_is_sent_and_the_summary_says_what_was_cut_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
