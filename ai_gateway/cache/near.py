@@ -39,7 +39,7 @@ INVALIDATE = "__redis__:invalidate"
 _TRANSIENT = frozenset({"BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"})
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
     """Redis's error code: redis-py keeps it apart for the errors it has a class for, else it leads the message."""
     return getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
 
@@ -157,7 +157,7 @@ class NearCache:
                 self._set_live(True)
                 await self._listen()
             except ResponseError as exc:
-                if not self.live and _error_code(exc) not in _TRANSIENT:
+                if not self.live and error_code(exc) not in _TRANSIENT:
                     log.warning(
                         "redis refused client-side tracking (%s); the near cache is off, the shared cache works as "
                         "before (AI_GATEWAY_CACHE_NEAR_ENTRIES=0 turns the near cache off without this warning)",

@@ -49,7 +49,7 @@ from typing import Any, Literal, TypeVar
 
 from ai_gateway.cache import key as key_layout
 from ai_gateway.cache.memory import MemoryBackend
-from ai_gateway.cache.near import NearCache
+from ai_gateway.cache.near import NearCache, error_code
 from ai_gateway.secrets import redact_url
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class RedisBackend:
         if not self.healthy:
             await self._keep_local(key, value, ttl_s, replace)
             return
-        stored = await self._guard(self.client.set(key, value, px=max(1, int(ttl_s * 1000))))
+        stored = await self._guard(self.client.set(key, value, px=_px(ttl_s)))
         if stored is _FAILED:
             await self._keep_local(key, value, ttl_s, replace)
         else:
@@ -316,7 +316,7 @@ class RedisBackend:
             if value is _FAILED:
                 return await self.fallback.get(key), None, None
             return (value, False, None) if value is not None else (None, None, None)  # type: ignore[return-value]
-        lease_ms = max(1, int(ttl_s * 1000))
+        lease_ms = _px(ttl_s)
         script_keys = [key, lease_key, key_layout.error_key(key)]
         reply = await self._guard(self._queue(self._lookup, script_keys, [token, lease_ms], together))
         if reply is _FAILED:
@@ -360,7 +360,7 @@ class RedisBackend:
         held = token in self._held
         self._held.discard(token)
         if self.healthy:
-            args = [value or b"", max(1, int(ttl_s * 1000)), error or b"", 5000, token]
+            args = [value or b"", _px(ttl_s), error or b"", 5000, token]
             if await self._guard(self._queue(self._settle, [key, lease_key, error_key], args)) is not _FAILED:
                 if value is not None:
                     await self._stored(key)
@@ -406,7 +406,7 @@ class RedisBackend:
         if not self.healthy:
             return None
         try:
-            taken = await self._guard(self.client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+            taken = await self._guard(self.client.set(key, token, nx=True, px=_px(ttl_s)))
         except asyncio.CancelledError:
             self._release_abandoned(key, token)
             raise
@@ -419,7 +419,7 @@ class RedisBackend:
     async def renew(self, lease_key: str, token: str, ttl_s: float) -> None:
         """Keep a lease this process holds from lapsing while its call runs (see ``ResponseCache.keep_lease``)."""
         if token in self._held and self.healthy:
-            await self._guard(self._renew(keys=[lease_key], args=[token, max(1, int(ttl_s * 1000))]))
+            await self._guard(self._renew(keys=[lease_key], args=[token, _px(ttl_s)]))
 
     async def _answers_again(self) -> bool:
         """While Redis is skipped after a failure: whether it answers a PING now, given the probe's patience.
@@ -464,7 +464,7 @@ class RedisBackend:
                 self._probe = asyncio.create_task(self._verify(exc), name="cache-probe")
             return _FAILED
         except (RedisError, OSError) as exc:
-            if not (isinstance(exc, ResponseError) and _error_code(exc) in _KEY_ERRORS):
+            if not (isinstance(exc, ResponseError) and error_code(exc) in _KEY_ERRORS):
                 self._trip(exc)
             return _FAILED
         if self.failures:
@@ -619,9 +619,9 @@ class RedisBackend:
                     if how == "delete":
                         pipe.delete(key)
                     elif how == "keep":  # EVAL, not EVALSHA: Redis may have restarted without its scripts
-                        pipe.eval(_COPY, 1, key, value, max(1, int(left_s * 1000)))
+                        pipe.eval(_COPY, 1, key, value, _px(left_s))
                     else:
-                        pipe.set(key, value, px=max(1, int(left_s * 1000)))
+                        pipe.set(key, value, px=_px(left_s))
                 if await self._guard(pipe.execute()) is _FAILED:
                     for key, how, _, _ in batch:  # try again after the next recovery
                         self._unsynced.setdefault(key, how)
@@ -690,9 +690,9 @@ async def _close_quietly(client: Any) -> None:
 _FAILED = object()
 
 
-def _error_code(exc: Exception) -> str:
-    """Redis's error code, as it leads the message of an error Redis returned ("WRONGTYPE Operation against ...")."""
-    return str(exc).partition(" ")[0]
+def _px(seconds: float) -> int:
+    """A TTL in whole milliseconds for PX: at least 1, since Redis refuses 0 ("invalid expire time")."""
+    return max(1, int(seconds * 1000))
 
 
 @functools.cache
