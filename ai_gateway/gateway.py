@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ai_gateway.adapter import Adapter
 from ai_gateway.cache.key import answer_prefix
@@ -52,6 +52,9 @@ from ai_gateway.strategies import STRATEGIES, HedgeDelay, StrategyResult
 from ai_gateway.strategies.base import no_hedge
 from ai_gateway.types import ChatRequest, Message, broken_character
 from ai_gateway.warmup import WarmUp
+
+if TYPE_CHECKING:  # imported when a Redis URL is set: a start without one does not pay for redis-py
+    from ai_gateway.cache.redis_backend import RedisBackend
 
 log = logging.getLogger(__name__)
 
@@ -187,21 +190,27 @@ class Gateway:
 
     def cache_status(self) -> CacheStatusInfo:
         """The cache's backend (for Redis: its redacted URL and health), embedded LRU size and counters."""
-        backend: Any = self.cache.backend
-        remote = backend.name == "redis"
-        embedded = getattr(backend, "fallback", backend)  # Redis answers from the embedded LRU while failing
-        near = getattr(backend, "near", None)
+        backend = self.cache.backend
+        if isinstance(backend, MemoryBackend):
+            return CacheStatusInfo(
+                backend=backend.name,
+                memory_entries=len(backend),
+                memory_bytes=backend.bytes,
+                **asdict(self.cache.stats),  # the counters, under the same names
+            )
+        redis = cast("RedisBackend", backend)  # the only other backend build_cache makes
+        near = redis.near
         return CacheStatusInfo(
-            backend=backend.name,
-            url=backend.url if remote else None,  # RedisBackend keeps it redacted: never the password
-            healthy=backend.healthy if remote else None,
-            failures=backend.failures if remote else None,
-            unsynced=getattr(backend, "unsynced", None) if remote else None,
+            backend=redis.name,
+            url=redis.url,  # RedisBackend keeps it redacted: never the password
+            healthy=redis.healthy,
+            failures=redis.failures,
+            unsynced=redis.unsynced,
             near=near.live if near is not None and not near.refused else None,
             near_entries=len(near.entries) if near is not None else None,
-            memory_entries=len(embedded) if isinstance(embedded, MemoryBackend) else None,
-            memory_bytes=embedded.bytes if isinstance(embedded, MemoryBackend) else None,
-            **asdict(self.cache.stats),  # the counters, under the same names
+            memory_entries=len(redis.fallback),  # Redis answers from the embedded LRU while failing
+            memory_bytes=redis.fallback.bytes,
+            **asdict(self.cache.stats),
         )
 
     def resolve(self, models: Sequence[str] | None) -> list[ModelTarget]:

@@ -30,7 +30,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 from ai_gateway.cache.envelope import decode, encode
 from ai_gateway.cache.key import cache_key, error_key, lease_key
@@ -61,6 +61,33 @@ class Backend(Protocol):
     async def set(self, key: str, value: bytes, ttl_s: float, *, replace: bool = False) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedBackend(Backend, Protocol):
+    """A backend other gateway processes share (Redis): a lease and a hand-over coordinate their calls.
+
+    The embedded cache is not one: nobody outside this process waits on it.
+    """
+
+    async def lookup(
+        self, key: str, lease_key: str, token: str | None, ttl_s: float, *, patient: bool = False, together: bool = True
+    ) -> tuple[bytes | None, bool | None]: ...
+    async def lease(self, key: str, token: str, ttl_s: float) -> bool | None: ...
+    async def renew(self, lease_key: str, token: str, ttl_s: float) -> None: ...
+    async def settle(
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_s: float,
+        lease_key: str,
+        token: str,
+        error_key: str,
+        error: bytes | None,
+        *,
+        replace: bool = False,
+    ) -> None: ...
+    async def peer_state(self, key: str) -> tuple[bytes | None, bytes | None, bool]: ...
 
 
 LEASE_POLL_S = 0.025
@@ -124,6 +151,10 @@ class ResponseCache:
     _flights: dict[tuple[CacheMode, str], asyncio.Future[object]] = field(default_factory=dict)
     _writes: set[asyncio.Task[None]] = field(default_factory=set)
     _settling: dict[str, Completion] = field(default_factory=dict)  # answers whose write is under way
+    _shared: SharedBackend | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._shared = self.backend if isinstance(self.backend, SharedBackend) else None
 
     def key_for(
         self,
@@ -155,26 +186,26 @@ class ResponseCache:
         if read and (settling := self._settling.get(key)) is not None:
             self.stats.hits += 1
             return settling, None
-        combined = getattr(self.backend, "lookup", None)
-        if combined is None:  # the embedded cache: nobody outside this process to coordinate with
+        shared = self._shared
+        if shared is None:  # the embedded cache: nobody outside this process to coordinate with
             hit = await self.read(key) if read else None
             return hit, (uuid.uuid4().hex if hit is None and claim else None)  # a token only for a call to make
         token = uuid.uuid4().hex if claim else None  # sent with the read: Redis takes the lease on a miss
         raw, taken = (
-            await combined(key, lease_key(key), token, lease_ttl_s, patient=patient, together=together)
+            await shared.lookup(key, lease_key(key), token, lease_ttl_s, patient=patient, together=together)
             if read
             else (None, None)
         )
-        if not read and claim:
-            taken = await self.backend.lease(lease_key(key), token, lease_ttl_s)  # type: ignore[attr-defined]
+        if not read and token is not None:
+            taken = await shared.lease(lease_key(key), token, lease_ttl_s)
         completion = decode(raw) if raw is not None else None
         if read:
             if completion is not None:
                 self.stats.hits += 1
                 return completion, None
             self.stats.misses += 1
-            if raw is not None and claim:  # corrupt or foreign bytes, which Redis took for an answer: no lease
-                taken = await self.backend.lease(lease_key(key), token, lease_ttl_s)  # type: ignore[attr-defined]
+            if raw is not None and token is not None:  # corrupt or foreign bytes, which Redis took for an answer
+                taken = await shared.lease(lease_key(key), token, lease_ttl_s)
         # taken None: Redis could not say (it is failing): make the call ourselves rather than wait.
         return None, (token if taken is None or taken else None)
 
@@ -186,11 +217,10 @@ class ResponseCache:
         if (settling := self._settling.get(key)) is not None:
             self.stats.hits += 1
             return settling
-        combined = getattr(self.backend, "lookup", None)
-        if combined is None:
+        if self._shared is None:
             raw = await self.backend.get(key)
         else:
-            raw, _ = await combined(key, lease_key(key), None, 0.0, together=True)
+            raw, _ = await self._shared.lookup(key, lease_key(key), None, 0.0, together=True)
         completion = decode(raw) if raw is not None else None
         if completion is not None:
             self.stats.hits += 1
@@ -254,9 +284,9 @@ class ResponseCache:
 
         A timer, not a task: most calls end before the first renewal is due, and pay nothing for it.
         """
-        renew = getattr(self.backend, "renew", None)
-        if renew is None:  # the embedded cache: no other process waits on it
+        if self._shared is None:  # the embedded cache: no other process waits on it
             return _nothing
+        renew = self._shared.renew
         loop = asyncio.get_running_loop()
 
         def tick() -> None:
@@ -277,9 +307,10 @@ class ResponseCache:
         self, key: str, value: bytes | None, lease: str | None, marker: bytes | None, replace: bool
     ) -> None:
         try:
-            settle = getattr(self.backend, "settle", None)
-            if lease is not None and settle is not None:
-                await settle(key, value, self.ttl_s, lease_key(key), lease, error_key(key), marker, replace=replace)
+            if lease is not None and self._shared is not None:
+                await self._shared.settle(
+                    key, value, self.ttl_s, lease_key(key), lease, error_key(key), marker, replace=replace
+                )
                 self.stats.writes += value is not None
                 return
             if value is not None:
@@ -332,13 +363,13 @@ class ResponseCache:
         self.stats.peer_waits += 1
         self.stats.peer_waits_in_flight += 1
         try:
-            peer_state = getattr(self.backend, "peer_state", None)
-            old = (await peer_state(key))[0] if replacing and peer_state is not None else None
-            while peer_state is not None and loop.time() < stop_at:
+            shared = self._shared
+            old = (await shared.peer_state(key))[0] if replacing and shared is not None else None
+            while shared is not None and loop.time() < stop_at:
                 await asyncio.sleep(LEASE_POLL_S)
                 # One snapshot of all three keys: read one by one, the holder's settle (answer stored and
                 # lease dropped at once) could land between the reads and look like a holder that gave up.
-                raw, failure, leased = await peer_state(key)
+                raw, failure, leased = await shared.peer_state(key)
                 if raw is not None and raw != old and (completion := decode(raw)) is not None:
                     self.stats.hits += 1
                     return completion
