@@ -41,7 +41,7 @@ from ai_gateway.errors import (
     RateLimited,
     UnusableAnswer,
 )
-from ai_gateway.outcome import ModelTarget, Outcome, never
+from ai_gateway.outcome import ModelTarget, Outcome, OutcomeStatus, never
 from ai_gateway.resilience.breaker import Breaker, BreakerBoard, Result
 from ai_gateway.resilience.budget import RetryBudget
 from ai_gateway.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -267,21 +267,7 @@ class Dispatcher:
                 if stop_renewing is not None:
                     stop_renewing()
                 if policy.writes:  # store the answer, or release the lease, in any case
-                    # Only what the provider said about the request is shared with other processes; this caller's
-                    # own deadline or cancellation, and this process's circuit, key or network, are not their
-                    # failure: they make the call themselves.
-                    failure = None
-                    error = outcome.error if outcome is not None and outcome.status == "error" else None
-                    if error is not None and not process_specific(error):
-                        sent = error.completion if isinstance(error, UnusableAnswer) else None
-                        why = None if sent is None else str(sent.finish_reason)  # its usage stays the holder's
-                        failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s, why)
-                    stored = outcome.completion if outcome is not None and outcome.ok else None
-                    # A refresh that got an answer it may not store, or an error about the call, removes the
-                    # entry it was to replace; one that ended for reasons of its own (cancelled, its deadline,
-                    # load) learnt nothing, and a late removal could hit another process's fresh answer.
-                    learnt = stored is not None or failure is not None
-                    store.store_later(key, stored, lease, failure, replace=policy.mode == "refresh" and learnt)
+                    _store_later(store, key, lease, outcome, refresh=policy.mode == "refresh")
 
         def not_for_others(outcome: Outcome) -> bool:
             return outcome.error is not None and caller_specific(outcome.error)
@@ -291,17 +277,16 @@ class Dispatcher:
             async with asyncio.timeout(max(deadline.remaining(), 0.0) + 0.05):
                 outcome, led = await store.shared(key, policy.mode, lead, gone=not_for_others)
         except TimeoutError:
-            now = self.clock()
-            error = DeadlineExceeded(
+            late = DeadlineExceeded(
                 f"no answer within the call's {deadline.total_s:g}s deadline", provider=target.provider
             )
-            return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
+            return self._ended(target, "error", started, hedge, error=late)
         except asyncio.CancelledError:
             if raise_cancel:
                 raise
-            now = self.clock()
-            cancelled = Cancelled("cancelled", provider=target.provider)
-            return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now, hedge=hedge)
+            return self._ended(
+                target, "cancelled", started, hedge, error=Cancelled("cancelled", provider=target.provider)
+            )
         if led:
             return outcome
         # Waited for another caller's answer (or error): its attempts were that caller's, not this one's;
@@ -310,16 +295,29 @@ class Dispatcher:
         return replace(outcome, error=_unbilled(outcome.error), attempts=0, cached=outcome.ok, latency_s=now - started,
                        finished_at=now, hedge=hedge)  # fmt: skip
 
-    def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
+    def _ended(
+        self,
+        target: ModelTarget,
+        status: OutcomeStatus,
+        started: float,
+        hedge: bool,
+        *,
+        completion: Completion | None = None,
+        error: GatewayError | None = None,
+        attempts: int = 0,
+        cached: bool = False,
+    ) -> Outcome:
+        """How a call that began at ``started`` ends now."""
         now = self.clock()
-        return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now,
-                       hedge=hedge, cached=True)  # fmt: skip
+        return Outcome(target, status, completion, error, now - started, now, attempts, hedge, cached)
+
+    def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
+        return self._ended(target, "ok", started, hedge, completion=completion, cached=True)
 
     def _from_peer(self, target: ModelTarget, peer: Completion | PeerFailure, started: float, hedge: bool) -> Outcome:
         """The answer (or error) another gateway process got for the same call."""
         if isinstance(peer, Completion):
             return self._cached(target, peer, started, hedge)
-        now = self.clock()
         message = f"{peer.message} (from another gateway process)"
         kind = PROVIDER_ERRORS.get(peer.code)
         error = (kind or GatewayError)(
@@ -330,7 +328,7 @@ class Dispatcher:
         elif isinstance(error, UnusableAnswer) and peer.finish_reason is not None:
             # Why it was no answer, as its maker reports it; not its usage: the provider billed that caller once.
             error.completion = Completion("", FinishReason(peer.finish_reason))
-        return Outcome(target, "error", error=error, latency_s=now - started, finished_at=now, hedge=hedge)
+        return self._ended(target, "error", started, hedge, error=error)
 
     async def _call_provider(
         self,
@@ -361,9 +359,7 @@ class Dispatcher:
             error = DeadlineExceeded(f"not started: too little of the {deadline.total_s:g}s deadline left")
             return Outcome(target, "skipped", error=error, hedge=hedge)
         elif breaker.state == "open":  # refuse in microseconds, before any retry machinery
-            now = self.clock()
-            return Outcome(target, "error", error=breaker.refusal(), latency_s=now - started, finished_at=now,
-                           hedge=hedge)  # fmt: skip
+            return self._ended(target, "error", started, hedge, error=breaker.refusal())
 
         def give_up(reason: str, error: GatewayError, *, for_caller: bool = False) -> GatewayError:
             # A refusal before anything was sent must not hide the real failure that came before it.
@@ -412,26 +408,19 @@ class Dispatcher:
                 resume=(last_error, attempts) if last_error is not None else None,
             )
         except GatewayError as exc:
-            now = self.clock()
             log.info("model %s failed after %d attempt(s): %s", target.id, attempts, exc.code)
-            return Outcome(target, "error", error=exc, latency_s=now - started, finished_at=now,
-                           attempts=attempts, hedge=hedge)  # fmt: skip
+            return self._ended(target, "error", started, hedge, error=exc, attempts=attempts)
         except asyncio.CancelledError:
             if raise_cancel:
                 raise
             # This is a leaf task its strategy cancelled and awaits: report, don't propagate.
-            now = self.clock()
             if last_error is not None and not sending:
                 # Stopped between attempts: no request was cut off, and the error it was retrying is the news.
                 last_error.not_retried, last_error.not_retried_for_caller = CANCELLED_IN_BACKOFF, True
-                return Outcome(target, "error", error=last_error, latency_s=now - started, finished_at=now,
-                               attempts=attempts, hedge=hedge)  # fmt: skip
+                return self._ended(target, "error", started, hedge, error=last_error, attempts=attempts)
             cancelled = Cancelled("cancelled", provider=target.provider)
-            return Outcome(target, "cancelled", error=cancelled, latency_s=now - started, finished_at=now,
-                           attempts=attempts, hedge=hedge)  # fmt: skip
-        now = self.clock()
-        return Outcome(target, "ok", completion=completion, latency_s=now - started, finished_at=now,
-                       attempts=attempts, hedge=hedge)  # fmt: skip
+            return self._ended(target, "cancelled", started, hedge, error=cancelled, attempts=attempts)
+        return self._ended(target, "ok", started, hedge, completion=completion, attempts=attempts)
 
     async def _attempt(
         self, target: ModelTarget, request: ChatRequest, deadline: Deadline, breaker: Breaker, trial: bool
@@ -528,6 +517,26 @@ def _scrub(error: GatewayError, secrets: tuple[str, ...]) -> None:
     error.message = redact_cut(error.message, secrets)
     if isinstance(error, UnusableAnswer) and error.completion is not None:
         error.completion = _sanitised(error.completion, secrets)
+
+
+def _store_later(store: ResponseCache, key: str, lease: str | None, outcome: Outcome | None, *, refresh: bool) -> None:
+    """After a call this process led: store its answer and release its lease, or share its error with the
+    processes waiting on the lease. ``outcome`` None: the caller was cancelled."""
+    # Only what the provider said about the request is shared with other processes; this caller's own deadline
+    # or cancellation, and this process's circuit, key or network, are not their failure: they make the call
+    # themselves.
+    failure = None
+    error = outcome.error if outcome is not None and outcome.status == "error" else None
+    if error is not None and not process_specific(error):
+        sent = error.completion if isinstance(error, UnusableAnswer) else None
+        why = None if sent is None else str(sent.finish_reason)  # its usage stays the holder's
+        failure = PeerFailure(str(error.code), error.message, error.status, error.retry_after_s, why)
+    stored = outcome.completion if outcome is not None and outcome.ok else None
+    # A refresh that got an answer it may not store, or an error about the call, removes the entry it was to
+    # replace; one that ended for reasons of its own (cancelled, its deadline, load) learnt nothing, and a late
+    # removal could hit another process's fresh answer.
+    learnt = stored is not None or failure is not None
+    store.store_later(key, stored, lease, failure, replace=refresh and learnt)
 
 
 def _lease_ttl(deadline: Deadline) -> float:
