@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,15 +162,27 @@ def _parse_row(path: Path, number: int, line: str) -> tuple[Row, bool]:
     """The row, and whether it gives its id (else the id is its line number)."""
     where = f"{path} line {number}"
     repeated: list[bool] = []
+    if line.startswith("\ufeff"):  # the file's own is dropped on reading: this one came with a file pasted in
+        raise EvalInputError(
+            f"{where}: starts with a byte-order mark (U+FEFF, the bytes EF BB BF), as where a file saved by an editor "
+            "that writes one was appended; remove it"
+        )
     try:
         data: Any = json.loads(
             line,
             parse_constant=_not_json,
             parse_float=_written_float,
+            parse_int=_int,
             object_pairs_hook=functools.partial(_object, repeated),
         )
+    except _Unreadable as exc:
+        raise EvalInputError(f"{where}: {exc}") from None
     except ValueError as exc:
-        raise EvalInputError(f"{where}: not valid JSON ({exc})") from None
+        hint = ""
+        if isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data" and "\r" in line[: exc.pos]:
+            # JSON reads a lone \r as blank space, so a file with old Mac line ends is one line of many objects.
+            hint = "; its lines end with a lone \\r (old Mac line ends): save it with \\n (or \\r\\n) line ends"
+        raise EvalInputError(f"{where}: not valid JSON ({exc}){hint}") from None
     except RecursionError:  # Python's parser recurses per level: ~1,000 levels end it with a traceback
         raise EvalInputError(f"{where}: nested too deeply to read (about 1,000 levels or more)") from None
     if not isinstance(data, dict):
@@ -332,6 +345,21 @@ def _join(path: str, name: str | int) -> str:
     if isinstance(name, int):
         return f"{path}[{name}]"
     return f"{path}.{name}" if path else name
+
+
+class _Unreadable(ValueError):
+    """Valid JSON this reader cannot take: said as it is, not as "not valid JSON"."""
+
+
+def _int(text: str) -> int:
+    """A JSON integer; past Python's limit on digits, a message for the dataset's author, not Python's advice to
+    raise the limit."""
+    digits = len(text) - text.startswith("-")
+    if digits > (limit := sys.get_int_max_str_digits()):
+        raise _Unreadable(
+            f"a number of {digits:,} digits, more than can be read ({limit:,}); write it as a string (in quotes)"
+        )
+    return int(text)
 
 
 def _not_json(constant: str) -> Any:

@@ -1046,6 +1046,14 @@ def test_cli_prints_pass_at_k_and_majority_at_k(tmp_path: Path, capsys: pytest.C
             'it would read Infinity, which is not JSON; write it as a string ("1e400") or within that range',
         ),
         ('{"prompt": "a", "source": {"scores": [0.5, -1E+999]}}', "field 'source.scores[1]' is -1E+999, beyond"),
+        # Valid JSON Python will not read: the message was "not valid JSON" with Python's advice to raise a limit.
+        (
+            '{"prompt": "a", "id": ' + "9" * 5000 + "}",
+            "line 2: a number of 5,000 digits, more than can be read (4,300); write it as a string (in quotes)",
+        ),
+        ('{"prompt": "a", "expected": -' + "1" * 4301 + "}", "line 2: a number of 4,301 digits, more than can be"),
+        # Another file's byte-order mark, where two files were joined: "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+        ('\ufeff{"prompt": "a"}', "line 2: starts with a byte-order mark (U+FEFF, the bytes EF BB BF), as where a"),
     ],
 )
 def test_bad_dataset_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
@@ -1064,6 +1072,21 @@ def test_a_dataset_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None
     assert str(info.value) == (
         f"{dataset} line 3: not UTF-8 text (invalid continuation byte at byte 58 of the file); save the file as UTF-8"
     )
+
+
+def test_a_dataset_with_old_mac_line_ends_is_told_so(tmp_path: Path) -> None:
+    """Lines ended by a lone "\r" are one line to a JSON reader, whose "Extra data" named no cause."""
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r')
+    with pytest.raises(EvalInputError) as info:
+        load_dataset(dataset)
+    assert str(info.value) == (
+        f"{dataset} line 1: not valid JSON (Extra data: line 1 column 17 (char 16)); its lines end with a lone \\r "
+        "(old Mac line ends): save it with \\n (or \\r\\n) line ends"
+    )
+    dataset.write_bytes(b'{"prompt": "a"} {"prompt": "b"}\n')  # no \r: no word of line ends
+    with pytest.raises(EvalInputError, match=r"Extra data: line 1 column 17 \(char 16\)\)$"):
+        load_dataset(dataset)
 
 
 def test_lone_carriage_returns_and_numbers_as_expected_answers_are_read_as_written(tmp_path: Path) -> None:
