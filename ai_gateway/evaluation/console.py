@@ -16,12 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ai_gateway.evaluation.dataset import EvalInputError, load_dataset
 from ai_gateway.evaluation.runner import (
     EvalConfig,
     Plan,
+    QueryFn,
     RunState,
     execute,
     fit_to,
@@ -31,6 +32,11 @@ from ai_gateway.evaluation.runner import (
 )
 from ai_gateway.evaluation.summary import EvalSummary
 from ai_gateway.pricing import plus_unpriced, usd
+
+if TYPE_CHECKING:
+    from ai_gateway.gateway import Gateway
+    from ai_gateway.registry import Registry
+    from ai_gateway.settings import Settings
 
 
 class View(Protocol):
@@ -213,7 +219,7 @@ def _say_stopped(plan: Plan, how: str) -> None:
         )
 
 
-async def _run_gateway(settings: Any, registry: Any, plan: Plan, view: View) -> EvalSummary:
+async def _run_gateway(settings: Settings, registry: Registry, plan: Plan, view: View) -> EvalSummary:
     """The rows through ``Gateway.query``, the code path behind the tool, without the MCP server: no
     fastmcp import (~0.8 s of every run's start here) and no MCP framing per row."""
     from ai_gateway.gateway import running_gateway
@@ -231,7 +237,7 @@ async def _run_tool(server: Any, plan: Plan, view: View) -> EvalSummary:
         return await _execute(gateway, plan, tool_query(client), view)
 
 
-async def _execute(gateway: Any, plan: Plan, query: Any, view: View) -> EvalSummary:
+async def _execute(gateway: Gateway, plan: Plan, query: QueryFn, view: View) -> EvalSummary:
     for note in fit_to(gateway, plan):
         view.note(f"ai-gateway eval: {note}")
     if gateway.warm is not None:
@@ -249,7 +255,7 @@ async def _execute(gateway: Any, plan: Plan, query: Any, view: View) -> EvalSumm
     return await execute(plan, query, view.update)
 
 
-def lifespan_gateway(server: Any) -> Any:
+def lifespan_gateway(server: Any) -> Gateway:
     """The Gateway of a server whose lifespan is running (inside ``async with Client(server)``).
 
     ``build_server``'s lifespan yields ``{"gateway": ...}``; fastmcp keeps what a lifespan

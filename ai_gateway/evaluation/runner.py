@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 try:
     import fcntl
@@ -42,6 +42,9 @@ from ai_gateway.evaluation.dataset import (
 from ai_gateway.evaluation.summary import EvalSummary, billed, expected_form, summarise
 from ai_gateway.pricing import from_usd_units, usd_units
 from ai_gateway.strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from ai_gateway.gateway import Gateway
 
 MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -110,7 +113,7 @@ def option_error(flag: str, message: str) -> EvalInputError:
     return EvalInputError(f"{flag}: {message}", flag.removeprefix("--"), message)
 
 
-def check_models(gateway: Any, config: EvalConfig) -> None:
+def check_models(gateway: Gateway, config: EvalConfig) -> None:
     """Resolve the models once, before any query: an unknown model (or a temperature one of them refuses) is bad
     input, not 2,000 failed rows."""
     try:
@@ -123,7 +126,7 @@ def check_models(gateway: Any, config: EvalConfig) -> None:
         raise option_error("--temperature", exc.detail) from None
 
 
-def fit_to(gateway: Any, plan: Plan) -> list[str]:
+def fit_to(gateway: Gateway, plan: Plan) -> list[str]:
     """Before any query: check the models (EvalInputError), fit the concurrency to the gateway; return what the run
     should tell its user (in the CLI's option names), as the CLI and ``run_eval`` both do."""
     check_models(gateway, plan.config)
@@ -138,7 +141,7 @@ def fit_to(gateway: Any, plan: Plan) -> list[str]:
     return notes
 
 
-def fit_concurrency(gateway: Any, plan: Plan) -> str | None:
+def fit_concurrency(gateway: Gateway, plan: Plan) -> str | None:
     """Lower the run's concurrency to what the gateway takes without shedding its own load; say so if it did.
 
     Past ``max_concurrency`` provider calls in flight (``max_concurrency_per_provider`` to one provider), the gateway
@@ -391,7 +394,7 @@ def query_arguments(row: Row, sample: int, config: EvalConfig) -> dict[str, Any]
     return args
 
 
-def gateway_query(gateway: Any) -> QueryFn:
+def gateway_query(gateway: Gateway) -> QueryFn:
     """Queries through ``Gateway.query`` (the gateway of a running server's lifespan)."""
     from ai_gateway.schemas import ChatMessage
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmcp.exceptions import ToolError
 
@@ -28,6 +28,11 @@ _FIELDS = {"dataset": "path", "timeout": "timeout_s", "max-tokens": "max_tokens"
 _CLI_OPTION = re.compile(
     r"(?<![\w-])--(models|strategy|samples|concurrency|cache|temperature|max-tokens|timeout|out|retry-failed)(?![\w-])"
 )
+
+if TYPE_CHECKING:
+    from fastmcp import Context
+
+    from ai_gateway.gateway import Gateway
 QUIET = logging.INFO  # a caller's mistake, not the server's: no ERROR line with a traceback
 
 
@@ -37,7 +42,7 @@ def default_out(dataset: Path) -> Path:
 
 
 async def run_eval_tool(
-    gateway: Any, ctx: Any, *, root: Path, path: str, out: str | None, **options: Any
+    gateway: Gateway, ctx: Context, *, root: Path, path: str, out: str | None, **options: Any
 ) -> EvalSummary:
     """Check everything (paths inside ``root``, relative ones starting there), then run and summarise."""
     # Off the loop: reading and checking a big dataset and results file takes seconds, in which the server would
