@@ -45,6 +45,7 @@ from ai_gateway.schemas import (
     StrategyName,
     compact_nullables,
 )
+from ai_gateway.sessions import SessionLimits
 from ai_gateway.settings import Settings
 
 INSTRUCTIONS = """\
@@ -103,6 +104,8 @@ def build_server(
     mcp = FastMCP(
         "ai-gateway", INSTRUCTIONS, version=__version__, lifespan=lifespan, auth=auth, mask_error_details=True
     )
+    sessions = SessionLimits(settings.session_idle_timeout_s, settings.max_sessions)
+    sessions.install(mcp)
 
     async def query_models(
         prompt: Annotated[str | None, Field(description="The question or task. Give this or messages.")] = None,
@@ -265,6 +268,8 @@ def build_server(
             for breaker in holder.gateway.resilience.breakers.snapshot():
                 if breaker.state != "closed":
                     circuits[breaker.state.replace("-", "_")].append(breaker.name)
+        # HTTP sessions open: clients that never end theirs show here as a climb. None: no sessions (stateless).
+        open_sessions = sessions.open_sessions()
         # Draining (shutting down, calls in flight answering): 503, so a load balancer stops sending calls here.
         drain = Drain.of(mcp)
         draining = drain is not None and drain.draining
@@ -279,6 +284,7 @@ def build_server(
                     "unconfigured": [s.name for s in statuses if not s.configured],
                 },
                 "circuits": circuits,
+                "sessions": None if open_sessions is None else {"open": open_sessions, "max": settings.max_sessions},
             },
         )
 

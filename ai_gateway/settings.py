@@ -288,6 +288,21 @@ class Settings(BaseSettings):
         description="HTTP transport without sessions: any replica can serve any request (no sticky sessions), but a "
         "client on a protocol before 2026-07-28 can no longer cancel a call (its cancel arrives on another request).",
     )
+    session_idle_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        le=604800,
+        allow_inf_nan=False,
+        description="HTTP transport with sessions: how long a session with no request in flight (and no open "
+        "stream) is kept; then it is ended, and its client starts a new one. An open session holds ~45 KB, so "
+        "sessions that clients never end hold memory this long.",
+    )
+    max_sessions: int = Field(
+        10000,
+        ge=1,
+        description="HTTP transport with sessions: at most this many open at once; past it a new client is refused "
+        "(503, 'Too many open sessions') until a session ends or idles out. Open sessions show in /health.",
+    )
     shutdown_grace_s: float = Field(
         30.0,
         ge=0,

@@ -599,3 +599,67 @@ async def test_a_port_in_use_stops_serve_with_status_2_and_the_fix(module_fake: 
         "AI_GATEWAY_PORT or --host / AI_GATEWAY_HOST\n"
     )
     assert "MCP at" not in err
+
+
+async def test_sessions_are_capped_and_idle_ones_ended_as_configured(module_fake: GatedFake, tmp_path: Path) -> None:
+    """A client that never ends its session (a crash) left it open for the SDK's 30 minutes, ~45 KB each, up to
+    10,000 of them; neither limit could be set. Here: two sessions at most, ended after 3 s idle; a client still
+    connected (its notification stream open) is not idle, and keeps its session."""
+    module_fake.set("gpt-4o-mini", Scenario(text="still here"))
+    env = subprocess_env(module_fake.url, AI_GATEWAY_MAX_SESSIONS="2", AI_GATEWAY_SESSION_IDLE_TIMEOUT_S="3")
+    async with (
+        http_servers({"env": env, "cwd": tmp_path}) as (server,),
+        httpx.AsyncClient() as http,
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http2,
+        streamable_http_client(f"{server.base_url}/mcp", http_client=http2) as (read, write),
+        ClientSession(read, write) as connected,  # a client of a protocol with sessions (before 2026-07-28)
+    ):
+        await connected.initialize()
+        mcp_url, health_url = f"{server.base_url}/mcp", f"{server.base_url}/health"
+
+        async def open_session() -> httpx.Response:  # and never end it, as a crashed client
+            return await http.post(mcp_url, json=INITIALIZE, headers=MCP_HEADERS)
+
+        async def open_count() -> int:
+            return (await http.get(health_url)).json()["sessions"]["open"]
+
+        first = await open_session()
+        assert first.status_code == 200
+        assert (await http.get(health_url)).json()["sessions"] == {"open": 2, "max": 2}
+        refused = await open_session()
+        assert refused.status_code == 503 and "Too many open sessions" in refused.text
+
+        ended = {"mcp-session-id": first.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        assert (await http.delete(mcp_url, headers=ended)).status_code == 200  # ended by its client: room again
+        abandoned = await open_session()
+        assert abandoned.status_code == 200
+
+        # Left open, it idles out: polled for, a new session is admitted once it has.
+        stop_at = asyncio.get_running_loop().time() + 30
+        while (await open_session()).status_code != 200:
+            assert asyncio.get_running_loop().time() < stop_at, "the idle session was never ended"
+            await asyncio.sleep(0.2)  # poll interval, not a "wait and see"
+        # The connected client's session, older than the one that idled out, is still open, and answers.
+        assert await open_count() == 2
+        result = await connected.call_tool("query_models", {"prompt": "hi", "models": [MODELS["openai"]]})
+        assert_answer(result.structured_content, MODELS["openai"], "still here")
+        gone = {"mcp-session-id": abandoned.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        assert (await http.post(mcp_url, json=ping, headers={**MCP_HEADERS, **gone})).status_code == 404
+
+
+async def test_stateless_http_serves_calls_with_no_session(module_fake: GatedFake, tmp_path: Path) -> None:
+    """AI_GATEWAY_STATELESS_HTTP (any replica serves any request) was documented and never run by a test."""
+    module_fake.set("gpt-4o-mini", Scenario(text="no session"))
+    env = subprocess_env(module_fake.url, AI_GATEWAY_STATELESS_HTTP="true")
+    async with (
+        http_servers({"env": env, "cwd": tmp_path}) as (server,),
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http,
+        Client(streamable_http_client(f"{server.base_url}/mcp", http_client=http)) as client,
+    ):
+        result = await client.call_tool("query_models", {"prompt": "hi", "models": [MODELS["openai"]]})
+        assert_answer(result.structured_content, MODELS["openai"], "no session")
+        async with httpx.AsyncClient() as raw:
+            opened = await raw.post(f"{server.base_url}/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+            assert opened.status_code == 200 and "mcp-session-id" not in opened.headers
+            assert (await raw.get(f"{server.base_url}/health")).json()["sessions"] is None
