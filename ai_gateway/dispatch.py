@@ -309,7 +309,8 @@ class Dispatcher:
     ) -> Outcome:
         """How a call that began at ``started`` ends now."""
         now = self.clock()
-        return Outcome(target, status, completion, error, now - started, now, attempts, hedge, cached)
+        return Outcome(target, status, completion=completion, error=error, latency_s=now - started, finished_at=now,
+                       attempts=attempts, hedge=hedge, cached=cached)  # fmt: skip
 
     def _cached(self, target: ModelTarget, completion: Completion, started: float, hedge: bool) -> Outcome:
         return self._ended(target, "ok", started, hedge, completion=completion, cached=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastmcp import FastMCP
@@ -23,7 +23,7 @@ from fastmcp.server.http import StreamableHTTPASGIApp
 class SessionLimits:
     idle_timeout_s: float
     max_sessions: int
-    _endpoints: list[StreamableHTTPASGIApp] = field(default_factory=list)
+    _endpoint: StreamableHTTPASGIApp | None = None  # of the app built last: the one serving
 
     def install(self, server: FastMCP) -> None:
         """Make every HTTP app ``server`` builds keep these limits."""
@@ -35,7 +35,7 @@ class SessionLimits:
             endpoint = _session_endpoint(app)
             if endpoint is None:  # the SSE transport: no session manager
                 return app
-            self._endpoints.append(endpoint)
+            self._endpoint = endpoint
             started = app.router.lifespan_context
 
             @asynccontextmanager
@@ -53,12 +53,11 @@ class SessionLimits:
 
     def open_sessions(self) -> int | None:
         """The sessions open now; None when no stateful HTTP app is serving (stdio, stateless HTTP)."""
-        for endpoint in self._endpoints:
-            manager = endpoint.session_manager
-            if manager is not None and not manager.stateless:
-                # The SDK's own table of sessions (fastmcp reads it the same way to end them at shutdown).
-                return len(manager._server_instances)
-        return None
+        manager = self._endpoint.session_manager if self._endpoint is not None else None
+        if manager is None or manager.stateless:
+            return None
+        # The SDK's own table of sessions (fastmcp reads it the same way to end them at shutdown).
+        return len(manager._server_instances)
 
 
 def _session_endpoint(app: Any) -> StreamableHTTPASGIApp | None:
