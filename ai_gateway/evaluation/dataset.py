@@ -355,7 +355,8 @@ def _int(text: str) -> int:
     """A JSON integer; past Python's limit on digits, a message for the dataset's author, not Python's advice to
     raise the limit."""
     digits = len(text) - text.startswith("-")
-    if digits > (limit := sys.get_int_max_str_digits()):
+    limit = sys.get_int_max_str_digits()  # 0: no limit (PYTHONINTMAXSTRDIGITS=0)
+    if limit and digits > limit:
         raise _Unreadable(
             f"a number of {digits:,} digits, more than can be read ({limit:,}); write it as a string (in quotes)"
         )

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import termios
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -1072,6 +1073,18 @@ def test_a_dataset_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None
     assert str(info.value) == (
         f"{dataset} line 3: not UTF-8 text (invalid continuation byte at byte 58 of the file); save the file as UTF-8"
     )
+
+
+def test_integers_are_read_whatever_the_interpreters_digit_limit(tmp_path: Path) -> None:
+    """With the limit lifted (PYTHONINTMAXSTRDIGITS=0, which Python reports as a limit of 0) every integer was
+    refused as too long."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", ['{"id": 7, "prompt": "a", "expected": 12}'])
+    limit = sys.get_int_max_str_digits()
+    try:
+        sys.set_int_max_str_digits(0)
+        assert [(row.id, row.expected) for row in load_dataset(dataset)] == [(7, "12")]
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 def test_a_dataset_with_old_mac_line_ends_is_told_so(tmp_path: Path) -> None:
