@@ -180,7 +180,7 @@ def summarise(
     expected: dict[tuple[str, int], str | None],
     *,
     models: Sequence[str],
-    superseded: Iterable[dict[str, Any]] = (),
+    superseded: Sequence[dict[str, Any]] = (),
     **fields: Any,
 ) -> EvalSummary:
     """Aggregate (key, record) pairs, one per query, into the summary.
@@ -190,9 +190,7 @@ def summarise(
     ``fields`` are the run's own facts (dataset, results_path, rows, ...).
     """
     tallies = {model: _ModelTally(model) for model in models}
-    replaced = 0
     for record in superseded:
-        replaced += 1
         for r in record.get("results") or []:
             if billed(r):
                 _paid(_tally_of(tallies, r["model"]), r, r.get("usage") or {})
@@ -260,7 +258,7 @@ def summarise(
         answered=answered,
         unanswered=done - answered,
         unanswered_cut_off=cut_off,
-        superseded=replaced,
+        superseded=len(superseded),
         graded=graded,
         correct=correct,
         accuracy=_ratio(correct, graded),
@@ -330,10 +328,10 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
         return
     s.truncated += r.get("finish_reason") == "length"  # an empty answer cut off before any text included
     usage = r.get("usage") or {}
+    if billed(r):  # an empty answer too
+        _paid(tally, r, usage)
     if status != "ok":
         tally.errors[r.get("error") or "unknown"] += 1
-        if usage:  # an empty answer: billed all the same
-            _paid(tally, r, usage)
         return
     s.answered += 1
     if r.get("cached"):
@@ -346,8 +344,6 @@ def _count(tally: _ModelTally, r: dict[str, Any], want: str | None) -> None:
         else:
             tally.saved += usd_units(saved)
             tally.priced_hits += 1
-    else:
-        _paid(tally, r, usage)
     if r.get("latency_ms") is not None:
         tally.latencies.append(r["latency_ms"])
     if want is not None:
