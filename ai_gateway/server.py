@@ -47,6 +47,7 @@ from ai_gateway.schemas import (
 )
 from ai_gateway.sessions import SessionLimits
 from ai_gateway.settings import Settings
+from ai_gateway.tool_schemas import settle_tool_schemas
 
 INSTRUCTIONS = """\
 ai-gateway puts many LLMs behind one tool. Call query_models with a prompt and a list of
@@ -93,6 +94,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+        await settle_tool_schemas(server)  # every tool is added by now, a caller's own included
         async with running_gateway(settings, registry) as gateway:
             holder.gateway = gateway
             try:
