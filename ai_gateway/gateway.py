@@ -319,7 +319,7 @@ async def running_gateway(settings: Settings, registry: Registry) -> AsyncIterat
     server for its rows and so does not pay fastmcp's imports (~0.8 s here) at every start.
     """
     client = SharedClient(settings)
-    warm = WarmUp()
+    warm = WarmUp(prepare_http=client.prepare)
     gateway = Gateway(settings, registry, client, warm=warm)
     warm.start()
     try:

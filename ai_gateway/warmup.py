@@ -1,4 +1,4 @@
-"""Heavy imports of one server (the price table, the HTTP stack), done off the event loop before they are needed."""
+"""Heavy start-up work of one server (the price table, the HTTP stack and client), done off the event loop."""
 
 from __future__ import annotations
 
@@ -21,18 +21,21 @@ def import_http_stack() -> None:
 
 
 class WarmUp:
-    """Heavy imports of one server, done in a worker thread: started with a delay by its lifespan,
-    hurried by the first query that needs them.
+    """Heavy start-up work of one server, done in a worker thread: started with a delay by its lifespan,
+    hurried by the first query that needs it.
 
     Two parts: the price table (genai-prices, ~200 ms), which every answered query needs, then the
-    HTTP stack (~200 ms), which only a provider call needs. A query that arrives before what it needs
-    is loaded waits for it, with the loop free; done inline, the imports blocked the loop for ~0.5 s
-    on a busy machine, and every Redis operation in flight timed out behind them. The delay lets the
-    server answer its client's handshake and tool listing before the thread competes with it for the
-    interpreter. A replay (no provider call) can say it does not want the HTTP stack at all.
+    HTTP stack (~200 ms) and ``prepare_http`` (building the shared client, whose TLS context reads the
+    CA bundle: ~30 ms, ~120 ms on a loaded 2-core machine), which only a provider call needs. A query
+    that arrives before what it needs is loaded waits for it, with the loop free; done inline, the
+    imports blocked the loop for ~0.5 s on a busy machine, and every Redis operation in flight timed
+    out behind them. The delay lets the server answer its client's handshake and tool listing before
+    the thread competes with it for the interpreter. A replay (no provider call) can say it does not
+    want the HTTP stack at all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prepare_http: Callable[[], object] | None = None) -> None:
+        self._prepare_http = prepare_http
         self.prices_ready = asyncio.Event()
         self.http_ready = asyncio.Event()
         self._http_wanted = True
@@ -54,7 +57,12 @@ class WarmUp:
         if not self.prices_ready.is_set():
             await self._step(preload, self.prices_ready)
         if self._http_wanted and not self.http_ready.is_set():
-            await self._step(import_http_stack, self.http_ready)
+            await self._step(self._load_http, self.http_ready)
+
+    def _load_http(self) -> None:
+        import_http_stack()
+        if self._prepare_http is not None:
+            self._prepare_http()
 
     @staticmethod
     async def _step(load: Callable[[], None], ready: asyncio.Event) -> None:

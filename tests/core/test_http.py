@@ -1,15 +1,20 @@
-"""The shared client's transport reports connection failures as what they are."""
+"""The shared client: its transport reports connection failures as what they are, and it is built (with the
+rest of the HTTP stack) by the warm-up's thread, off the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 
 import httpx
 import pytest
 
+from ai_gateway import http as http_module
 from ai_gateway import warmup as warmup_module
-from ai_gateway.http import build_client
+from ai_gateway.gateway import running_gateway
+from ai_gateway.http import SharedClient, build_client
+from ai_gateway.registry import Registry
 from ai_gateway.settings import Settings
 from ai_gateway.warmup import WarmUp
 
@@ -84,3 +89,38 @@ async def test_a_failing_warm_up_is_logged_and_does_not_hold_queries(
     assert warm.ready()
     assert "warm-up failed (ImportError)" in caplog.text
     await warm.aclose()
+
+
+async def test_the_shared_client_is_built_in_the_warm_up_thread_not_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built_on = record_client_builds(monkeypatch)
+    client = SharedClient(Settings(_env_file=None))
+    warm = WarmUp(prepare_http=client.prepare)
+    warm.start(delay_s=3600)
+    await warm.wait()
+    assert len(built_on) == 1 and built_on[0] != threading.get_ident()
+    assert client() is client() and len(built_on) == 1  # the warm-up's client, not another
+    await warm.aclose()
+    await client.aclose()
+
+
+async def test_a_running_gateways_first_provider_call_finds_its_client_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    built_on = record_client_builds(monkeypatch)
+    settings = Settings(_env_file=None)
+    async with running_gateway(settings, Registry.from_settings(settings, {})) as gateway:
+        result = await gateway.query(prompt="hi", models=["mock/echo"], cache="bypass")
+    assert result.answer == "hi"
+    assert len(built_on) == 1 and built_on[0] != threading.get_ident()
+
+
+def record_client_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads that built a shared client, in order."""
+    built_on: list[int] = []
+
+    def build(settings: Settings) -> httpx.AsyncClient:
+        built_on.append(threading.get_ident())
+        return build_client(settings)
+
+    monkeypatch.setattr(http_module, "build_client", build)
+    return built_on
