@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from typing import Any
+
+import pytest
 
 from ai_gateway.cache.key import KEY_SCHEMA
 from ai_gateway.cache.memory import MemoryBackend
@@ -221,3 +224,33 @@ async def test_more_operations_than_connections_wait_for_one_rather_than_fail(re
     assert replies == [(b"answer", False)] * 40  # each one answered by Redis ...
     assert len(fallback) == 0  # ... none by the embedded cache
     assert opened == 2
+
+
+async def test_new_connections_read_no_package_metadata_on_the_loop(
+    redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py names itself to Redis with its version, which it reads from the installed package's metadata (a scan
+    of sys.path, ~0.5 ms, ~7 ms cold) for every connection it opens, unless it is given. The pool grows under a
+    burst, and every new connection held the loop: the backend gives the version once."""
+    asked: list[str] = []
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: asked.append(name) or real(name))
+    key = f"{redis_target.namespace}:k"
+    options: dict[str, Any] = {"near_prefix": f"{redis_target.namespace}:", "near_entries": 10, "near_bytes": 1 << 20}
+    backend = RedisBackend(redis_target.url, MemoryBackend(10, 1 << 20), op_timeout_s=1.0, **options)
+    try:
+        await backend.set(key, b"answer", 60)
+        replies = await asyncio.gather(
+            *(backend.lookup(key, f"{key}:lease", None, 5.0, together=False) for _ in range(8))
+        )
+        assert backend.near is not None
+        await backend.near.wait_live()  # the tracking connection is open too
+        pool: Any = backend.client.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        assert await backend._answers_again()  # the probe's own connection
+    finally:
+        await backend.aclose()
+
+    assert replies == [(b"answer", False)] * 8
+    assert opened > 1  # several connections were opened ...
+    assert asked == []  # ... and not one read the metadata
