@@ -34,11 +34,13 @@ os.environ.update({k: os.environ.get(k, v) for k, v in FASTMCP_ENV.items()})
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 from benchlib import Figures, pct, rotated, start_child, summary_ms  # noqa: E402
-from fastmcp import Client  # noqa: E402
+from fastmcp import Client, FastMCP  # noqa: E402
 from fastmcp.client.transports import StdioTransport  # noqa: E402
 
 from ai_gateway.server import build_server  # noqa: E402
 from ai_gateway.settings import Settings  # noqa: E402
+
+HTTP_KINDS = ("query_models", "echo_tool")
 
 MODEL = "gpt-4o-mini"
 PROMPT = "What is 2+2? Answer with one number."
@@ -226,6 +228,88 @@ async def stdio_memory(url: str, total: int) -> Figures:
     }
 
 
+def bench_server(url: str) -> FastMCP:
+    """The gateway on the fake, plus the trivial tools every MCP-relative figure is measured against."""
+    mcp = build_server(Settings(_env_file=None), {"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-bench"})
+
+    # async, like query_models: fastmcp runs a sync tool in a worker thread, and that hop (~0.24 ms
+    # here) would raise the MCP floor every figure is measured against.
+    @mcp.tool
+    async def ping() -> str:
+        return "pong"
+
+    @mcp.tool
+    async def echo(text: str) -> str:
+        """Over HTTP: a call with an argument takes the SDK's Mcp-Param header check, as query_models' does."""
+        return text
+
+    return mcp
+
+
+async def serve_http_child(url: str) -> None:
+    """``--serve-http URL``: the bench server over streamable HTTP, as ``ai-gateway serve --transport http`` runs
+    it; prints ``READY <mcp url>`` once bound."""
+    from ai_gateway.drain import serve_http
+
+    mcp = bench_server(url)
+    gc.freeze()
+
+    def listening(port: int) -> None:
+        print(f"READY http://127.0.0.1:{port}/mcp", flush=True)
+
+    await serve_http(
+        mcp, 1.0, listening, transport="http", host="127.0.0.1", port=0, show_banner=False,
+        uvicorn_config={"log_config": None, "access_log": False},
+    )  # fmt: skip
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def over_http(url: str, per_kind: int, rounds: int = 3) -> Figures:
+    """query_models and a trivial tool with one argument, through the official mcp SDK client over streamable HTTP
+    to a server process of their own; with that process's CPU time per call."""
+    import httpx2
+    from mcp import Client as SdkClient
+    from mcp.client.streamable_http import streamable_http_client
+
+    server, endpoint = await start_child("bench/overhead.py", "--serve-http", url)
+    query = {"prompt": PROMPT, "models": [f"openai/{MODEL}"], "cache": "bypass"}
+    arguments = {"query_models": query, "echo_tool": {"text": "4"}}
+    try:
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            SdkClient(streamable_http_client(endpoint, http_client=http)) as client,
+        ):
+
+            async def call(kind: str) -> None:
+                result = await client.call_tool("query_models" if kind == "query_models" else "echo", arguments[kind])
+                assert not result.is_error, result.content
+
+            for kind in HTTP_KINDS:  # warm-up: the server's warm-up thread, pools, the client's schema cache
+                for _ in range(30):
+                    await call(kind)
+            samples: dict[str, list[float]] = {kind: [] for kind in HTTP_KINDS}
+            cpu = dict.fromkeys(HTTP_KINDS, 0.0)
+            for r in range(rounds):
+                for kind in rotated(list(HTTP_KINDS), r):
+                    before = cpu_s(server.pid)
+                    for _ in range(per_kind // rounds):
+                        t0 = time.perf_counter()
+                        await call(kind)
+                        samples[kind].append(time.perf_counter() - t0)
+                    cpu[kind] += cpu_s(server.pid) - before
+    finally:
+        server.terminate()
+        await server.wait()
+    return {
+        kind: summary_ms(samples[kind]) | {"server_cpu_ms": cpu[kind] / len(samples[kind]) * 1e3} for kind in HTTP_KINDS
+    }
+
+
 def machine() -> Figures:
     pkgs = ("fastmcp", "mcp", "httpx", "httpx-aiohttp", "aiohttp", "pydantic")
     return {
@@ -266,6 +350,16 @@ def report(fig: Figures) -> None:
         f"({INFLIGHT} in flight, {mem['stdio_rps']:.0f} req/s, p99 {mem['stdio_p99_ms']:.1f} ms) "
         f"VmHWM {mem['peak_hwm_mib']:.1f} MiB, VmRSS {mem['rss_after_mib']:.1f} MiB"
     )
+
+    print(
+        f"\n6. over streamable HTTP: the mcp SDK client to a server process, one call in flight "
+        f"({fig['http']['query_models']['n']} calls per kind, 3 rounds); server CPU per call from /proc"
+    )
+    for name, s in fig["http"].items():
+        print(
+            f"   {name:<14} median {s['median_ms']:7.3f} ms   p99 {s['p99_ms']:7.3f} ms   "
+            f"server CPU {s['server_cpu_ms']:6.3f} ms/call"
+        )
 
     qm, tool, aio, hx = (lat[k] for k in ("query_models", "trivial_tool", "bare_aiohttp", "bare_httpx"))
     thr_qm, thr_aio = thr["query_models"]["rps"], thr["bare_aiohttp"]["rps"]
@@ -311,23 +405,21 @@ def report(fig: Figures) -> None:
         f"{thr['trivial_tool']['rps'] / thr_aio:.2f}x; query_models / bare httpx "
         f"{thr_qm / thr['bare_httpx']['rps']:.2f}x"
     )
+    http_qm, http_echo = fig["http"]["query_models"], fig["http"]["echo_tool"]
+    print(
+        f"over HTTP, query_models - echo tool: median {http_qm['median_ms'] - http_echo['median_ms']:+.3f} ms, "
+        f"server CPU {http_qm['server_cpu_ms'] - http_echo['server_cpu_ms']:+.3f} ms/call (no target set)"
+    )
     for name, met, detail in rows:
         print(f"[{'met' if met else 'NOT met':>7}] {name}: {detail}")
 
 
 async def main(quick: bool) -> Figures:
-    seq_n, thr_n, race_n, runs, mem_n = (120, 240, 10, 2, 64) if quick else (1002, 1500, 50, 5, 500)
+    seq_n, thr_n, race_n, runs, mem_n, http_n = (120, 240, 10, 2, 64, 120) if quick else (1002, 1500, 50, 5, 500, 600)
     fake, url = await start_fake()
     fig: Figures = {"machine": machine(), "quick": quick}
     try:
-        mcp = build_server(Settings(_env_file=None), {"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-bench"})
-
-        # async, like query_models: fastmcp runs a sync tool in a worker thread, and that hop (~0.24 ms
-        # here) would raise the MCP floor every figure is measured against.
-        @mcp.tool
-        async def ping() -> str:
-            return "pong"
-
+        mcp = bench_server(url)
         gc.freeze()  # as `ai-gateway serve` does once it is built (see ai_gateway/cli.py)
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(Client(mcp))
@@ -337,6 +429,7 @@ async def main(quick: bool) -> Figures:
             fig["latency"] = await sequential_latency(calls, seq_n)
             fig["throughput"] = await throughput(calls, thr_n)
             fig["fastest"] = await fastest_race(client, race_n)
+        fig["http"] = await over_http(url, http_n)
         fig["startup"] = await startup(url, runs)
         fig["memory"] = await stdio_memory(url, mem_n)
     finally:
@@ -350,7 +443,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke run, < 20 s)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    parser.add_argument("--serve-http", metavar="FAKE_URL", help=argparse.SUPPRESS)  # the section 6 child
     ns = parser.parse_args()
+    if ns.serve_http:
+        asyncio.run(serve_http_child(ns.serve_http))
+        sys.exit(0)
     figures = asyncio.run(main(ns.quick))
     if ns.json:
         Path(ns.json).write_text(json.dumps(figures, indent=2) + "\n")
