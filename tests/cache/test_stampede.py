@@ -618,6 +618,9 @@ async def test_a_holder_with_a_short_deadline_does_not_fail_peers_with_time_left
 ) -> None:
     release = fake.hold(VENDOR)
     async with open_gateway(**redis_target.settings()) as one, open_gateway(**redis_target.settings()) as two:
+        for gw in (one, two):  # start-up work done first: the holder's 0.3 s is for its call, and the peer must
+            assert gw.gateway.warm is not None  # find the lease while the holder still has some of it left
+            await gw.gateway.warm.wait()
         waiting = watch_waits(two, monkeypatch)
         holder = direct(one, timeout_s=0.3)
         await fake.wait_for_calls(1, VENDOR)
