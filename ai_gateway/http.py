@@ -13,6 +13,7 @@ client: ``ai-gateway serve`` answers ``tools/list`` sooner.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from ai_gateway import __version__
@@ -65,6 +66,7 @@ class SharedClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: httpx.AsyncClient | None = None
+        self._building = threading.Lock()
 
     def __call__(self) -> httpx.AsyncClient:
         return self._client if self._client is not None else self.prepare()
@@ -72,10 +74,12 @@ class SharedClient:
     def prepare(self) -> httpx.AsyncClient:
         """Build the client now. The warm-up does it in its thread: building it reads the CA bundle for the TLS
         context (~30 ms, ~120 ms on a loaded 2-core machine), which on the loop held every Redis operation in
-        flight past its timeout. Nothing asks for the client until the warm-up says the HTTP stack is ready."""
-        if self._client is None:
-            self._client = build_client(self._settings)
-        return self._client
+        flight past its timeout. A provider call that comes while the thread builds it waits for that one (the
+        rest of the build, as it would have taken inline) rather than build a second."""
+        with self._building:
+            if self._client is None:
+                self._client = build_client(self._settings)
+            return self._client
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

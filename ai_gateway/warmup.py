@@ -25,8 +25,9 @@ class WarmUp:
     hurried by the first query that needs it.
 
     Two parts: the price table (genai-prices, ~200 ms), which every answered query needs, then the
-    HTTP stack (~200 ms) and ``prepare_http`` (building the shared client, whose TLS context reads the
-    CA bundle: ~30 ms, ~120 ms on a loaded 2-core machine), which only a provider call needs. A query
+    HTTP stack (~200 ms), which only a provider call needs. Then ``prepare_http`` builds the shared
+    client (its TLS context reads the CA bundle: ~30 ms, ~120 ms on a loaded 2-core machine), which no
+    query waits for (see ``SharedClient.prepare``). A query
     that arrives before what it needs is loaded waits for it, with the loop free; done inline, the
     imports blocked the loop for ~0.5 s on a busy machine, and every Redis operation in flight timed
     out behind them. The delay lets the server answer its client's handshake and tool listing before
@@ -57,20 +58,20 @@ class WarmUp:
         if not self.prices_ready.is_set():
             await self._step(preload, self.prices_ready)
         if self._http_wanted and not self.http_ready.is_set():
-            await self._step(self._load_http, self.http_ready)
-
-    def _load_http(self) -> None:
-        import_http_stack()
-        if self._prepare_http is not None:
-            self._prepare_http()
+            await self._step(import_http_stack, self.http_ready)
+            if self._prepare_http is not None:
+                # After the HTTP stack is declared ready: a query that turns out a cache hit never needs the
+                # client and must not wait for it. A provider call that comes first waits on the client's lock.
+                await self._step(self._prepare_http, None)
 
     @staticmethod
-    async def _step(load: Callable[[], None], ready: asyncio.Event) -> None:
+    async def _step(load: Callable[[], object], ready: asyncio.Event | None) -> None:
         try:
             await asyncio.to_thread(load)
         except Exception as exc:  # the first call will import inline (and report whatever is broken)
             log.warning("warm-up failed (%s)", type(exc).__name__)
-        ready.set()
+        if ready is not None:
+            ready.set()
 
     def skip_prices(self) -> None:
         """Pricing this run's models needs no table (overrides, unpriced, or remembered: price_memo.py)."""
@@ -90,6 +91,11 @@ class WarmUp:
             self._task = asyncio.create_task(self._run(0), name="warm-up")
         self._hurry.set()
         await ready.wait()
+
+    async def finished(self) -> None:
+        """Until every step started so far is done (the client built too)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():

@@ -99,16 +99,22 @@ async def test_the_shared_client_is_built_in_the_warm_up_thread_not_on_the_loop(
     warm = WarmUp(prepare_http=client.prepare)
     warm.start(delay_s=3600)
     await warm.wait()
+    await warm.finished()  # the client is built after the HTTP stack is declared ready: no query waits for it
     assert len(built_on) == 1 and built_on[0] != threading.get_ident()
     assert client() is client() and len(built_on) == 1  # the warm-up's client, not another
     await warm.aclose()
     await client.aclose()
 
 
-async def test_a_running_gateways_first_provider_call_finds_its_client_built(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_running_gateways_warm_up_builds_the_client_its_provider_calls_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     built_on = record_client_builds(monkeypatch)
     settings = Settings(_env_file=None)
     async with running_gateway(settings, Registry.from_settings(settings, {})) as gateway:
+        assert gateway.warm is not None
+        await gateway.warm.wait()
+        await gateway.warm.finished()
         result = await gateway.query(prompt="hi", models=["mock/echo"], cache="bypass")
     assert result.answer == "hi"
     assert len(built_on) == 1 and built_on[0] != threading.get_ident()
@@ -124,3 +130,26 @@ def record_client_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(http_module, "build_client", build)
     return built_on
+
+
+async def test_a_provider_call_during_the_build_waits_for_that_client_rather_than_build_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started, release, built_on = threading.Event(), threading.Event(), []
+
+    def slow_build(settings: Settings) -> httpx.AsyncClient:
+        built_on.append(threading.get_ident())
+        started.set()
+        release.wait(10)
+        return build_client(settings)
+
+    monkeypatch.setattr(http_module, "build_client", slow_build)
+    client = SharedClient(Settings(_env_file=None))
+    warm = WarmUp(prepare_http=client.prepare)
+    await warm.wait()  # the HTTP stack is ready; the client is being built
+    assert await asyncio.to_thread(started.wait, 10)
+    threading.Timer(0.05, release.set).start()  # the build ends while the call below waits for it
+    first = client()
+    await warm.finished()
+    assert client() is first and len(built_on) == 1 and built_on[0] != threading.get_ident()
+    await client.aclose()
