@@ -19,27 +19,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastmcp import FastMCP
-from fastmcp.utilities.json_schema import dereference_refs
+from fastmcp.server.middleware.dereference import _dereference_tool
 from fastmcp.utilities.versions import dedupe_with_versions
 
 
 async def settle_tool_schemas(server: FastMCP) -> None:
     """Inline every tool's ``$ref``s and give the SDK each tool's input schema by name (once all tools are added)."""
     for tool in await server.list_tools(run_middleware=False):  # the tools as registered, changed in place
-        if "$defs" in tool.parameters or _refers(tool.parameters):
-            tool.parameters = dereference_refs(tool.parameters)
-        if tool.output_schema is not None and ("$defs" in tool.output_schema or _refers(tool.output_schema)):
-            tool.output_schema = dereference_refs(tool.output_schema)
+        # fastmcp's middleware's own step, on the same test of what needs it: after this it finds nothing to do.
+        inlined = _dereference_tool(tool)
+        tool.parameters, tool.output_schema = inlined.parameters, inlined.output_schema
     # Through the middleware, deduplicated by version as the listing is: the schemas exactly as clients see them.
     listed = dedupe_with_versions(list(await server.list_tools()), lambda tool: tool.name)
     schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.to_mcp_tool().input_schema for tool in listed}
     # fastmcp 4.1.2 leaves the SDK's hook unset. A name it does not know gets None: dispatch refuses that tool.
     server._mcp_server.get_tool_input_schema = schemas.get
-
-
-def _refers(schema: Any) -> bool:
-    if isinstance(schema, dict):
-        return "$ref" in schema or any(_refers(value) for value in schema.values())
-    if isinstance(schema, list):
-        return any(_refers(item) for item in schema)
-    return False

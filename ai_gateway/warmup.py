@@ -27,12 +27,11 @@ class WarmUp:
     Two parts: the price table (genai-prices, ~200 ms), which every answered query needs, then the
     HTTP stack (~200 ms), which only a provider call needs. Then ``prepare_http`` builds the shared
     client (its TLS context reads the CA bundle: ~30 ms, ~120 ms on a loaded 2-core machine), which no
-    query waits for (see ``SharedClient.prepare``). A query
-    that arrives before what it needs is loaded waits for it, with the loop free; done inline, the
-    imports blocked the loop for ~0.5 s on a busy machine, and every Redis operation in flight timed
-    out behind them. The delay lets the server answer its client's handshake and tool listing before
-    the thread competes with it for the interpreter. A replay (no provider call) can say it does not
-    want the HTTP stack at all.
+    query waits for (see ``SharedClient.prepare``). A query that arrives before what it needs is loaded
+    waits for it, with the loop free; done inline, the imports blocked the loop for ~0.5 s on a busy
+    machine, and every Redis operation in flight timed out behind them. The delay lets the server
+    answer its client's handshake and tool listing before the thread competes with it for the
+    interpreter. A replay (no provider call) can say it does not want the HTTP stack at all.
     """
 
     def __init__(self, prepare_http: Callable[[], object] | None = None) -> None:
@@ -68,7 +67,7 @@ class WarmUp:
     async def _step(load: Callable[[], object], ready: asyncio.Event | None) -> None:
         try:
             await asyncio.to_thread(load)
-        except Exception as exc:  # the first call will import inline (and report whatever is broken)
+        except Exception as exc:  # the first call that needs it does it inline (and reports whatever is broken)
             log.warning("warm-up failed (%s)", type(exc).__name__)
         if ready is not None:
             ready.set()
