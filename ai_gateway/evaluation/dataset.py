@@ -266,7 +266,7 @@ def ungraded_hint(rows: list[Row]) -> str | None:
 def _parse_expected(where: str, expected: Any) -> str | None:
     if expected is None:
         return None
-    if isinstance(expected, _WrittenFloat):
+    if isinstance(expected, (_WrittenFloat, _NegativeZero)):
         expected = expected.text  # as written: 3.141592653589793238 read as a float and back lost digits
     elif isinstance(expected, int) and not isinstance(expected, bool):
         expected = str(expected)  # 4 is "4": answers are graded as text, and "4.0" normalises to "4" too
@@ -295,6 +295,12 @@ def _written_float(text: str) -> float:
     number = _WrittenFloat(text)
     number.text = text
     return number
+
+
+class _NegativeZero(int):
+    """The JSON integer -0, the one whose text int() does not keep. Elsewhere in a row it is the 0 it always was."""
+
+    text = "-0"
 
 
 class _Repeats(dict[str, Any]):
@@ -360,7 +366,7 @@ def _int(text: str) -> int:
         raise _Unreadable(
             f"a number of {digits:,} digits, more than can be read ({limit:,}); write it as a string (in quotes)"
         )
-    return int(text)
+    return _NegativeZero() if text == "-0" else int(text)
 
 
 def _not_json(constant: str) -> Any:

@@ -1112,22 +1112,24 @@ def test_lone_carriage_returns_and_numbers_as_expected_answers_are_read_as_writt
 
 def test_a_number_as_expected_keeps_its_digits_and_form(tmp_path: Path) -> None:
     """Read as a float and written back, 3.141592653589793238 lost three digits and 1e3 became "1000.0": an
-    answer exactly as the dataset wrote it was graded wrong. The number's own text is graded; a float elsewhere in
-    the row stays a float."""
+    answer exactly as the dataset wrote it was graded wrong; -0, read as an int, was reported as "0". The number's
+    own text is graded; a number elsewhere in the row stays the number it was."""
     rows = [
         '{"prompt": "3.141592653589793238", "expected": 3.141592653589793238, "weight": 0.5}',
         '{"prompt": "10000000000000000.5", "expected": 10000000000000000.5}',
         '{"prompt": "1e3", "expected": 1e3}',
         '{"prompt": "4.0", "expected": 4}',
+        '{"prompt": "-0", "expected": -0, "offset": -0}',
     ]
     dataset = write_jsonl(tmp_path / "data.jsonl", rows)
     loaded = load_dataset(dataset)
-    assert [row.expected for row in loaded] == ["3.141592653589793238", "10000000000000000.5", "1e3", "4"]
+    assert [row.expected for row in loaded] == ["3.141592653589793238", "10000000000000000.5", "1e3", "4", "-0"]
     assert loaded[0].meta == {"weight": 0.5} and json.dumps(loaded[0].meta) == '{"weight": 0.5}'
+    assert loaded[4].meta == {"offset": 0} and json.dumps(loaded[4].meta) == '{"offset": 0}'
     out = tmp_path / "o.jsonl"
     assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(out)), offline_setup, build_server) == 0
     assert [(r["expected"], r["correct"]) for r in read_records(out)] == [
-        ("3.141592653589793238", True), ("10000000000000000.5", True), ("1e3", True), ("4", True)
+        ("3.141592653589793238", True), ("10000000000000000.5", True), ("1e3", True), ("4", True), ("-0", True)
     ]  # fmt: skip
 
 
