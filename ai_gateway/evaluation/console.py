@@ -309,7 +309,7 @@ class ProgressView:
             return
         self._shown_at = now
         self.progress.totals = totals_line(state)
-        self.progress.update(self.task, completed=state.done, rate=f"{state.rate:,.0f} q/s")
+        self.progress.update(self.task, completed=state.done, rate=f"{_rate(state.rate)} q/s")
 
     def note(self, message: str) -> None:
         """A line above the bar (printed on its own, it would be drawn over)."""
@@ -392,7 +392,7 @@ NO_PROGRESS = _NoProgress()
 
 def progress_line(state: RunState) -> str:
     """One line of progress for a log: queries done, the rate, the time taken and the running totals."""
-    rate = f"{state.rate:,.1f}" if state.rate < 10 else f"{state.rate:,.0f}"  # a slow model's 0.4 q/s is not 0
+    rate = _rate(state.rate)
     elapsed = datetime.timedelta(seconds=int(time.perf_counter() - state.started))
     return (
         f"eval {state.done:,}/{state.total:,} queries ({state.done * 100 // state.total}%) · {rate} q/s · {elapsed}"
@@ -413,6 +413,7 @@ def print_summary(summary: EvalSummary) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     title = f"ai-gateway eval: {summary.strategy}, {summary.samples} sample(s) per row"
@@ -441,7 +442,7 @@ def print_summary(summary: EvalSummary) -> None:
     for m in summary.per_model:
         at_k = (f"{_pct(m.pass_at_k)}/{_pct(m.majority_at_k)} of {m.k_rows:,}" if m.k_rows else "-",) if k > 1 else ()
         table.add_row(
-            m.model,
+            Text(m.model),  # not markup: an id may hold brackets ("mock/fixed:[/x]"), which rich drops or fails on
             str(m.answered),
             ", ".join(f"{code} {n}" for code, n in m.errors.items()) or "-",
             f"{m.cache_hits} {_pct(m.cache_hit_rate, 0)}",
@@ -484,7 +485,7 @@ def print_summary(summary: EvalSummary) -> None:
         f"tokens: {summary.input_tokens:,} in / {summary.output_tokens:,} out; saved by the cache: "
         f"{summary.saved_input_tokens:,} in / {summary.saved_output_tokens:,} out"
     )
-    rate = f", {summary.queries_per_s:,.0f} queries/s" if summary.queries_per_s else ""
+    rate = f", {_rate(summary.queries_per_s)} queries/s" if summary.queries_per_s else ""
     lines.append(
         f"cost: {_cost(summary.cost_usd, summary.unpriced, 'answers with no known price')}; saved by the cache: "
         f"{_cost(summary.cost_saved_usd, summary.unpriced_cache_hits, 'cached answers with no known price')}"
@@ -519,6 +520,10 @@ def _cost(total: float | None, unpriced: int, what: str) -> str:
     if total is None:
         return f"{unpriced:,} {what}"
     return usd(total) + (f" + {unpriced:,} {what}" if unpriced else "")
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.1f}" if per_s < 10 else f"{per_s:,.0f}"  # a slow model's 0.4 q/s is not 0
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

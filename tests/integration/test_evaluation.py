@@ -929,6 +929,22 @@ def test_each_model_gets_pass_at_k_and_majority_at_k_over_the_rows_it_was_asked_
     assert [(m.k_rows, m.pass_at_k, m.majority_at_k) for m in single.per_model] == [(0, None, None)] * 2
 
 
+def test_the_summary_prints_a_model_id_as_written_and_a_slow_rate_as_a_fraction(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A model id is the caller's text: read as rich markup, "[/x]" failed the summary after the run had paid for
+    every row, and "[bold]" vanished from the table. Two queries in 5 s ran at 0.4 a second, not 0."""
+    models = ["mock/fixed:[/x]", "mock/fixed:[bold]y"]
+    records = [((json.dumps("r1"), 0), {"answer": "x", "results": [{"model": m, "status": "ok", "text": "x"}
+                                                                      for m in models]})]  # fmt: skip
+    fields = {"dataset": "d", "results_path": "r", "strategy": "consensus", "cache": "use", "concurrency": 4,
+              "rows": 2, "queries": 2, "resumed": 0, "ran": 2, "elapsed_s": 5.03}  # fmt: skip
+    print_summary(summarise(records, {}, models=models, samples=1, **fields))
+    printed = capsys.readouterr().out
+    assert "mock/fixed:[/x]" in printed and "mock/fixed:[bold]y" in printed
+    assert "time: 5.03s, 0.4 queries/s" in printed
+
+
 def test_the_running_cost_is_the_summary_cost() -> None:
     """The bar adds costs as rows finish; the summary adds them model by model. As float sums in two orders they
     differed in the last digits, and a total on a rounding boundary showed another cent on the bar than in the
