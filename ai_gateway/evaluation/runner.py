@@ -45,6 +45,7 @@ from ai_gateway.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from ai_gateway.gateway import Gateway
+    from ai_gateway.settings import Settings
 
 MAX_SAMPLES = 1000  # pass@k and self-consistency use tens; a typo's billion would be planned in memory first
 QueryFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -158,6 +159,8 @@ def fit_concurrency(gateway: Gateway, plan: Plan) -> str | None:
         allowed = min(settings.max_concurrency, settings.max_concurrency_per_provider)
     else:
         per_provider = Counter(target.provider for target in gateway.resolve(config.models))
+        if config.strategy != "first_available":
+            _check_one_query_fits(config.strategy, per_provider, settings)
         allowed = settings.max_concurrency // sum(per_provider.values())
         allowed = min(allowed, *(settings.max_concurrency_per_provider // n for n in per_provider.values()))
     allowed = max(1, allowed)
@@ -170,6 +173,30 @@ def fit_concurrency(gateway: Gateway, plan: Plan) -> str | None:
         f"{settings.max_concurrency_per_provider} to one provider (AI_GATEWAY_MAX_CONCURRENCY_PER_PROVIDER), and "
         f"fails the rest at once; raise those to run more queries at once"
     )
+
+
+def _check_one_query_fits(strategy: str, per_provider: Counter[str], settings: Settings) -> None:
+    """A fastest or consensus query calls every model at once: one that alone passes the gateway's limits had the
+    models past them fail ``overloaded`` in every row (a three-model vote run as a two-model one), and no lower
+    concurrency helps. (A hedged first_available query is fitted instead: it starts its models one by one, and a
+    hedge that is refused leaves the model it joined running.)"""
+    total = sum(per_provider.values())
+    provider, most = per_provider.most_common(1)[0]
+    if most > settings.max_concurrency_per_provider:
+        raise option_error(
+            "--models",
+            f"a {strategy} query calls its {total} models at once, {most} of them to {provider!r}, and the gateway "
+            f"takes at most {settings.max_concurrency_per_provider} calls in flight to one provider: the rest would "
+            f"fail 'overloaded' in every row; set AI_GATEWAY_MAX_CONCURRENCY_PER_PROVIDER to at least {most}, or "
+            f"ask fewer models of {provider!r}",
+        )
+    if total > settings.max_concurrency:
+        raise option_error(
+            "--models",
+            f"a {strategy} query calls its {total} models at once, and the gateway takes at most "
+            f"{settings.max_concurrency} calls in flight: the rest would fail 'overloaded' in every row; set "
+            f"AI_GATEWAY_MAX_CONCURRENCY to at least {total}, or ask fewer models",
+        )
 
 
 @dataclass(slots=True)

@@ -1559,6 +1559,46 @@ def test_cli_concurrency_is_fitted_to_the_gateway_and_says_so(
     assert "--concurrency 40 lowered to 8" in err and json.loads(out)["concurrency"] == 8
 
 
+def test_a_vote_that_alone_passes_the_gateways_limits_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A consensus or fastest query calls every model at once: with two slots per provider, a three-model vote ran
+    every row as a two-model one, the third model failing 'overloaded', under a note that the concurrency had been
+    lowered to fit (found by a review). No concurrency fits it: the run is refused, naming the setting to raise."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    models = "mock/fixed:a@50ms,mock/fixed:a@60ms,mock/echo"
+    out = tmp_path / "o.jsonl"
+    tight = Settings(_env_file=None, max_concurrency_per_provider=2)
+    for strategy in ("consensus", "fastest"):
+        args = cli_args(str(dataset), "--models", models, "-s", strategy, "--out", str(out))
+        assert run_cli(args, lambda _: (tight, {}), build_server) == 2
+        assert capsys.readouterr().err == (
+            f"ai-gateway eval: --models: a {strategy} query calls its 3 models at once, 3 of them to 'mock', and the "
+            "gateway takes at most 2 calls in flight to one provider: the rest would fail 'overloaded' in every row; "
+            "set AI_GATEWAY_MAX_CONCURRENCY_PER_PROVIDER to at least 3, or ask fewer models of 'mock'\n"
+        )
+        assert not out.exists()
+    overall = Settings(_env_file=None, max_concurrency=2)
+    args = cli_args(str(dataset), "--models", models, "-s", "consensus", "--out", str(out))
+    assert run_cli(args, lambda _: (overall, {}), build_server) == 2
+    assert "set AI_GATEWAY_MAX_CONCURRENCY to at least 3, or ask fewer models\n" in capsys.readouterr().err
+    # One model at a time (first_available, unhedged): the same limits fit it.
+    args = cli_args(str(dataset), "--models", models, "--out", str(out))
+    assert run_cli(args, lambda _: (overall, {}), build_server) == 0
+
+
+async def test_run_eval_refuses_a_vote_that_alone_passes_the_gateways_limits(
+    make_server: Callable[..., FastMCP], tmp_path: Path
+) -> None:
+    write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    models = ["mock/fixed:a@50ms", "mock/fixed:a@60ms", "mock/echo"]
+    async with Client(make_server(eval_dir=str(tmp_path), max_concurrency_per_provider=2)) as client:
+        with pytest.raises(ToolError, match=r"^invalid argument models: a consensus query calls its 3 models at once"):
+            await client.call_tool("run_eval", {"path": "data.jsonl", "models": models, "strategy": "consensus",
+                                                "out": "tool.jsonl"})  # fmt: skip
+    assert not (tmp_path / "tool.jsonl").exists()
+
+
 async def test_run_eval_tool_names_the_bad_argument(running: tuple[Client, Any], tmp_path: Path) -> None:
     client, _ = running
     dataset = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "ok"}', '{"prompt": 7}'])
