@@ -602,8 +602,9 @@ class RedisBackend:
         self._unsynced.pop(key, None)
         await self.fallback.delete(key)
 
-    async def _resync(self) -> None:
-        """Copy what changed locally to Redis, in pipelined batches, until done or Redis fails again.
+    async def _resync(self, patience_s: float | None = None) -> None:
+        """Copy what changed locally to Redis, in pipelined batches, until done or Redis fails again; each batch
+        waits ``patience_s`` for Redis's reply (the operation timeout if None).
 
         An answer of a ``use`` call is copied with ``NX``: one another process stored meanwhile is as good, and
         newer; keep it. A refresh's answer overwrites (it was made to replace the entry), and a refresh that
@@ -630,9 +631,14 @@ class RedisBackend:
                         pipe.eval(_COPY, 1, key, value, _px(left_s))
                     else:
                         pipe.set(key, value, px=_px(left_s))
-                if await self._guard(pipe.execute()) is _FAILED:
-                    for key, how, _, _ in batch:  # try again after the next recovery
-                        self._unsynced.setdefault(key, how)
+                copied = False
+                try:
+                    copied = await self._guard(pipe.execute(), patience_s) is not _FAILED
+                finally:  # also when cancelled (shutdown's wait ended): the batch is still not copied
+                    if not copied:
+                        for key, how, _, _ in batch:  # try again after the next recovery
+                            self._unsynced.setdefault(key, how)
+                if not copied:
                     return
                 log.debug("copied %d answers kept locally to redis", len(batch))
                 for key, _, value, _ in batch:
@@ -660,14 +666,19 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Copy what is still held locally (one try, even in a cooldown: a batch that ended during a
-        brief outage should still leave its answers in the shared cache), then close."""
+        brief outage should still leave its answers in the shared cache), then close.
+
+        The try waits for Redis's reply as long as shutdown may wait, not one operation timeout: a Redis that
+        is busy or paused for a moment (a restart loading its data, CLIENT PAUSE, a failover) kept every
+        answer of a run that ended then, and a replay missed them all. One that refuses connections fails at once.
+        """
         try:
             async with asyncio.timeout(RESYNC_AT_CLOSE_S):
                 if self._resync_task is not None:
                     await self._resync_task
                 if self._unsynced:
                     self._down_until = 0.0
-                    await self._resync()
+                    await self._resync(patience_s=RESYNC_AT_CLOSE_S)  # the window above bounds the whole copy
         except TimeoutError:
             pass
         if self._unsynced:  # the outage was logged when it began; this is what it cost, shown by default too

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import pickle
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -464,6 +466,59 @@ async def test_answers_kept_locally_are_copied_at_shutdown_even_in_a_cooldown(
         replayed = await peer.ask(cache="only")
     assert_ok(during, replayed)
     assert replayed.answer == during.answer and replayed.only["cached"] is True
+
+
+async def test_the_copy_at_shutdown_waits_for_a_redis_paused_for_a_moment(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown's one try waited one operation timeout (0.1 s): a Redis busy or paused for a moment as a run ended
+    (here CLIENT PAUSE for 1 s, which Redis ends itself) kept every answer made in the outage before, and a
+    replay missed them all (found by a review). It now waits as long as shutdown may (2 s)."""
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**{**target.settings(), "cache_op_timeout_s": 0.2}, cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        during = [await gw.ask(prompt=f"Outage question {i}?") for i in range(3)]
+        await gw.settle()
+        assert backend.unsynced == 3
+        await asyncio.to_thread(private_redis.start)
+        with private_redis.client() as r:
+            r.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+    assert backend.unsynced == 0
+    assert not [r for r in redis_warnings(caplog) if "did not take" in r.getMessage()]
+    assert len(answer_keys(target)) == 3
+
+    async with open_gateway(**target.settings()) as peer:
+        replayed = [await peer.ask(prompt=f"Outage question {i}?", cache="only") for i in range(3)]
+    assert_ok(*during, *replayed)
+    assert [r.answer for r in replayed] == [r.answer for r in during]
+
+
+async def test_a_copy_cut_off_by_the_end_of_shutdown_s_wait_is_counted_as_not_taken(
+    open_gateway: OpenGateway,
+    fake: CacheFake,
+    private_redis: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch on the wire when shutdown stops waiting is still not in Redis: it is counted in the warning (taken
+    off the list for the copy and never put back, it went unreported)."""
+    monkeypatch.setattr("ai_gateway.cache.redis_backend.RESYNC_AT_CLOSE_S", 0.3)
+    target = RedisTarget(private_redis.port, 0)
+    async with open_gateway(**target.settings(), cache_cooldown_s=300) as gw:
+        backend = redis_backend(gw)
+        private_redis.stop()
+        for i in range(3):
+            assert_ok(await gw.ask(prompt=f"Outage question {i}?"))
+        await gw.settle()
+        await asyncio.to_thread(private_redis.start)
+        assert private_redis.proc is not None
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)  # hung past the wait (CLIENT PAUSE cannot be ended early)
+    os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert backend.unsynced == 3
+    (kept,) = [r.getMessage() for r in redis_warnings(caplog) if "did not take" in r.getMessage()]
+    assert "did not take 3 answer(s) at shutdown" in kept
+    assert answer_keys(target) == []
 
 
 async def test_a_redis_still_down_at_shutdown_leaves_one_warning_and_one_of_what_stayed_local(
