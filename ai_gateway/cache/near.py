@@ -144,8 +144,10 @@ class NearCache:
         from redis.exceptions import RedisError, ResponseError
 
         while not self._closing:
+            connected = False
             try:
                 self._conn = await self._connect()
+                connected = True
                 await self._conn.send_command("CLIENT", "ID")
                 self.client_id = await self._reply()
                 await self._conn.send_command(
@@ -157,7 +159,9 @@ class NearCache:
                 self._set_live(True)
                 await self._listen()
             except ResponseError as exc:
-                if not self.live and error_code(exc) not in _TRANSIENT:
+                # Only a refusal of tracking itself turns the near cache off. One of the connection's own set-up (a
+                # wrong database number or password) is the shared cache's too, and its outage warning says so.
+                if connected and not self.live and error_code(exc) not in _TRANSIENT:
                     log.warning(
                         "redis refused client-side tracking (%s); the near cache is off, the shared cache works as "
                         "before (AI_GATEWAY_CACHE_NEAR_ENTRIES=0 turns the near cache off without this warning)",
@@ -165,7 +169,7 @@ class NearCache:
                     )
                     self.refused = True
                     return
-                # Tracking was granted before, or Redis is only busy for now: lost, not refused.
+                # Tracking was granted before, Redis is only busy for now, or the set-up failed: lost, not refused.
                 log.debug("near cache tracking interrupted (%s); retrying in %gs", exc, self.retry_s)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("near cache tracking lost (%s); retrying in %gs", type(exc).__name__, self.retry_s)

@@ -50,7 +50,7 @@ from typing import Any, Literal, TypeVar
 from ai_gateway.cache import key as key_layout
 from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.near import NearCache, error_code
-from ai_gateway.secrets import redact_url
+from ai_gateway.secrets import redact, redact_url, url_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +124,8 @@ class RedisBackend:
         from redis.maint_notifications import MaintNotificationsConfig
 
         self.url = redact_url(url)
+        password = url_password(url)  # in this closure only, never in an attribute
+        self._why: Callable[[BaseException], str] = lambda exc: failure_reason(exc, password)
         self.fallback = fallback
         self.op_timeout_s = op_timeout_s
         self.cooldown_s = cooldown_s
@@ -656,7 +658,7 @@ class RedisBackend:
             log.warning(
                 "redis cache at %s failed (%s); serving from the embedded cache for %gs at a time until it answers",
                 self.url,
-                type(exc).__name__,
+                self._why(exc),
                 self.cooldown_s,
             )
         self.failures += 1
@@ -697,6 +699,13 @@ class RedisBackend:
         if self.near is not None:
             await self.near.aclose()
         await _close_quietly(self.client)
+
+
+def failure_reason(exc: BaseException, password: str | None) -> str:
+    """An error's type and, if it has them, Redis's words: a wrong password or database number says which
+    ("AuthenticationError" alone read like an outage). Never the password, should a message echo it."""
+    text = redact(str(exc), (password,) if password else ())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 async def _close_quietly(client: Any) -> None:

@@ -95,8 +95,8 @@ def run_cli(
     if config.cache == "only" and plan.pending and (down := _unreachable(settings.redis_url.get_secret_value())):
         # Replayed, every query would be a cache_miss line, and a rerun would take those lines for done.
         print(
-            f"ai-gateway eval: --cache only replays from the Redis at {down}, which does not answer a PING; start "
-            "it (or fix AI_GATEWAY_REDIS_URL) and run again. Nothing was written",
+            f"ai-gateway eval: --cache only replays from the Redis at {down}; start it (or fix "
+            "AI_GATEWAY_REDIS_URL) and run again. Nothing was written",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -195,13 +195,14 @@ def _unreachable(url: str) -> str | None:
     """The Redis URL (password redacted) and why, if a PING gets no answer within 2 s; else None."""
     import redis
 
-    from ai_gateway.secrets import redact_url
+    from ai_gateway.cache.redis_backend import failure_reason
+    from ai_gateway.secrets import redact_url, url_password
 
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=None)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        return f"{redact_url(url)} ({type(exc).__name__})"
+        return f"{redact_url(url)}, which failed a PING ({failure_reason(exc, url_password(url))})"
     finally:
         client.close()
     return None

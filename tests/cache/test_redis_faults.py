@@ -94,6 +94,30 @@ async def test_redis_unreachable_at_start_the_gateway_serves_from_the_embedded_c
     assert all("s3cretpw" not in r.getMessage() for r in caplog.records)
 
 
+async def test_a_wrong_password_or_database_is_named_in_the_one_warning(
+    open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning gave the error's type alone ("AuthenticationError", "ResponseError"), and for a database number
+    past the server's the near cache added that the shared cache "works as before" while it was not used at all
+    (found by a review). Redis's own words now say what to fix; the near cache says nothing of a refusal that is
+    not of tracking."""
+    with private_redis.client() as r:
+        r.config_set("requirepass", "s3cretpw")
+    cases = [
+        ("wr0ngpass", 0, "failed (AuthenticationError: invalid username-password pair"),
+        ("s3cretpw", 99, "failed (ResponseError: DB index is out of range)"),
+    ]
+    for password, db, said in cases:
+        caplog.clear()
+        url = f"redis://:{password}@127.0.0.1:{private_redis.port}/{db}"
+        async with open_gateway(redis_url=url, cache_op_timeout_s=1.0, cache_cooldown_s=30) as gw:
+            assert_ok(await gw.ask(prompt=f"Question for db {db}?"))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert said in warnings[0], warnings
+        assert not [w for w in warnings if "client-side tracking" in w], warnings
+        assert password not in caplog.text
+
+
 # ---------------------------------------------------------------------------- (b) dies mid-run, comes back
 async def test_redis_stopped_mid_run_then_restarted_is_used_again_after_the_cooldown(
     open_gateway: OpenGateway, fake: CacheFake, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture

@@ -39,7 +39,7 @@ from ai_gateway.settings import Settings
 from tests.fake_provider import Scenario
 from tests.integration.conftest import CLI, GatedFake, provider_env, stop_process, subprocess_env, vendor
 from tests.integration.conftest import run_cli as run_cli_process
-from tests.redis_harness import RedisTarget
+from tests.redis_harness import RedisProcess, RedisTarget
 
 A, B = "openai/ev-a", "anthropic/ev-b"
 
@@ -1880,8 +1880,32 @@ def test_cli_replay_from_a_redis_that_does_not_answer_writes_nothing(
     args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--cache", "only")
     assert run_cli(args, lambda _: (Settings(_env_file=None, redis_url=url), {}), build_server) == 2
     err = capsys.readouterr().err
-    assert f"--cache only replays from the Redis at redis://:****@127.0.0.1:{port}/0 (ConnectionError)" in err
+    assert (
+        f"--cache only replays from the Redis at redis://:****@127.0.0.1:{port}/0, which failed a PING "
+        f"(ConnectionError: Error 111 connecting to 127.0.0.1:{port}."
+    ) in err
+    assert "); start it (or fix AI_GATEWAY_REDIS_URL) and run again. Nothing was written" in err
     assert "hunter2" not in err and not out.exists()
+
+
+def test_cli_replay_from_a_redis_that_refuses_the_url_says_what_it_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], private_redis: RedisProcess
+) -> None:
+    """A wrong password or database number was reported as the error's type alone, under advice to start a Redis
+    that was running (found by a review): Redis's own words say which part of the URL to fix."""
+    with private_redis.client() as r:
+        r.config_set("requirepass", "s3cretpw")
+    dataset = write_jsonl(tmp_path / "data.jsonl", dataset_rows(2))
+    out = tmp_path / "replay.jsonl"
+    args = cli_args(str(dataset), "--models", "mock/echo", "--out", str(out), "--cache", "only")
+    for url, said in [
+        (f"redis://:wr0ngpass@127.0.0.1:{private_redis.port}/0", "(AuthenticationError: invalid username-password"),
+        (f"redis://:s3cretpw@127.0.0.1:{private_redis.port}/99", "(ResponseError: DB index is out of range)"),
+    ]:
+        assert run_cli(args, lambda _, url=url: (Settings(_env_file=None, redis_url=url), {}), build_server) == 2
+        err = capsys.readouterr().err
+        assert f"127.0.0.1:{private_redis.port}/{url.rsplit('/', 1)[1]}, which failed a PING {said}" in err
+        assert "wr0ngpass" not in err and "s3cretpw" not in err and not out.exists()
 
 
 async def test_cli_replays_offline_from_a_shared_cache(fake: GatedFake, redis_target: RedisTarget,
