@@ -739,20 +739,29 @@ def _waiting_pool_class() -> type[Any]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._slots = asyncio.Semaphore(self.max_connections)
+            # The connections handed out, each holding a slot. redis-py releases a connection it took but could
+            # not set up (refused, timed out) itself, through release() below: freeing the slot there and again
+            # in get_connection gave one slot too many per failed connect, until, past max_connections in
+            # flight, redis-py raised "Too many connections" and a healthy Redis was left alone as if down.
+            self._holding: set[Any] = set()
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             await self._slots.acquire()
             try:
-                return await super().get_connection(*args, **kwargs)
+                connection = await super().get_connection(*args, **kwargs)
             except BaseException:
                 self._slots.release()
                 raise
+            self._holding.add(connection)
+            return connection
 
         async def release(self, connection: Any) -> None:
             try:
                 await super().release(connection)
             finally:
-                self._slots.release()
+                if connection in self._holding:
+                    self._holding.discard(connection)
+                    self._slots.release()
 
     return WaitingConnectionPool
 

@@ -226,6 +226,35 @@ async def test_more_operations_than_connections_wait_for_one_rather_than_fail(re
     assert opened == 2
 
 
+async def test_connections_that_failed_to_open_leave_the_pool_its_limit(private_redis: RedisProcess) -> None:
+    """redis-py releases a connection it could not set up itself, and the pool freed that slot a second time: each
+    refused or timed-out connect raised the limit by one, until more commands were in flight than connections
+    allowed, redis-py raised "Too many connections", and a healthy Redis was left alone as if down (found by a
+    review: 69 slots of 64 after two bursts)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    key = "k"
+    backend = RedisBackend(private_redis.url, MemoryBackend(10, 1 << 20), op_timeout_s=1.0, max_connections=2)
+    pool: Any = backend.client.connection_pool
+    try:
+        private_redis.stop()
+        for _ in range(5):  # straight to the pool: through the backend, the first failure starts a cooldown
+            with pytest.raises(RedisConnectionError):
+                await pool.get_connection()
+        await asyncio.to_thread(private_redis.start)
+        await backend.set(key, b"answer", 60)
+        replies = await asyncio.gather(
+            *(backend.lookup(key, f"{key}:lease", None, 5.0, together=False) for _ in range(16))
+        )
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        assert (backend.failures, backend.healthy) == (0, True)
+    finally:
+        await backend.aclose()
+
+    assert replies == [(b"answer", False)] * 16
+    assert opened <= 2
+
+
 async def test_new_connections_read_no_package_metadata_on_the_loop(
     redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
