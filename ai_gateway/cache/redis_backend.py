@@ -74,6 +74,15 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return {0, 0}
 """
+# Claim a call without reading (a refresh's, or one a peer gave up): as the lookup's claim, it clears an earlier
+# caller's error marker, which the new holder's waiters would otherwise take for its outcome at their first poll.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
 # One round trip to settle a call: store the answer or the error, then release the lease if still ours.
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
@@ -193,6 +202,7 @@ class RedisBackend:
             )
         self._lookup = self.client.register_script(_LOOKUP)
         self._settle = self.client.register_script(_SETTLE)
+        self._claim = self.client.register_script(_CLAIM)
         self._renew = self.client.register_script(_RENEW)
         self._queued: list[_Queued] = []  # calls waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
@@ -313,7 +323,7 @@ class RedisBackend:
             return local, False
         if token is None:
             return None, None
-        return None, await self.lease(lease_key, token, ttl_s)
+        return None, await self.lease(key, lease_key, token, ttl_s)
 
     async def _lookup_remote(
         self, key: str, lease_key: str, token: str | None, ttl_s: float, patient: bool, together: bool
@@ -411,14 +421,16 @@ class RedisBackend:
         self._held.discard(token)
         await self._release(lease_key, token)
 
-    async def lease(self, key: str, token: str, ttl_s: float) -> bool | None:
-        """Take a short lease on ``key`` (cross-process single-flight); None when Redis cannot say."""
+    async def lease(self, key: str, lease_key: str, token: str, ttl_s: float) -> bool | None:
+        """Take a short lease on the call for ``key`` (cross-process single-flight); None when Redis cannot say."""
         if not self.healthy:
             return None
         try:
-            taken = await self._guard(self.client.set(key, token, nx=True, px=_px(ttl_s)))
+            taken = await self._guard(
+                self._claim(keys=[lease_key, key_layout.error_key(key)], args=[token, _px(ttl_s)])
+            )
         except asyncio.CancelledError:
-            self._release_abandoned(key, token)
+            self._release_abandoned(lease_key, token)
             raise
         if taken is _FAILED:
             return None

@@ -73,7 +73,7 @@ class SharedBackend(Backend, Protocol):
     async def lookup(
         self, key: str, lease_key: str, token: str | None, ttl_s: float, *, patient: bool = False, together: bool = True
     ) -> tuple[bytes | None, bool | None]: ...
-    async def lease(self, key: str, token: str, ttl_s: float) -> bool | None: ...
+    async def lease(self, key: str, lease_key: str, token: str, ttl_s: float) -> bool | None: ...
     async def renew(self, lease_key: str, token: str, ttl_s: float) -> None: ...
     async def settle(
         self,
@@ -197,7 +197,7 @@ class ResponseCache:
             else (None, None)
         )
         if not read and token is not None:
-            taken = await shared.lease(lease_key(key), token, lease_ttl_s)
+            taken = await shared.lease(key, lease_key(key), token, lease_ttl_s)
         completion = decode(raw) if raw is not None else None
         if read:
             if completion is not None:
@@ -205,7 +205,7 @@ class ResponseCache:
                 return completion, None
             self.stats.misses += 1
             if raw is not None and token is not None:  # corrupt or foreign bytes, which Redis took for an answer
-                taken = await shared.lease(lease_key(key), token, lease_ttl_s)
+                taken = await shared.lease(key, lease_key(key), token, lease_ttl_s)
         # taken None: Redis could not say (it is failing): make the call ourselves rather than wait.
         return None, (token if taken is None or taken else None)
 
