@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
 from ai_gateway import answers
@@ -147,6 +150,53 @@ def test_only_short_answers_are_remembered() -> None:
     assert answers._normalise_short.cache_info().currsize == before
     assert normalise("**Four.**") == normalise("**Four.**") == "4"
     assert answers._normalise_short.cache_info().currsize == before + 1
+
+
+class _CountingPattern:
+    """``answers._PAIRED`` with its passes counted: one ``sub`` per pass over the answer."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.passes = pattern, 0
+
+    def sub(self, repl: Any, text: str) -> str:
+        self.passes += 1
+        return self.pattern.sub(repl, text)
+
+
+def test_an_answer_of_a_phrase_repeated_is_read_in_a_bounded_number_of_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass took one leading phrase off and read the whole answer again: a model stuck in a loop ("the answer
+    is the answer is ...", 112 KB) held the event loop every call shares for 17 s, in a vote (found by a review).
+    The same for a quote or a \\boxed{} nested thousands deep. Past a dozen layers the rest is left as written."""
+    counting = _CountingPattern(answers._PAIRED)
+    monkeypatch.setattr(answers, "_PAIRED", counting)
+    looped = normalise("The answer is " * 1000 + "4")
+    assert counting.passes == answers._MAX_PASSES
+    assert looped == "the answer is " * (1000 - answers._MAX_PASSES) + "4"
+    counting.passes = 0
+    assert normalise("Final answer: the answer is **$\\boxed{4}$**" + " " * 600) == "4"  # long: not remembered
+    assert counting.passes <= 5  # the layers it has, and one to see nothing more came off
+    assert normalise("'" * 5000 + "x" + "'" * 5000) == "'" * (5000 - answers._MAX_PASSES) + "x" + "'" * (
+        5000 - answers._MAX_PASSES
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        # An opener with no closer is left as written; the scan for a closer stops at the next opener, so each part
+        # of the answer is read once (from every opener to the answer's end was O(length^2): 1.5 s for 20 KB).
+        ("**a **b", "**a **b"),
+        ("\\(x \\(y", "\\(x \\(y"),
+        ("(1, 2", "1 2"),  # not a pair: its words
+        # Nested pairs come off from the innermost, one layer a pass.
+        ("\\(\\(4\\)\\)", "4"),
+        ("\\[a \\[4\\] b\\]", "a 4 b"),
+        ("**bold *and* bold**", "bold and bold"),
+        ("(1, 2)", "(1,2)"),
+    ],
+)
+def test_unclosed_and_nested_markup(text: str, normalised: str) -> None:
+    assert normalise(text) == normalised
 
 
 def test_answers_with_nothing_left_once_normalised_never_agree() -> None:
