@@ -250,10 +250,16 @@ class Dispatcher:
                 error = CacheMiss("cache only: not in the cache; no provider was called", provider=target.provider)
                 return Outcome(target, "error", error=error, hedge=hedge)
             if claim and lease is None:  # another gateway process is making this call: wait for it
-                peer = await store.await_peer(key, deadline.remaining(), replacing=policy.mode == "refresh")
-                if peer is None:  # the holder gave up: whoever claims the call now makes it
+                replacing = policy.mode == "refresh"
+                peer = await store.await_peer(key, deadline.remaining(), replacing=replacing)
+                # The holder gave up: whoever claims the call now makes it, and the others wait for that one (all
+                # calling at once, they paid once for each process that had waited).
+                while peer is None and deadline.remaining() > 0:
                     _, lease = await store.lookup(key, read=False, claim=True, lease_ttl_s=_lease_ttl(deadline))
-                elif peer != UNSHARED:
+                    if lease is not None:
+                        break
+                    peer = await store.await_peer(key, deadline.remaining(), replacing=replacing)
+                if peer is not None and peer != UNSHARED:
                     return self._from_peer(target, peer, started, hedge)
                 # UNSHARED: its answer could be neither stored nor handed over; every waiter calls at once, unleased
             outcome: Outcome | None = None  # stays None if this caller is cancelled (raise_cancel)

@@ -583,6 +583,54 @@ async def test_when_the_lease_holder_is_cancelled_a_peer_calls_the_provider_itse
     assert (peer_result.results[0].status, peer_result.answer) == ("ok", "Paris")
 
 
+async def test_when_the_lease_holder_is_cancelled_one_waiting_process_calls_and_the_others_wait_for_it(
+    open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiters poll in step, so several find the lease gone at once. Only one can claim it; the others called the
+    provider anyway, unleased (3 calls of 20 runs in 6, found by a review), where they should wait for the new
+    holder. Here both waiters see the lease gone before either claims it."""
+    fake.set(VENDOR, Scenario(text="Paris"))
+    release = fake.hold(VENDOR)
+    settings = redis_target.settings()
+    async with open_gateway(**settings) as one, open_gateway(**settings) as two, open_gateway(**settings) as three:
+        gave_up: list[str] = []
+        both_gave_up = asyncio.Event()
+
+        def wait_for_each_other(gw: Running) -> None:
+            cache = gw.gateway.cache
+            real_await_peer = cache.await_peer
+
+            async def await_peer(key: str, give_up_s: float, *, replacing: bool = False) -> Any:
+                peer = await real_await_peer(key, give_up_s, replacing=replacing)
+                if peer is None and not both_gave_up.is_set():
+                    gave_up.append(key)
+                    if len(gave_up) == 2:
+                        both_gave_up.set()
+                    await both_gave_up.wait()
+                return peer
+
+            monkeypatch.setattr(cache, "await_peer", await_peer)
+
+        waiting = [watch_waits(two, monkeypatch), watch_waits(three, monkeypatch)]
+        wait_for_each_other(two)
+        wait_for_each_other(three)
+        holder = direct(one)
+        await fake.wait_for_calls(1, VENDOR)
+        peers = [direct(two, timeout_s=10), direct(three, timeout_s=10)]
+        await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waiting)), 5)  # both found the lease taken
+        holder.cancel()
+        await asyncio.wait_for(both_gave_up.wait(), 5)
+        await fake.wait_for_calls(2, VENDOR)  # the one that claimed the call made it
+        release.set()
+        results = await asyncio.gather(*peers)
+        await asyncio.wait([holder])
+
+    assert holder.cancelled()
+    assert [(r.results[0].status, r.answer) for r in results] == [("ok", "Paris")] * 2
+    assert sorted(r.results[0].cached for r in results) == [False, True]  # one called; the other had its answer
+    assert fake.count(VENDOR) == 2
+
+
 async def test_an_earlier_failure_is_not_reported_to_waiters_of_a_later_successful_call(
     open_gateway: OpenGateway, fake: CacheFake, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
