@@ -489,7 +489,10 @@ class RedisBackend:
             if not (isinstance(exc, ResponseError) and error_code(exc) in _KEY_ERRORS):
                 self._trip(exc)
             return _FAILED
-        if self.failures:
+        # An operation sent before a failure may be answered after it (a read, while writes fail for memory): Redis
+        # is still left alone until the cooldown ends. Taken for a recovery, it logged one, and the next failure
+        # the outage again, every cooldown.
+        if self.failures and self.healthy:
             log.warning("redis cache at %s is answering again; using it", self.url)
             self.failures = 0
         self._start_resync()

@@ -24,7 +24,7 @@ from ai_gateway.cache.memory import MemoryBackend
 from ai_gateway.cache.redis_backend import RedisBackend
 from ai_gateway.types import ChatRequest, Message
 from tests.cache.conftest import OpenGateway
-from tests.cache.support import MODEL, PROMPT, CacheFake, Running, until
+from tests.cache.support import MODEL, PROMPT, CacheFake, FakeClock, Running, until
 from tests.fake_provider import Scenario
 from tests.redis_harness import HungRedis, MuteFirstConnection, RedisProcess, RedisTarget, free_port
 
@@ -490,6 +490,31 @@ async def test_answers_kept_locally_are_copied_at_shutdown_even_in_a_cooldown(
         replayed = await peer.ask(cache="only")
     assert_ok(during, replayed)
     assert replayed.answer == during.answer and replayed.only["cached"] is True
+
+
+async def test_an_answer_to_an_operation_sent_before_a_failure_is_no_recovery(
+    redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under maxmemory with noeviction reads succeed while writes fail: a read answered just after a refused write
+    logged "answering again" while Redis was still left alone for the cooldown, and the next write the outage again,
+    every cooldown (found by a review). Recovery is when the cooldown is over and Redis answers."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    clock = FakeClock()
+    backend = RedisBackend(redis_target.url, MemoryBackend(10, 1 << 20), op_timeout_s=1.0, cooldown_s=30, clock=clock)
+    key = f"{redis_target.namespace}:k"
+    try:
+        await backend.set(key, b"answer", 60)
+        in_flight = backend.client.get(key)  # sent before the failure below, answered after it
+        backend._trip(redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'."))
+        assert await backend._guard(in_flight) == b"answer"
+        assert (backend.failures, backend.healthy) == (1, False)
+        clock.advance(30)  # the cooldown is over: the next answer is a recovery
+        assert await backend.get(key) == b"answer"
+        assert (backend.failures, backend.healthy) == (0, True)
+    finally:
+        await backend.aclose()
+    said = [r.getMessage() for r in redis_warnings(caplog)]
+    assert len(said) == 2 and "failed (ResponseError: OOM" in said[0] and "is answering again" in said[1], said
 
 
 async def test_the_copy_at_shutdown_waits_for_a_redis_paused_for_a_moment(
