@@ -185,7 +185,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     settings, environ = _setup(args)
     arguments: dict[str, Any] = {"prompt": args.prompt, "strategy": args.strategy}
     if args.models:
-        arguments["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+        arguments["models"] = args.models
     if args.hedge_after is not None:
         hedge = args.hedge_after
         arguments["hedge_after_s"] = hedge if hedge in ("auto", "off") else float(hedge)
@@ -238,7 +238,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="run a JSONL dataset through the gateway; resumable, one result line per query")
     ev.add_argument("dataset", help="JSONL: one object per line with prompt or messages, optional id and expected")
-    ev.add_argument("--models", "-m", required=True, help="comma-separated provider/model ids")
+    ev.add_argument("--models", "-m", required=True, type=_model_ids, action="extend",
+                    help="comma-separated provider/model ids (or the option repeated)")  # fmt: skip
     ev.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
     ev.add_argument("--samples", type=int, default=1, help="queries per row (sample indexes 0..k-1)")
     ev.add_argument("--concurrency", "-c", type=int, default=4, help="queries in flight at once")
@@ -360,6 +361,18 @@ def _number(text: str) -> float:
     return value
 
 
+def _model_ids(text: str) -> list[str]:
+    """One --models value: ids separated by commas. Repeated, the option adds to the list (argparse kept only the
+    last, and the models of the others were dropped without a word); an empty item is refused, as a malformed id
+    is by the tool."""
+    ids = [m.strip() for m in text.split(",")]
+    if "" in ids:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty id (item {ids.index('') + 1}); separate provider/model ids with single commas"
+        )
+    return ids
+
+
 def _port(text: str) -> int:
     """0..65535: a larger one reached uvicorn, which logged an 81-line traceback."""
     try:
@@ -387,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="ask models from the shell through the query_models tool")
     query.add_argument("prompt")
-    query.add_argument("--models", "-m", help="comma-separated provider/model ids (default AI_GATEWAY_DEFAULT_MODELS)")
+    query.add_argument("--models", "-m", type=_model_ids, action="extend",
+                       help="comma-separated provider/model ids, or the option repeated (default "
+                       "AI_GATEWAY_DEFAULT_MODELS)")  # fmt: skip
     query.add_argument("--strategy", "-s", choices=_STRATEGIES, default="first_available")
     query.add_argument("--system")
     query.add_argument("--temperature", type=_number)

@@ -67,7 +67,7 @@ def run_cli(
     server for ``--via tool``, the provider registry for the default path)."""
     try:
         config = EvalConfig(
-            models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            models=tuple(args.models),
             strategy=args.strategy,
             samples=args.samples,
             concurrency=args.concurrency,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,6 @@ def test_numbers_on_the_command_line_are_checked_before_anything_runs(
         (["--sample", "-1"], "--sample: -1 is less than the minimum of 0"),
         (["--timeout", "-1"], "--timeout: -1.0 is less than or equal to the minimum of 0"),
         (["--hedge-after", "-2"], "--hedge-after: -2.0 is less than or equal to the minimum of 0"),
-        (["--models", " , "], "--models: [] should be non-empty"),
     ],
 )
 def test_a_query_flag_out_of_the_tools_bounds_is_refused_by_its_flag_name(
@@ -146,6 +146,40 @@ def test_a_query_flag_out_of_the_tools_bounds_is_refused_by_its_flag_name(
     except SystemExit as stop:
         code = stop.code
     assert (code, capsys.readouterr()) == (2, ("", f"ai-gateway: {message}\n"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["query", "hi", "--models", " , "], "argument --models/-m: ' , ' has an empty id (item 1); separate"),
+        (["eval", "d.jsonl", "-m", "mock/echo,,mock/fixed:4", "-o", "o.jsonl"], "has an empty id (item 2)"),
+    ],
+)
+def test_an_empty_model_id_is_refused_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty item ("mock/echo,,mock/fixed:4") was dropped without a word, where the tool refuses a malformed id."""
+    from ai_gateway.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_models_given_several_times_are_all_asked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """argparse kept the last --models only: `-m ollama/llama3.2 -m mock/echo` asked mock/echo alone, and said
+    nothing of the model dropped (found by a review)."""
+    from ai_gateway import cli
+
+    argv = ["eval", "d.jsonl", "-o", "o.jsonl", "-m", "mock/echo", "-m", "mock/fixed:4, mock/fixed:5"]
+    parsed = cli.build_parser().parse_args(argv)
+    assert parsed.models == ["mock/echo", "mock/fixed:4", "mock/fixed:5"]
+    monkeypatch.chdir(tmp_path)  # no .env
+    code = cli.main(["query", "hi", "-m", "mock/fixed:4", "-m", "mock/echo", "-s", "consensus", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert (code, [r["model"] for r in result["results"]]) == (0, ["mock/fixed:4", "mock/echo"])
 
 
 @pytest.mark.parametrize(
