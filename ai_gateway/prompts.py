@@ -8,6 +8,7 @@ string annotation it cannot be resolved when the prompt is rendered.
 """
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastmcp import FastMCP
@@ -18,31 +19,48 @@ from pydantic import Field
 QUESTION = "The question to put to the models, as you would ask it."
 MODELS = (
     "Comma-separated model ids as provider/model (e.g. 'openai/gpt-4o-mini, gemini/gemini-2.5-flash'). "
-    "Left empty, the prompt names none and the gateway's default models (AI_GATEWAY_DEFAULT_MODELS) apply."
+    "Left empty, the gateway's default models (AI_GATEWAY_DEFAULT_MODELS) apply; with none set, the prompt asks "
+    "the agent to choose some with list_models."
 )
 ANSWER = "The answer to check; the models are asked the question without seeing it."
 
 
-def add_prompts(mcp: FastMCP) -> None:
+def add_prompts(mcp: FastMCP, default_models: Sequence[str] = ()) -> None:
     mcp.add_middleware(PromptArguments(mcp))
+
+    def with_models(models: str) -> str:
+        """How the prompt names the models: those given, else the defaults (named by none), else the way to choose.
+        With no defaults, a prompt naming none led the agent to a call that could only be refused."""
+        if chosen := [m.strip() for m in models.split(",") if m.strip()]:
+            return f" with models={json.dumps(chosen)}"
+        if default_models:
+            return ""
+        return (
+            " and models set to two or three models of different providers (this gateway has no default models; "
+            "call the list_models tool to see the configured providers and example ids)"
+        )
 
     @mcp.prompt
     def compare_models(question: str = Field(description=QUESTION), models: str = Field("", description=MODELS)) -> str:
         """Ask several models the same question and compare their answers."""
-        chosen = f" with models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}" if models else ""
         return (
-            f"Use the query_models tool with strategy='consensus'{chosen} to ask this question:\n\n{question}\n\n"
-            "Then compare the answers: say where the models agree, where they differ and why, which answer "
-            "is best supported, and report the agreement ratio and any model that failed."
+            f"Use the query_models tool with strategy='consensus'{with_models(models)} to ask this question:\n\n"
+            f"{question}\n\nThen compare the answers: say where the models agree, where they differ and why, which "
+            "answer is best supported, and report the agreement ratio and any model that failed."
         )
 
     @mcp.prompt
-    def second_opinion(question: str = Field(description=QUESTION), answer: str = Field(description=ANSWER)) -> str:
+    def second_opinion(
+        question: str = Field(description=QUESTION),
+        answer: str = Field(description=ANSWER),
+        models: str = Field("", description=MODELS),
+    ) -> str:
         """Check an answer against other models before relying on it."""
         return (
-            "Use the query_models tool with strategy='consensus' to ask the question below, without showing the "
-            f"proposed answer to the models.\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
-            "Then say whether the models' majority answer supports the proposed answer, and quote any dissent."
+            f"Use the query_models tool with strategy='consensus'{with_models(models)} to ask the question below, "
+            f"without showing the proposed answer to the models.\n\nQuestion: {question}\n\nProposed answer: "
+            f"{answer}\n\nThen say whether the models' majority answer supports the proposed answer, and quote any "
+            "dissent."
         )
 
 

@@ -260,7 +260,7 @@ def build_server(
         """The provider catalogue: configured providers, why others are not, example model ids."""
         return holder.get().catalogue().model_dump_json(indent=2)
 
-    add_prompts(mcp)
+    add_prompts(mcp, settings.default_models)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:

@@ -139,9 +139,24 @@ async def test_tools_resource_and_prompts_are_listed_and_work(client: Client) ->
     text = compare.messages[0].content.text
     assert "Is P = NP?" in text and "strategy='consensus'" in text
     assert '["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]' in text
-    second = await client.get_prompt("second_opinion", {"question": "2+2?", "answer": "5"})
+    second = await client.get_prompt("second_opinion", {"question": "2+2?", "answer": "5", "models": "mock/echo"})
     text = second.messages[0].content.text
-    assert "Question: 2+2?" in text and "Proposed answer: 5" in text
+    assert "Question: 2+2?" in text and "Proposed answer: 5" in text and 'models=["mock/echo"]' in text
+
+
+async def test_a_prompt_naming_no_models_says_how_to_choose_them_when_there_are_no_defaults(
+    make_server: Callable[..., FastMCP],
+) -> None:
+    """With no AI_GATEWAY_DEFAULT_MODELS (the default), a prompt naming no models led the agent to a query_models
+    call the gateway could only refuse (found by a review); second_opinion took no models at all."""
+    async with Client(make_server()) as client:
+        asked = [("compare_models", {"question": "Q?"}), ("second_opinion", {"question": "Q?", "answer": "A"})]
+        for name, arguments in asked:
+            text = (await client.get_prompt(name, arguments)).messages[0].content.text
+            assert "this gateway has no default models; call the list_models tool" in text, text
+    async with Client(make_server(default_models=["mock/echo", "mock/fixed:4"])) as client:
+        text = (await client.get_prompt("second_opinion", {"question": "Q?", "answer": "A"})).messages[0].content.text
+        assert text.startswith("Use the query_models tool with strategy='consensus' to ask the question below")
 
 
 async def test_each_prompt_argument_says_what_to_put_in_it(client: Client) -> None:
