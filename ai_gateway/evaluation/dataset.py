@@ -13,6 +13,7 @@ import json
 import math
 import stat
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,13 +254,18 @@ def ungraded_hint(rows: list[Row]) -> str | None:
     run ends with no accuracy and nothing to say why."""
     if any(row.expected is not None for row in rows):
         return None
-    for name in _GOLD_ELSEWHERE:
-        holding = sum(1 for row in rows if row.meta and name in row.meta)
-        if holding:
-            return (
-                f"no row has 'expected', so no answer is graded; {holding:,} of {len(rows):,} rows have {name!r} "
-                f"(kept in the results as given): if it holds the gold answer, rename it 'expected' to grade"
-            )
+    names = Counter(name for row in rows if row.meta for name in row.meta)
+    for gold in ("expected", *_GOLD_ELSEWHERE):  # in any case: "Expected" and "Answer" were not pointed out
+        spellings = [name for name in names if name.casefold() == gold]
+        if not spellings:
+            continue
+        name = max(spellings, key=names.__getitem__)
+        holding = sum(1 for row in rows if row.meta and any(spelt in row.meta for spelt in spellings))
+        why = "field names are case-sensitive" if gold == "expected" else "if it holds the gold answer"
+        return (
+            f"no row has 'expected', so no answer is graded; {holding:,} of {len(rows):,} rows have {name!r} "
+            f"(kept in the results as given): {why}, rename it 'expected' to grade"
+        )
     return None
 
 

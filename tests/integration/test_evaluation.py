@@ -1518,6 +1518,27 @@ def test_a_gold_answer_under_another_name_is_pointed_out(tmp_path: Path, capsys:
     assert "no row has 'expected'" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("rows", "said"),
+    [
+        ([{"prompt": "2+2?", "Expected": "4"}, {"prompt": "3+3?", "Expected": "6"}],
+         "2 of 2 rows have 'Expected' (kept in the results as given): field names are case-sensitive, rename it "
+         "'expected' to grade"),
+        ([{"prompt": "2+2?", "Answer": "4"}, {"prompt": "3+3?", "ANSWER": "6"}, {"prompt": "x", "Answer": "7"}],
+         "3 of 3 rows have 'Answer' (kept in the results as given): if it holds the gold answer, rename it"),
+    ],
+)  # fmt: skip
+def test_a_gold_answer_under_another_case_is_pointed_out(
+    rows: list[dict[str, str]], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'Expected' and 'Answer' went unremarked (the names were matched as written): the run ended with no accuracy
+    and nothing to say why (found by a review)."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    assert run_cli(cli_args(str(dataset), "--models", "mock/echo", "--out", str(tmp_path / "o.jsonl")),
+                   offline_setup, build_server) == 0  # fmt: skip
+    assert f"ai-gateway eval: no row has 'expected', so no answer is graded; {said}" in capsys.readouterr().err
+
+
 async def test_run_eval_points_out_a_gold_answer_under_another_name(
     make_server: Callable[..., FastMCP], fake: GatedFake, tmp_path: Path
 ) -> None:
